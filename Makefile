@@ -1,0 +1,14 @@
+# torch is pinned here (not in pyproject, which states the supported range) so that this machine takes its
+# local CPU wheel; elsewhere pass another build, e.g. `make install TORCH="torch==2.13.0 --index-url ..."`.
+TORCH ?= torch==2.13.0
+PYTHON ?= python
+
+.PHONY: install test bench
+install:
+	$(PYTHON) -m pip install "$(TORCH)" -e ".[dev]"
+
+test:
+	$(PYTHON) -m pytest -q
+
+bench:
+	cd benchmarks && $(PYTHON) bench_attention.py && $(PYTHON) bench_rat.py

@@ -1,0 +1,5 @@
+"""Restoration networks."""
+
+from ratlit.models.rat import RAT
+
+__all__ = ["RAT"]

@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from ratlit.losses import LOSSES, CharbonnierLoss, FocalRegionLoss, L1Loss
+
+
+def eq5_loop(pred, target, regions, gamma, delta):
+    """A plain reading of Eq. 5: loop over images and regions, weights normalised per image."""
+    total = 0.0
+    for b in range(pred.shape[0]):
+        ids = regions[b].unique()
+        errs = {int(i): (pred[b] - target[b]).abs()[:, regions[b] == i].mean() ** delta for i in ids}
+        largest = max(errs.values())
+        for i in ids:
+            mask = regions[b] == i
+            total = total + (1 + gamma * errs[int(i)] / largest) * (pred[b] - target[b]).abs()[:, mask].sum()
+    return total / pred.numel()
+
+
+@pytest.mark.parametrize("gamma, delta", [(1e-3, 1.0), (0.5, 1.0), (2.0, 2.0), (1.0, 0.5)])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_focal_region_loss_matches_loop(gamma, delta, channels):
+    pred = torch.rand(3, channels, 11, 13, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(3, channels, 11, 13, dtype=torch.float64)
+    regions = torch.randint(0, 5, (3, 11, 13)) * 10**9 - 3
+    regions[1] = 42  # one image with a single region
+    loss = FocalRegionLoss(gamma, delta)(pred, target, regions)
+    ref = eq5_loop(pred, target, regions, gamma, delta)
+    torch.testing.assert_close(loss, ref)
+    g, = torch.autograd.grad(loss, pred)
+    g_ref, = torch.autograd.grad(ref, pred)
+    torch.testing.assert_close(g, g_ref)
+
+
+def test_gamma_zero_is_exactly_l1():
+    pred, target = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8)
+    regions = torch.randint(0, 3, (2, 8, 8))
+    assert FocalRegionLoss(gamma=0)(pred, target, regions) == L1Loss()(pred, target)
+    assert FocalRegionLoss(gamma=0)(pred, target, regions) == torch.nn.functional.l1_loss(pred, target)
+
+
+def test_focal_weights_favour_the_hard_region():
+    target = torch.zeros(1, 1, 4, 4)
+    pred = target.clone()
+    pred[..., :2, :] = 1.0  # region 0 is wrong, region 1 is right
+    regions = torch.zeros(1, 4, 4, dtype=torch.long)
+    regions[..., 2:, :] = 1
+    w = FocalRegionLoss(gamma=1.0).region_weights((pred - target).abs(), regions)
+    assert (w[..., :2, :] == 1).all() and (w[..., 2:, :] == 0).all()
+    assert FocalRegionLoss(gamma=1.0)(pred, target, regions) == pytest.approx(2 * 0.5)
+
+
+def test_perfect_prediction_is_zero_and_finite_gradient():
+    x = torch.rand(2, 1, 6, 6, requires_grad=True)
+    loss = FocalRegionLoss(1.0, 0.5)(x, x.detach().clone(), torch.randint(0, 3, (2, 6, 6)))
+    loss.backward()
+    assert loss.item() == 0 and torch.isfinite(x.grad).all()
+
+
+def test_charbonnier():
+    pred, target = torch.zeros(1, 1, 2, 2), torch.full((1, 1, 2, 2), 3.0)
+    assert CharbonnierLoss(eps=4.0)(pred, target).item() == pytest.approx(5.0)
+    assert set(LOSSES) == {"l1", "fr", "charbonnier"}
+
+
+@pytest.mark.parametrize(
+    "pred, target, regions, match",
+    [
+        (torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 5), torch.zeros(1, 4, 4, dtype=torch.long), "shapes differ"),
+        (torch.rand(2, 1, 4, 4), torch.rand(1, 1, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long), "batch sizes differ"),
+        (torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4), torch.zeros(1, 4, 4), "regions must have an integer"),
+        (torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4), torch.zeros(1, 5, 4, dtype=torch.long), "regions must have shape"),
+        (torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4), None, "needs regions"),
+        (torch.full((1, 1, 4, 4), float("nan")), torch.rand(1, 1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long), "pred contains NaN"),
+        (torch.rand(1, 1, 4, 4), torch.full((1, 1, 4, 4), float("inf")), torch.zeros(1, 4, 4, dtype=torch.long), "target contains NaN"),
+    ],
+)
+def test_bad_input(pred, target, regions, match):
+    with pytest.raises(ValueError, match=match):
+        FocalRegionLoss()(pred, target, regions)
+
+
+def test_bad_hyper_parameters():
+    with pytest.raises(ValueError, match="gamma"):
+        FocalRegionLoss(gamma=-1)
+    with pytest.raises(ValueError, match="eps"):
+        CharbonnierLoss(eps=0)

@@ -1,0 +1,174 @@
+import pytest
+import torch
+
+from ratlit.models import RAT
+
+TINY = dict(width=8, num_groups=2, layers_per_group=1, num_heads=2, window_size=4)
+
+
+def _regions(batch, h, w, n=5):
+    return torch.randint(0, n, (batch, h, w)) * 1000 + 3
+
+
+@pytest.mark.parametrize("attention", ["rmsa", "wmsa", "msa"])
+@pytest.mark.parametrize("size", [(16, 16), (37, 53), (1, 1), (20, 70)])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shapes_any_size(attention, size, channels):
+    model = RAT(in_channels=channels, attention=attention, **TINY)
+    lq = torch.randn(2, channels, *size)
+    out = model(lq, _regions(2, *size))
+    assert out.shape == lq.shape
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("downsample", ["pixel_unshuffle", "conv"])
+@pytest.mark.parametrize("label_downsampling", ["nearest", "majority"])
+@pytest.mark.parametrize("scale_by", ["heads", "head_dim"])
+def test_switches(downsample, label_downsampling, scale_by):
+    model = RAT(downsample=downsample, label_downsampling=label_downsampling, scale_by=scale_by, **TINY)
+    lq = torch.randn(1, 1, 24, 40)
+    assert model(lq, _regions(1, 24, 40)).shape == lq.shape
+
+
+def test_paper_size():
+    model = RAT()
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 15.5e6 < n_params < 16.3e6  # the public code's model has 15.9 M
+    layers = [m for g in model.middle for m in g.layers]
+    assert len(layers) == 12 and len(model.middle) == 4
+    assert layers[0].attn1.num_heads == 8 and layers[0].attn1.window_size == 4
+    assert layers[0].attn1.qkv.in_features == 256
+    assert layers[0].mlp1.fc1.out_features == 512
+    assert layers[0].attn1.scale == pytest.approx(8**-0.5)
+    assert RAT(scale_by="head_dim").middle[0].layers[0].attn1.scale == pytest.approx(32**-0.5)
+
+
+def test_identity_at_init_and_residual():
+    # The output projection starts random, so the residual is not zero, but the input must pass through.
+    model = RAT(**TINY)
+    with torch.no_grad():
+        model.ending.weight.zero_()
+        model.ending.bias.zero_()
+    lq = torch.randn(1, 1, 19, 21)
+    torch.testing.assert_close(model(lq, _regions(1, 19, 21)), lq)
+
+
+def test_token_labels_nearest_and_majority():
+    model = RAT(**TINY)
+    regions = torch.zeros(1, 16, 16, dtype=torch.long)
+    regions[0, 1:, 1:] = 7  # every 4x4 cell's top-left pixel is in region 0 for the first row/col
+    nearest = model.token_labels(regions)
+    assert nearest.shape == (1, 4, 4)
+    assert (nearest[0, 0] == 0).all() and (nearest[0, 1:, 1:] == 1).all()
+    model.label_downsampling = "majority"
+    majority = model.token_labels(regions)
+    assert (majority[0, 1:, 1:] == 1).all() and majority[0, 0, 0] == 1  # 9 of 16 pixels in region 7
+
+
+def test_padding_is_its_own_region():
+    model = RAT(**TINY)
+    labels = model.token_labels(torch.zeros(1, 10, 10, dtype=torch.long), pad_h=6, pad_w=6)
+    assert labels.shape == (1, 4, 4)
+    assert set(labels.unique().tolist()) == {0, 1}
+    assert (labels[0, 3] == 1).all() and (labels[0, :3, :3] == 0).all()
+
+
+def test_region_ids_are_arbitrary():
+    model = RAT(**TINY).eval()
+    lq = torch.randn(2, 1, 16, 16)
+    regions = torch.randint(0, 3, (2, 16, 16))
+    renamed = torch.tensor([10**15, -4, 77])[regions]
+    torch.testing.assert_close(model(lq, regions), model(lq, renamed))
+
+
+def test_rmsa_uses_regions_and_others_do_not():
+    lq = torch.randn(1, 1, 32, 32)
+    a, b = _regions(1, 32, 32, 2), _regions(1, 32, 32, 6)
+    for attention, differs in [("rmsa", True), ("wmsa", False), ("msa", False)]:
+        model = RAT(attention=attention, layer_scale_init=0.5, **TINY)
+        assert (model(lq, a) - model(lq, b)).abs().max() > 1e-6 if differs else torch.allclose(model(lq, a), model(lq, b))
+
+
+def test_sparse_and_dense_impls_agree_in_the_network():
+    torch.manual_seed(0)
+    sparse = RAT(layer_scale_init=0.5, region_impl="sparse", **TINY)
+    dense = RAT(layer_scale_init=0.5, region_impl="dense", **TINY)
+    dense.load_state_dict(sparse.state_dict())
+    lq, regions = torch.randn(2, 1, 24, 24), _regions(2, 24, 24)
+    torch.testing.assert_close(sparse(lq, regions), dense(lq, regions), atol=1e-5, rtol=0)
+
+
+def test_gradients_reach_every_parameter():
+    model = RAT(layer_scale_init=0.1, **TINY)
+    lq = torch.randn(2, 1, 16, 16)
+    model(lq, _regions(2, 16, 16)).square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_seeded_determinism():
+    def run():
+        torch.manual_seed(123)
+        model = RAT(layer_scale_init=0.1, **TINY)
+        lq = torch.randn(1, 1, 20, 20)
+        return model(lq, _regions(1, 20, 20))
+
+    torch.testing.assert_close(run(), run(), atol=0, rtol=0)
+
+
+def test_tiny_rat_overfits_fixed_noisy_images():
+    from ratlit.losses import FocalRegionLoss
+
+    g = torch.Generator().manual_seed(0)
+    rows, cols = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
+    clean = torch.stack([(rows**2 + cols**2 < r).float() * 0.5 + 0.2 * cols for r in (0.3, 0.5, 0.8, 0.2)])[:, None]
+    noisy = clean + 0.1 * torch.randn(clean.shape, generator=g)
+    regions = (rows**2 + cols**2 < 0.4).long().expand(4, 32, 32)
+    model = RAT(**TINY)
+    loss_fn = FocalRegionLoss()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3, betas=(0.5, 0.999))
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        loss = loss_fn(model(noisy, regions), clean, regions)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses[:: 10]
+
+
+@pytest.mark.parametrize(
+    "lq, regions, match",
+    [
+        (torch.randn(1, 1, 8, 8), torch.zeros(1, 8, 9, dtype=torch.long), r"regions must have shape \[1, 8, 8\]"),
+        (torch.randn(1, 1, 8, 8), torch.zeros(1, 8, 8), "regions must have an integer dtype"),
+        (torch.randn(2, 1, 8, 8), torch.zeros(1, 8, 8, dtype=torch.long), "batch size"),
+        (torch.full((1, 1, 8, 8), float("nan")), torch.zeros(1, 8, 8, dtype=torch.long), "lq contains NaN"),
+        (torch.full((1, 1, 8, 8), float("inf")), torch.zeros(1, 8, 8, dtype=torch.long), "lq contains NaN or infinite"),
+        (torch.randn(1, 3, 8, 8), torch.zeros(1, 8, 8, dtype=torch.long), "lq must have 1 channel"),
+        (torch.randn(1, 8, 8), torch.zeros(1, 8, 8, dtype=torch.long), r"lq must have shape \[B, C, H, W\]"),
+        (torch.zeros(1, 1, 8, 8, dtype=torch.long), torch.zeros(1, 8, 8, dtype=torch.long), "lq must be a floating"),
+    ],
+)
+def test_bad_input(lq, regions, match):
+    with pytest.raises(ValueError, match=match):
+        RAT(**TINY)(lq, regions)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"attention": "swin"}, "attention must be one of"),
+        ({"downsample": "maxpool"}, "downsample must be one of"),
+        ({"label_downsampling": "bilinear"}, "label_downsampling"),
+        ({"region_impl": "cuda"}, "region_impl"),
+        ({"enc_blocks": (2,), "dec_blocks": (2, 2)}, "one entry per level"),
+        ({"width": 10, "num_heads": 3}, "divisible by num_heads"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, match):
+    args = {**TINY, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        RAT(**args)
