@@ -32,3 +32,21 @@ def test_attention_configs(attention):
         {"model": OmegaConf.load(CONF / "model" / "rat.yaml")}, OmegaConf.load(CONF / "attention" / f"{attention}.yaml")
     )
     assert cfg.model.attention == attention
+
+
+@pytest.mark.parametrize("name", ["slic", "felzenszwalb", "grid", "single"])
+def test_partition_configs(name):
+    from ratlit.partition import Partitioner
+
+    partitioner = instantiate(OmegaConf.load(CONF / "partition" / f"{name}.yaml"))
+    assert isinstance(partitioner, Partitioner) and partitioner.name == name
+
+
+def test_sam_config_without_checkpoint_falls_back_when_asked(monkeypatch):
+    monkeypatch.delenv("RATLIT_SAM_CHECKPOINT", raising=False)
+    cfg = OmegaConf.load(CONF / "partition" / "sam.yaml")
+    with pytest.raises(FileNotFoundError, match="No SAM checkpoint"):
+        instantiate(cfg)
+    cfg.fallback = {"_target_": "ratlit.partition.GridPartitioner"}
+    with pytest.warns(UserWarning, match="USING GRID INSTEAD"):
+        assert instantiate(cfg).spec == {"name": "grid", "cell_size": 16, "requested": "sam"}
