@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -45,8 +46,9 @@ def test_partition_configs(name):
 def test_sam_config_without_checkpoint_falls_back_when_asked(monkeypatch):
     monkeypatch.delenv("RATLIT_SAM_CHECKPOINT", raising=False)
     cfg = OmegaConf.load(CONF / "partition" / "sam.yaml")
-    with pytest.raises(FileNotFoundError, match="No SAM checkpoint"):
+    with pytest.raises(InstantiationException, match="No SAM checkpoint") as info:
         instantiate(cfg)
+    assert isinstance(info.value.__cause__, FileNotFoundError)
     cfg.fallback = {"_target_": "ratlit.partition.GridPartitioner"}
     with pytest.warns(UserWarning, match="USING GRID INSTEAD"):
         assert instantiate(cfg).spec == {"name": "grid", "cell_size": 16, "requested": "sam"}
