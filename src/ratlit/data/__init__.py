@@ -1,0 +1,21 @@
+"""The three tasks' data: real-format loaders, embedded simulated data sets, LightningDataModules."""
+
+from ratlit.data.base import PairedDataset, RestorationDataModule, Sample, random_paired_crop, split_groups
+from ratlit.data.ct import CTDataModule
+from ratlit.data.pathology import PathologyDataModule, bicubic_degrade
+from ratlit.data.pet import PETDataModule
+
+DATAMODULES = {"ct": CTDataModule, "pet": PETDataModule, "pathology": PathologyDataModule}
+
+__all__ = [
+    "DATAMODULES",
+    "CTDataModule",
+    "PETDataModule",
+    "PairedDataset",
+    "PathologyDataModule",
+    "RestorationDataModule",
+    "Sample",
+    "bicubic_degrade",
+    "random_paired_crop",
+    "split_groups",
+]

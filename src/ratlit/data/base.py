@@ -1,0 +1,316 @@
+"""What the three tasks share: samples, patient-level splits, paired crops, the LightningDataModule.
+
+A task lists its ``Sample``s (a name, the group it belongs to — patient for CT and PET, image for
+pathology — and a picklable loader returning ``(lq, hq)`` float32 ``[C, H, W]``). The DataModule splits
+the groups, fills the partition cache from ``prepare_data`` (one process) and serves batches
+``{"lq", "hq": [B, C, H, W], "regions": [B, H, W] int64, "name": list[str]}``. Training batches are random
+paired crops with the label map cropped alongside and one of the 8 flips/rotations applied to all three.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ratlit.partition import CacheStats, PartitionCache, Partitioner, SlicPartitioner
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+DEFAULT_CACHE = "~/.cache/ratlit"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One LQ/HQ pair: ``load() -> (lq, hq)`` float32 ``[C, H, W]``; ``group`` is the unit of splitting."""
+
+    name: str
+    group: str
+    load: Callable[[], tuple[np.ndarray, np.ndarray]]
+
+
+def read_splits(source: str | os.PathLike | Mapping | None) -> dict[str, list[str]] | None:
+    """Splits from a mapping or a JSON/YAML file: ``{"train": [groups], "val": [...], "test": [...]}``."""
+    if source is None:
+        return None
+    if not isinstance(source, Mapping):
+        path = Path(source).expanduser()
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise ValueError(f"cannot read split file {path}: {err}") from err
+        try:
+            import yaml
+
+            source = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+        except Exception as err:
+            raise ValueError(f"split file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {err}") from err
+        if not isinstance(source, Mapping):
+            raise ValueError(f"split file {path} must map split names to lists of groups")
+    unknown = set(source) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"splits has unknown names {sorted(unknown)}; use {list(SPLITS)}")
+    return {name: [str(g) for g in source.get(name) or []] for name in SPLITS}
+
+
+def write_splits(folder: Path, splits: Mapping[str, Sequence[str]]) -> None:
+    """Write ``splits.json`` (the default split of a data folder)."""
+    (folder / "splits.json").write_text(json.dumps({k: list(v) for k, v in splits.items()}, indent=2) + "\n")
+
+
+def split_groups(
+    groups: Sequence[str],
+    splits: Mapping[str, Sequence[str]] | None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict[str, list[str]]:
+    """Assign every group to exactly one split; never a patient in two splits."""
+    groups = sorted(set(groups))
+    if splits is not None:
+        seen: dict[str, str] = {}
+        for name in SPLITS:
+            for g in splits.get(name, []):
+                if g in seen:
+                    raise ValueError(f"group {g!r} is in both the {seen[g]} and the {name} split")
+                seen[g] = name
+        missing = sorted(set(seen) - set(groups))
+        if missing:
+            raise ValueError(f"splits name groups that are not in the data: {missing[:10]}")
+        return {name: [g for g in groups if seen.get(g) == name] for name in SPLITS}
+    order = list(np.random.default_rng(seed).permutation(len(groups)))
+    n_test = max(1, math.floor(len(groups) * test_fraction + 0.5)) if len(groups) >= 3 else 0
+    n_val = max(1, math.floor(len(groups) * val_fraction + 0.5)) if len(groups) >= 3 else 0
+    test = sorted(groups[i] for i in order[:n_test])
+    val = sorted(groups[i] for i in order[n_test : n_test + n_val])
+    train = sorted(groups[i] for i in order[n_test + n_val :])
+    return {"train": train, "val": val, "test": test}
+
+
+def random_paired_crop(
+    lq: torch.Tensor, hq: torch.Tensor, regions: torch.Tensor, size: int, augment: bool, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One random ``size x size`` window of all three, then one of the 8 dihedral transforms if ``augment``."""
+    height, width = lq.shape[-2:]
+    top = int(torch.randint(0, height - size + 1, (1,), generator=generator))
+    left = int(torch.randint(0, width - size + 1, (1,), generator=generator))
+    crops = [t[..., top : top + size, left : left + size] for t in (lq, hq, regions)]
+    if augment:
+        k = int(torch.randint(0, 4, (1,), generator=generator))
+        flip = bool(torch.randint(0, 2, (1,), generator=generator))
+        crops = [torch.rot90(t, k, dims=(-2, -1)) for t in crops]
+        if flip:
+            crops = [torch.flip(t, dims=(-1,)) for t in crops]
+    return tuple(t.contiguous() for t in crops)
+
+
+class PairedDataset(Dataset):
+    """LQ/HQ pairs with their label maps; random paired crops for training, whole images otherwise."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        cache: PartitionCache,
+        patch_size: int | None = None,
+        augment: bool = False,
+        in_memory: bool = True,
+        length: int | None = None,
+    ) -> None:
+        self.samples, self.cache, self.patch_size, self.augment = list(samples), cache, patch_size, augment
+        self.length = length or len(self.samples)
+        self.images = [self._load(s) for s in self.samples] if in_memory else None
+
+    def _load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        lq, hq = sample.load()
+        if lq.shape != hq.shape:
+            raise ValueError(f"{sample.name}: LQ shape {lq.shape} and HQ shape {hq.shape} do not pair")
+        if self.patch_size and min(lq.shape[-2:]) < self.patch_size:
+            raise ValueError(
+                f"{sample.name} is {lq.shape[-2]}x{lq.shape[-1]}, smaller than patch_size {self.patch_size}; "
+                f"lower data.patch_size"
+            )
+        return lq, hq, self.cache.labels(lq)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index % len(self.samples)]
+        lq, hq, regions = self.images[index % len(self.samples)] if self.images is not None else self._load(sample)
+        lq_t, hq_t, regions_t = torch.from_numpy(lq), torch.from_numpy(hq), torch.from_numpy(regions)
+        if self.patch_size:
+            lq_t, hq_t, regions_t = random_paired_crop(lq_t, hq_t, regions_t, self.patch_size, self.augment)
+        return {"lq": lq_t, "hq": hq_t, "regions": regions_t, "name": sample.name}
+
+
+class RestorationDataModule(L.LightningDataModule):
+    """Base DataModule of a task. Subclasses list samples from ``root`` and build the embedded data set.
+
+    ``root=None`` uses the embedded data set, built on first use under ``cache_dir`` from ``embedded_seed``.
+    ``splits``: a mapping or a JSON/YAML file ``{train, val, test: [groups]}``; else ``<root>/splits.json``
+    if present; else a seeded split of the groups by ``val_fraction`` / ``test_fraction``.
+    """
+
+    task: ClassVar[str]
+    channels: ClassVar[int]
+    embedded_version: ClassVar[int] = 1
+    data_range: float = 1.0  # PSNR/SSIM range of the normalised intensities
+
+    def __init__(
+        self,
+        root: str | None = None,
+        cache_dir: str = DEFAULT_CACHE,
+        partitioner: Partitioner | None = None,
+        patch_size: int = 256,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        augment: bool = True,
+        splits: str | Mapping | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        split_seed: int = 0,
+        in_memory: bool = True,
+        epoch_size: int | None = None,
+        embedded_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if patch_size < 1 or batch_size < 1:
+            raise ValueError(f"patch_size and batch_size must be positive, got {patch_size} and {batch_size}")
+        self.root = None if root in (None, "") else Path(root).expanduser()
+        if self.root is not None and not self.root.exists():
+            raise ValueError(f"data root {self.root} does not exist")
+        self.cache_dir = Path(cache_dir).expanduser()
+        self.partitioner = partitioner if partitioner is not None else SlicPartitioner()
+        self.patch_size, self.batch_size, self.num_workers = patch_size, batch_size, num_workers
+        self.augment, self.in_memory, self.epoch_size = augment, in_memory, epoch_size
+        self.splits_source = splits
+        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+        self.embedded_seed = embedded_seed
+        self.datasets: dict[str, PairedDataset] = {}
+        self.split_groups: dict[str, list[str]] = {}
+
+    # --- what a task provides ---------------------------------------------------------------------
+
+    @abstractmethod
+    def list_samples(self, root: Path) -> list[Sample]:
+        """All LQ/HQ pairs under ``root`` (real formats); raise ValueError naming what does not pair."""
+
+    @abstractmethod
+    def build_embedded(self, folder: Path, seed: int) -> None:
+        """Write the embedded data set, in the task's real format, into the empty ``folder``."""
+
+    # --- data locations ---------------------------------------------------------------------------
+
+    @property
+    def data_root(self) -> Path:
+        if self.root is not None:
+            return self.root
+        return self.cache_dir / "embedded" / f"{self.task}-v{self.embedded_version}-seed{self.embedded_seed}"
+
+    @property
+    def partition_cache(self) -> PartitionCache:
+        return PartitionCache(self.cache_dir / "partitions" / self.task, self.partitioner)
+
+    def ensure_embedded(self) -> Path:
+        """Build the embedded data set once (atomically: built in a temporary folder, then renamed)."""
+        folder = self.data_root
+        if self.root is not None or (folder / "COMPLETE").exists():
+            return folder
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+        start = time.perf_counter()
+        try:
+            log.info("building the embedded %s data set in %s", self.task, folder)
+            self.build_embedded(tmp, self.embedded_seed)
+            (tmp / "COMPLETE").write_text(f"built in {time.perf_counter() - start:.1f} s\n")
+            if folder.exists():  # a stale, incomplete folder from an interrupted build
+                shutil.rmtree(folder)
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "COMPLETE").exists():  # another process did not win the race either
+                raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return folder
+
+    def samples(self) -> list[Sample]:
+        samples = self.list_samples(self.ensure_embedded())
+        if not samples:
+            raise ValueError(f"no {self.task} image pairs found under {self.data_root}")
+        return samples
+
+    def resolve_splits(self, samples: Sequence[Sample]) -> dict[str, list[str]]:
+        source = self.splits_source
+        if source is None and (self.data_root / "splits.json").exists():
+            source = self.data_root / "splits.json"
+        return split_groups(
+            [s.group for s in samples], read_splits(source), self.val_fraction, self.test_fraction, self.split_seed
+        )
+
+    # --- Lightning hooks --------------------------------------------------------------------------
+
+    def prepare_data(self) -> CacheStats:
+        """Build the embedded set if needed and partition every LQ image into the cache (one process)."""
+        from tqdm.auto import tqdm
+
+        samples = self.samples()
+        cache, stats = self.partition_cache, CacheStats()
+        for sample in tqdm(samples, desc=f"partition {self.task} ({self.partitioner.name})", unit="img"):
+            lq, _ = sample.load()
+            cache.labels(lq, stats)
+        log.info(
+            "partition cache %s: %d computed, %d reused, %d repaired", cache.folder, stats.computed, stats.reused, stats.repaired
+        )
+        return stats
+
+    def setup(self, stage: str | None = None) -> None:
+        samples = self.samples()
+        self.split_groups = self.resolve_splits(samples)
+        cache = self.partition_cache
+        for split in SPLITS:
+            members = set(self.split_groups[split])
+            chosen = [s for s in samples if s.group in members]
+            if split == "train":
+                length = max(self.epoch_size or 0, len(chosen)) if chosen else 0
+                self.datasets[split] = PairedDataset(chosen, cache, self.patch_size, self.augment, self.in_memory, length)
+            else:
+                self.datasets[split] = PairedDataset(chosen, cache, None, False, self.in_memory)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            self.setup()
+        dataset = self.datasets[split]
+        if len(dataset) == 0:
+            raise ValueError(f"the {split} split of {self.task} is empty (groups: {self.split_groups.get(split)})")
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            drop_last=shuffle and len(dataset) >= batch_size,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", 1, shuffle=False)  # whole images of different sizes
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", 1, shuffle=False)

@@ -1,0 +1,272 @@
+"""CT denoising: the AAPM-Mayo 2016 layout, and an embedded set simulated from real CT slices and phantoms.
+
+Real layout (``root``): one folder per patient, each holding a full-dose and a quarter-dose series folder
+(DICOM ``*.dcm`` / ``*.IMA``), recognised by name patterns (``full*``/``*FD*``/``*NDCT*`` and
+``quarter*``/``*QD*``/``*LDCT*``, searched at any depth, e.g. ``L067/full_1mm``). Slices are paired by their
+position along the slice normal. HU are mapped to the network's range by ``(HU - hu_min) / (hu_max - hu_min)``
+clipped to [0, 1] (default window [-1024, 3072] HU); PSNR/SSIM are computed on that range.
+
+Embedded set: real slices shipped by pydicom / pydicom-data plus procedural body phantoms, each scanned
+twice in simulation: Beer-Lambert line integrals of the attenuation map (skimage ``radon``, 720 views over
+180 degrees), Poisson photon counts with ``photons`` incident photons per ray (normal dose) and
+``photons / 4`` (quarter dose), log transform, filtered back-projection (``iradon``, ramp filter).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from ratlit.data.base import RestorationDataModule, Sample, write_splits
+from ratlit.data.io import read_dicom, read_dicom_series, write_dicom
+
+FULL_DOSE_PATTERNS = ("full*", "*fd*", "*ndct*", "*normal*")
+QUARTER_DOSE_PATTERNS = ("quarter*", "*qd*", "*ldct*", "*low*")
+
+
+def hu_to_unit(hu: np.ndarray, hu_min: float, hu_max: float) -> np.ndarray:
+    return np.clip((hu - hu_min) / (hu_max - hu_min), 0.0, 1.0).astype(np.float32)
+
+
+def unit_to_hu(x: np.ndarray, hu_min: float, hu_max: float) -> np.ndarray:
+    return (np.asarray(x, dtype=np.float64) * (hu_max - hu_min) + hu_min).astype(np.float32)
+
+
+def _load_ct_pair(lq_path: Path, hq_path: Path, hu_min: float, hu_max: float) -> tuple[np.ndarray, np.ndarray]:
+    lq, hq = read_dicom(lq_path).pixels, read_dicom(hq_path).pixels
+    if lq.shape != hq.shape:
+        raise ValueError(f"quarter-dose {lq_path} is {lq.shape} but full-dose {hq_path} is {hq.shape}")
+    return hu_to_unit(lq, hu_min, hu_max)[None], hu_to_unit(hq, hu_min, hu_max)[None]
+
+
+def _find_series(patient: Path, patterns: tuple[str, ...]) -> list[Path]:
+    found = []
+    for folder in sorted(p for p in patient.rglob("*") if p.is_dir()):
+        rel = folder.relative_to(patient).as_posix().lower()
+        if any(fnmatch.fnmatch(part, pattern) for part in rel.split("/") for pattern in patterns):
+            if any(f.is_file() for f in folder.iterdir()):
+                found.append(folder)
+    return found
+
+
+def pair_ct_series(quarter: Path, full: Path, tolerance_mm: float = 0.5) -> list[tuple[Path, Path, float]]:
+    """Pair quarter- and full-dose slices by position; every slice must find a partner."""
+    q_slices = read_dicom_series(quarter, pixels=False)
+    f_slices = read_dicom_series(full, pixels=False)
+    if len(q_slices) != len(f_slices):
+        raise ValueError(
+            f"{quarter} has {len(q_slices)} slices but {full} has {len(f_slices)}: the series do not pair"
+        )
+    f_positions = np.array([s.position for s in f_slices])
+    pairs = []
+    for q in q_slices:
+        nearest = int(np.argmin(np.abs(f_positions - q.position)))
+        if abs(f_positions[nearest] - q.position) > tolerance_mm:
+            raise ValueError(f"{q.path} (position {q.position:.2f} mm) has no full-dose slice within {tolerance_mm} mm in {full}")
+        pairs.append((q.path, f_slices[nearest].path, q.position))
+    if len({p[1] for p in pairs}) != len(pairs):
+        raise ValueError(f"slices of {quarter} and {full} do not pair one to one (duplicate positions?)")
+    return pairs
+
+
+class CTDataModule(RestorationDataModule):
+    """AAPM-Mayo-style CT pairs (quarter dose -> full dose), one channel, HU window mapped to [0, 1]."""
+
+    task = "ct"
+    channels = 1
+
+    def __init__(
+        self,
+        root: str | None = None,
+        hu_min: float = -1024.0,
+        hu_max: float = 3072.0,
+        position_tolerance_mm: float = 0.5,
+        photons: float = 1.5e5,
+        **kwargs,
+    ) -> None:
+        super().__init__(root=root, **kwargs)
+        if not hu_max > hu_min:
+            raise ValueError(f"need hu_max > hu_min, got {hu_min} and {hu_max}")
+        self.hu_min, self.hu_max = float(hu_min), float(hu_max)
+        self.position_tolerance_mm = position_tolerance_mm
+        self.photons = photons
+
+    def list_samples(self, root: Path) -> list[Sample]:
+        patients = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not patients:
+            raise ValueError(f"no patient folders in CT root {root}")
+        samples = []
+        for patient in patients:
+            full = _find_series(patient, FULL_DOSE_PATTERNS)
+            quarter = _find_series(patient, QUARTER_DOSE_PATTERNS)
+            if len(full) != 1 or len(quarter) != 1:
+                raise ValueError(
+                    f"patient folder {patient} needs exactly one full-dose and one quarter-dose series folder "
+                    f"(names like full_1mm / quarter_1mm); found full={[str(f) for f in full]}, "
+                    f"quarter={[str(q) for q in quarter]}"
+                )
+            for lq_path, hq_path, position in pair_ct_series(quarter[0], full[0], self.position_tolerance_mm):
+                load = partial(_load_ct_pair, lq_path, hq_path, self.hu_min, self.hu_max)
+                samples.append(Sample(f"{patient.name}/{lq_path.stem}", patient.name, load))
+        return samples
+
+    def build_embedded(self, folder: Path, seed: int) -> None:
+        build_embedded_ct(folder, seed, photons=self.photons)
+
+    def to_hu(self, x: np.ndarray) -> np.ndarray:
+        return unit_to_hu(x, self.hu_min, self.hu_max)
+
+
+def write_ct_series(folder: Path, slices_hu: list[np.ndarray], patient_id: str, description: str,
+                    pixel_mm: float, positions: list[float], study_uid: str) -> None:
+    """Write HU slices as a CT DICOM series (int16, RescaleIntercept -1024)."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    series_uid = generate_uid()
+    for index, (hu, position) in enumerate(zip(slices_hu, positions), start=1):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.PatientID, ds.PatientName = "CT", patient_id, patient_id
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.SeriesDescription, ds.InstanceNumber = description, index
+        ds.ImagePositionPatient = [0.0, 0.0, float(position)]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.SliceLocation = float(position)
+        ds.PixelSpacing = [pixel_mm, pixel_mm]
+        ds.SliceThickness = 1.0
+        ds.Rows, ds.Columns = hu.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+        ds.PixelData = np.clip(np.round(hu + 1024), -32768, 32767).astype(np.int16).tobytes()
+        write_dicom(folder / f"{index:04d}.dcm", ds)
+
+
+# --- the embedded data set --------------------------------------------------------------------------
+
+# (patient id, package, file): real CT slices shipped by pydicom and pydicom-data.
+REAL_CT_SLICES = (
+    ("cq500-ct-310", "data_store", "693_UNCI.dcm"),
+    ("pancreas-0001", "data_store", "explicit_VR-UN.dcm"),
+    ("jxd191021006", "pydicom", "J2K_pixelrep_mismatch.dcm"),
+    ("1ct1", "pydicom", "CT_small.dcm"),
+)
+EMBEDDED_SIZE = 512
+EMBEDDED_SPLITS = {
+    "train": ["cq500-ct-310", "jxd191021006", "phantom-01", "phantom-02"],
+    "val": ["1ct1", "phantom-03"],
+    "test": ["pancreas-0001", "phantom-04"],
+}
+
+
+def _real_slice_path(package: str, name: str) -> Path:
+    if package == "pydicom":
+        from pydicom.data import get_testdata_file
+
+        found = get_testdata_file(name)
+        if found is None:
+            raise ValueError(f"pydicom does not ship {name} in this version")
+        return Path(found)
+    import data_store  # the pydicom-data package
+
+    return Path(data_store.__file__).parent / "data" / name
+
+
+def real_ct_slices() -> list[tuple[str, np.ndarray, float]]:
+    """The shipped real CT slices as ``(patient, HU [512, 512], pixel mm)``; smaller ones are resampled."""
+    from skimage.transform import resize
+
+    slices = []
+    for patient, package, name in REAL_CT_SLICES:
+        ct = read_dicom(_real_slice_path(package, name))
+        hu = np.clip(ct.pixels, -1024.0, 3071.0)  # outside-FOV padding (-2000, -3024 ...) is air
+        pixel_mm = float(ct.header.PixelSpacing[0]) if "PixelSpacing" in ct.header else 0.7
+        if hu.shape != (EMBEDDED_SIZE, EMBEDDED_SIZE):
+            pixel_mm *= hu.shape[0] / EMBEDDED_SIZE
+            hu = resize(hu, (EMBEDDED_SIZE, EMBEDDED_SIZE), order=3, mode="edge", anti_aliasing=False)
+        slices.append((patient, hu.astype(np.float32), pixel_mm))
+    return slices
+
+
+def body_phantom(rng: np.random.Generator, size: int = EMBEDDED_SIZE) -> np.ndarray:
+    """A procedural abdominal slice in HU: fat, muscle, liver with lesions, spleen, kidneys, aorta, spine, gas."""
+    from scipy.ndimage import gaussian_filter
+
+    rows, cols = np.mgrid[:size, :size].astype(np.float64) / size - 0.5
+
+    def ellipse(cy, cx, ry, rx, angle=0.0):
+        c, s = np.cos(angle), np.sin(angle)
+        y, x = rows - cy, cols - cx
+        return ((c * x + s * y) / rx) ** 2 + ((-s * x + c * y) / ry) ** 2 <= 1.0
+
+    hu = np.full((size, size), -1000.0)
+    ry, rx = rng.uniform(0.22, 0.27), rng.uniform(0.3, 0.36)
+    fat = rng.uniform(0.015, 0.03)
+    hu[ellipse(0, 0, ry, rx)] = -100.0
+    hu[ellipse(0, 0, ry - fat, rx - fat)] = 45.0
+    hu[ellipse(-0.02, -0.12, 0.13, 0.14, rng.uniform(-0.3, 0.3))] = 60.0 + rng.normal(0, 5)  # liver
+    for _ in range(rng.integers(2, 5)):  # low- and high-contrast liver lesions
+        hu[ellipse(-0.02 + rng.uniform(-0.07, 0.07), -0.12 + rng.uniform(-0.07, 0.07), *rng.uniform(0.008, 0.025, 2))] = (
+            60.0 + rng.choice([-1, 1]) * rng.uniform(15, 50)
+        )
+    hu[ellipse(-0.02, 0.17, 0.07, 0.05, 0.4)] = 48.0  # spleen
+    for side in (-1, 1):  # kidneys: contrast-enhanced cortex around the medulla
+        hu[ellipse(0.08, side * 0.1, 0.05, 0.035)] = 160.0
+        hu[ellipse(0.08, side * 0.1, 0.03, 0.018)] = 35.0
+    hu[ellipse(0.06, 0.02, 0.018, 0.018)] = 200.0  # aorta
+    hu[ellipse(0.15, 0.0, 0.045, 0.045)] = 750.0  # vertebral body: cortical shell
+    hu[ellipse(0.15, 0.0, 0.035, 0.035)] = 250.0
+    for _ in range(rng.integers(1, 4)):  # bowel gas
+        hu[ellipse(rng.uniform(-0.15, -0.05), rng.uniform(0.0, 0.12), *rng.uniform(0.01, 0.03, 2))] = -900.0
+    body = hu > -500
+    texture = gaussian_filter(rng.normal(0, 1, (size, size)), 3) * 25.0
+    return np.where(body, hu + texture, hu).astype(np.float32)
+
+
+def _simulate_ct_job(job: tuple[np.ndarray, float, float, np.random.SeedSequence]) -> tuple[np.ndarray, np.ndarray]:
+    from ratlit.data.simulation import simulate_ct_scan
+
+    hu, pixel_mm, photons, seed = job
+    full_rng, quarter_rng = (np.random.default_rng(s) for s in seed.spawn(2))
+    return simulate_ct_scan(hu, pixel_mm, photons / 4, quarter_rng), simulate_ct_scan(hu, pixel_mm, photons, full_rng)
+
+
+def build_embedded_ct(folder: Path, seed: int, photons: float = 1.5e5, phantom_patients: int = 4,
+                      slices_per_phantom: int = 2, workers: int | None = None) -> None:
+    """Simulate normal and quarter dose for the shipped real slices and for phantoms; write the AAPM layout."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pydicom.uid import generate_uid
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng(seed)
+    cases: list[tuple[str, np.ndarray, float]] = list(real_ct_slices())
+    for p in range(1, phantom_patients + 1):
+        patient_rng = np.random.default_rng(rng.integers(2**32))
+        cases += [(f"phantom-{p:02d}", body_phantom(patient_rng), 0.7) for _ in range(slices_per_phantom)]
+    seeds = np.random.SeedSequence(seed).spawn(len(cases))
+    jobs = [(hu, mm, photons, s) for (_, hu, mm), s in zip(cases, seeds)]
+    workers = workers or min(len(jobs), os.cpu_count() or 1)
+    with ProcessPoolExecutor(workers) as pool:
+        scans = list(tqdm(pool.map(_simulate_ct_job, jobs), total=len(jobs), desc="simulating CT scans", unit="slice"))
+    patients = sorted({c[0] for c in cases})
+    for patient in patients:
+        members = [i for i, c in enumerate(cases) if c[0] == patient]
+        study = generate_uid()
+        positions = [float(k) for k in range(len(members))]
+        pixel_mm = cases[members[0]][2]
+        for dose, which in (("quarter_dose", 0), ("full_dose", 1)):
+            write_ct_series(folder / patient / dose, [scans[i][which] for i in members], patient,
+                            f"simulated {dose.replace('_', ' ')} FBP", pixel_mm, positions, study)
+    write_splits(folder, EMBEDDED_SPLITS)

@@ -1,0 +1,213 @@
+"""Reading and writing the formats users bring: DICOM (slices and series), NIfTI volumes, PNG/TIFF/JPEG.
+
+Every reader raises ``ValueError`` naming the file it could not read; every writer writes to a temporary
+file and renames it, so no half-written file is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+DICOM_SUFFIXES = (".dcm", ".ima", "")
+
+
+def atomic_path(path: Path, suffix: str = "") -> tuple[int, Path]:
+    """A temporary file next to ``path`` (same file system, so ``os.replace`` is atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
+    return fd, Path(tmp)
+
+
+def _replace_or_clean(tmp: Path, path: Path, ok: bool) -> None:
+    if ok:
+        os.replace(tmp, path)
+    else:
+        tmp.unlink(missing_ok=True)
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+# --- DICOM -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class DicomSlice:
+    """One DICOM image: rescaled pixel values (e.g. HU), its position along the slice normal, its header."""
+
+    path: Path
+    position: float
+    pixels: np.ndarray  # float32 [H, W], RescaleSlope/Intercept applied
+    header: Any
+
+
+def read_dicom(path: str | os.PathLike, pixels: bool = True) -> DicomSlice:
+    """Read one single-frame DICOM file; ``position`` is ImagePositionPatient along the slice normal."""
+    import pydicom
+
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
+    except Exception as err:
+        raise ValueError(f"cannot read DICOM file {path}: {err}") from err
+    position = _slice_position(ds, path)
+    array = np.empty((0, 0), np.float32)
+    if pixels:
+        try:
+            raw = ds.pixel_array
+        except Exception as err:
+            raise ValueError(f"cannot decode the pixels of DICOM file {path}: {err}") from err
+        if raw.ndim != 2:
+            raise ValueError(f"DICOM file {path} holds {raw.shape} pixels; one 2D frame per file is expected")
+        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+        intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+        array = (raw.astype(np.float32) * slope + intercept).astype(np.float32)
+    return DicomSlice(path, position, array, ds)
+
+
+def _slice_position(ds: Any, path: Path) -> float:
+    if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
+        orientation = np.asarray(ds.ImageOrientationPatient, dtype=float)
+        normal = np.cross(orientation[:3], orientation[3:])
+        return float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float)))
+    if "SliceLocation" in ds:
+        return float(ds.SliceLocation)
+    if "InstanceNumber" in ds:
+        return float(ds.InstanceNumber)
+    raise ValueError(f"DICOM file {path} has no ImagePositionPatient, SliceLocation or InstanceNumber to order it by")
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    """The DICOM files of a series folder (``*.dcm``, ``*.IMA`` or extension-less), sorted by name."""
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    files = [p for p in files if p.suffix.lower() in DICOM_SUFFIXES]
+    if not files:
+        raise ValueError(f"no DICOM files (*.dcm, *.IMA) in {folder}")
+    return files
+
+
+def read_dicom_series(folder: str | os.PathLike, pixels: bool = True) -> list[DicomSlice]:
+    """All slices of a series folder, sorted by position along the slice normal."""
+    slices = [read_dicom(p, pixels) for p in dicom_files(Path(folder))]
+    return sorted(slices, key=lambda s: s.position)
+
+
+def write_dicom(path: Path, dataset: Any) -> None:
+    """Save a pydicom dataset atomically."""
+    fd, tmp = atomic_path(path)
+    os.close(fd)
+    ok = False
+    try:
+        dataset.save_as(tmp, enforce_file_format=True)
+        ok = True
+    finally:
+        _replace_or_clean(tmp, path, ok)
+
+
+# --- volumes (NIfTI or DICOM series) ----------------------------------------------------------------
+
+
+def read_volume(path: str | os.PathLike) -> np.ndarray:
+    """A 3D volume as float32 ``[X, Y, Z]``: a NIfTI file (reoriented to RAS+) or a DICOM series folder
+    (``[rows, cols, slices]``, slices ordered along the normal)."""
+    path = Path(path)
+    if path.is_dir():
+        slices = read_dicom_series(path)
+        shapes = {s.pixels.shape for s in slices}
+        if len(shapes) != 1:
+            raise ValueError(f"DICOM series {path} mixes slice shapes {sorted(shapes)}")
+        return np.stack([s.pixels for s in slices], axis=-1)
+    if not is_nifti(path):
+        raise ValueError(f"{path} is neither a NIfTI file (.nii, .nii.gz) nor a DICOM series folder")
+    import nibabel as nib
+
+    try:
+        image = nib.as_closest_canonical(nib.load(str(path)))
+        volume = np.asarray(image.get_fdata(dtype=np.float32))
+    except Exception as err:
+        raise ValueError(f"cannot read NIfTI file {path}: {err}") from err
+    if volume.ndim == 4 and volume.shape[-1] == 1:
+        volume = volume[..., 0]
+    if volume.ndim != 3:
+        raise ValueError(f"NIfTI file {path} has shape {volume.shape}; a 3D volume is expected")
+    return volume
+
+
+def write_nifti(path: Path, volume: np.ndarray, voxel_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> None:
+    """Save a float32 volume as NIfTI (RAS+ axes, the given voxel size) atomically."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(volume.astype(np.float32), np.diag([*voxel_mm, 1.0]))
+    fd, tmp = atomic_path(path, ".nii.gz" if path.name.endswith(".gz") else ".nii")
+    os.close(fd)
+    ok = False
+    try:
+        nib.save(image, str(tmp))
+        ok = True
+    finally:
+        _replace_or_clean(tmp, path, ok)
+
+
+# --- 2D images ---------------------------------------------------------------------------------------
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """A PNG / TIFF / JPEG image as float32 ``[C, H, W]`` in [0, 1] (C = 1 or 3; alpha dropped)."""
+    from skimage import io as skio
+
+    path = Path(path)
+    try:
+        image = np.asarray(skio.imread(path))
+    except Exception as err:
+        raise ValueError(f"cannot read image file {path}: {err}") from err
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(f"image file {path} has shape {image.shape}; expected a grey or RGB(A) image")
+    if image.shape[-1] in (2, 4):  # grey + alpha, RGB + alpha
+        image = image[..., :-1]
+    if np.issubdtype(image.dtype, np.integer):
+        scale = float(np.iinfo(image.dtype).max)
+    elif image.dtype == bool:
+        scale = 1.0
+    else:
+        scale = 1.0 if image.max(initial=0) <= 1.0 else float(image.max())
+    return np.ascontiguousarray(np.moveaxis(image.astype(np.float32) / scale, -1, 0))
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    """Save ``[C, H, W]`` in [0, 1] as an 8-bit (PNG/JPEG) or 16-bit (TIFF) image, atomically."""
+    from skimage import io as skio
+
+    array = np.clip(np.moveaxis(np.asarray(image), 0, -1), 0, 1)
+    if array.shape[-1] == 1:
+        array = array[..., 0]
+    sixteen = path.suffix.lower() in (".tif", ".tiff")
+    array = np.round(array * (65535 if sixteen else 255)).astype(np.uint16 if sixteen else np.uint8)
+    fd, tmp = atomic_path(path, path.suffix)
+    os.close(fd)
+    ok = False
+    try:
+        skio.imsave(tmp, array, check_contrast=False)
+        ok = True
+    finally:
+        _replace_or_clean(tmp, path, ok)
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Image files (PNG, TIFF, JPEG) directly in ``folder``, sorted."""
+    if not folder.is_dir():
+        raise ValueError(f"image folder {folder} does not exist")
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return files

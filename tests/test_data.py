@@ -1,0 +1,271 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ratlit.data import CTDataModule, PathologyDataModule, PETDataModule, bicubic_degrade, random_paired_crop, split_groups
+from ratlit.data.base import read_splits
+from ratlit.data.ct import build_embedded_ct, write_ct_series
+from ratlit.data.io import write_image, write_nifti
+from ratlit.data.pathology import build_embedded_pathology
+from ratlit.data.pet import build_embedded_pet
+from ratlit.data.simulation import simulate_ct_scan, simulate_pet_pair
+from ratlit.partition import GridPartitioner
+
+
+def _dm(cls, root, tmp_path, **kw):
+    return cls(root=str(root), cache_dir=str(tmp_path / "cache"), partitioner=GridPartitioner(8), **kw)
+
+
+# --- CT: AAPM layout --------------------------------------------------------------------------------
+
+
+def _write_ct_patient(root: Path, patient: str, n: int, size: int = 32, shift_quarter: float = 0.0):
+    rng = np.random.default_rng(len(patient))
+    full = [rng.uniform(-1000, 1000, (size, size)).astype(np.float32) for _ in range(n)]
+    positions = [float(p) for p in rng.permutation(n) * 1.25]  # files are not in position order
+    write_ct_series(root / patient / "full_1mm", full, patient, "FD", 0.7, positions, "1.2.3")
+    quarter = [f + 100 for f in full]  # so that pairs can be recognised
+    write_ct_series(root / patient / "quarter_1mm", quarter, patient, "QD", 0.7,
+                    [p + shift_quarter for p in positions], "1.2.3")
+    return full, positions
+
+
+def test_ct_pairs_by_position_and_maps_hu(tmp_path):
+    root = tmp_path / "aapm"
+    for p in ("L001", "L002", "L003"):
+        _write_ct_patient(root, p, 3, shift_quarter=0.2)
+    dm = _dm(CTDataModule, root, tmp_path, patch_size=16, batch_size=2)
+    samples = dm.samples()
+    assert len(samples) == 9 and {s.group for s in samples} == {"L001", "L002", "L003"}
+    for s in samples:
+        lq, hq = s.load()
+        assert lq.shape == hq.shape == (1, 32, 32) and lq.dtype == np.float32
+        np.testing.assert_allclose(dm.to_hu(lq) - dm.to_hu(hq), 100, atol=1.5)  # quarter = full + 100 HU
+    lq, _ = samples[0].load()
+    assert 0 <= lq.min() and lq.max() <= 1
+
+
+def test_ct_series_that_do_not_pair(tmp_path):
+    root = tmp_path / "aapm"
+    _write_ct_patient(root, "L001", 3, shift_quarter=5.0)
+    with pytest.raises(ValueError, match=r"quarter_1mm.*0\d\d\d.dcm.*has no full-dose slice"):
+        _dm(CTDataModule, root, tmp_path).samples()
+    (root / "L001" / "full_1mm" / "0001.dcm").unlink()
+    with pytest.raises(ValueError, match="has 3 slices but .*full_1mm has 2"):
+        _dm(CTDataModule, root, tmp_path).samples()
+
+
+def test_ct_unreadable_file_and_bad_layout(tmp_path):
+    root = tmp_path / "aapm"
+    _write_ct_patient(root, "L001", 2)
+    bad = root / "L001" / "quarter_1mm" / "0002.dcm"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=f"cannot read DICOM file {bad}"):
+        _dm(CTDataModule, root, tmp_path).samples()
+    (root / "L001" / "full_1mm" / "0002.dcm").unlink()
+    bad.unlink()
+    (root / "L009").mkdir()
+    with pytest.raises(ValueError, match="L009 needs exactly one full-dose and one quarter-dose"):
+        _dm(CTDataModule, root, tmp_path).samples()
+    with pytest.raises(ValueError, match="does not exist"):
+        CTDataModule(root=str(tmp_path / "missing"))
+
+
+# --- PET: NIfTI volumes -----------------------------------------------------------------------------
+
+
+def _write_pet(root: Path, patient: str, depth: int = 10, air: int = 2):
+    rng = np.random.default_rng(1)
+    hq = np.zeros((24, 20, depth), np.float32)
+    hq[4:20, 4:16, air : depth - air] = rng.uniform(1, 5, (16, 12, depth - 2 * air))
+    lq = hq + rng.normal(0, 0.3, hq.shape).astype(np.float32) * (hq > 0)
+    write_nifti(root / "lq" / f"{patient}.nii.gz", lq)
+    write_nifti(root / "hq" / f"{patient}.nii.gz", hq)
+    return lq, hq
+
+
+def test_pet_slices_air_dropping_and_normalisation(tmp_path):
+    root = tmp_path / "pet"
+    lq, hq = _write_pet(root, "P1")
+    _write_pet(root, "P2")
+    dm = _dm(PETDataModule, root, tmp_path, patch_size=16)
+    samples = dm.samples()
+    assert len(samples) == 2 * 6  # 2 air slices dropped at each end of each volume
+    assert [s.name for s in samples[:6]] == [f"P1/{i:04d}" for i in range(2, 8)]
+    s_lq, s_hq = samples[0].load()
+    scale = np.percentile(lq, 99.9)
+    np.testing.assert_allclose(s_lq[0], lq[..., 2] / scale, rtol=1e-5)
+    np.testing.assert_allclose(s_hq[0], hq[..., 2] / scale, rtol=1e-5)
+
+
+def test_pet_pairing_errors(tmp_path):
+    root = tmp_path / "pet"
+    _write_pet(root, "P1")
+    write_nifti(root / "lq" / "P2.nii.gz", np.ones((4, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="without a partner.*P2.nii.gz"):
+        _dm(PETDataModule, root, tmp_path).samples()
+    write_nifti(root / "hq" / "P2.nii.gz", np.ones((4, 4, 5), np.float32))
+    with pytest.raises(ValueError, match="do not pair.*P2.nii.gz"):
+        _dm(PETDataModule, root, tmp_path).samples()
+    (root / "hq" / "P2.nii.gz").write_bytes(b"\x1f\x8b broken")
+    with pytest.raises(ValueError, match="cannot read NIfTI file .*P2.nii.gz"):
+        _dm(PETDataModule, root, tmp_path).samples()
+
+
+def test_pet_dicom_series_volumes(tmp_path):
+    root = tmp_path / "pet"
+    for side, offset in (("lq", 5.0), ("hq", 0.0)):
+        slices = [np.full((16, 16), 100.0 + offset + k, np.float32) for k in range(4)]
+        write_ct_series(root / side / "P1", slices, "P1", side, 2.0, [3.0, 1.0, 2.0, 0.0], "1.2")
+    samples = _dm(PETDataModule, root, tmp_path, slice_axis=2).samples()
+    assert len(samples) == 4
+    lq, hq = samples[0].load()  # ordered by position: position 0.0 is the 4th written slice
+    np.testing.assert_allclose(hq * np.percentile([105, 106, 107, 108], 99.9), 103.0, rtol=1e-4)
+
+
+# --- pathology ----------------------------------------------------------------------------------------
+
+
+def test_pathology_folder_and_bicubic_lq(tmp_path):
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        write_image(tmp_path / "hq" / f"img{k}.png", rng.random((3, 34, 41)).astype(np.float32))
+    write_image(tmp_path / "hq" / "grey.tif", rng.random((1, 32, 32)).astype(np.float32))
+    samples = _dm(PathologyDataModule, tmp_path / "hq", tmp_path).samples()
+    assert [s.group for s in samples] == ["grey", "img0", "img1", "img2"]
+    lq, hq = samples[1].load()
+    assert hq.shape == lq.shape == (3, 32, 40)  # cropped to a multiple of 4
+    np.testing.assert_allclose(lq, bicubic_degrade(hq), atol=1e-6)
+    assert samples[0].load()[1].shape == (3, 32, 32)
+
+
+def test_bicubic_degradation_is_4x():
+    rows, cols = np.mgrid[:64, :64]
+    checker = ((rows + cols) % 2).astype(np.float32)[None].repeat(3, 0)  # period 2: above the new Nyquist
+    np.testing.assert_allclose(bicubic_degrade(checker), 0.5, atol=0.02)
+    smooth = (0.5 + 0.3 * np.sin(2 * np.pi * cols / 64)).astype(np.float32)[None]
+    assert np.abs(bicubic_degrade(smooth) - smooth)[:, 8:-8, 8:-8].max() < 0.01
+    small = torch.nn.functional.interpolate(torch.from_numpy(smooth)[None], scale_factor=0.25, mode="bicubic", antialias=True)
+    assert small.shape[-1] == 16
+
+
+def test_pathology_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        _dm(PathologyDataModule, tmp_path / "empty", tmp_path).samples()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"not a png")
+    sample = _dm(PathologyDataModule, tmp_path / "bad", tmp_path).samples()[0]
+    with pytest.raises(ValueError, match="cannot read image file .*x.png"):
+        sample.load()
+
+
+def test_embedded_pathology_end_to_end(tmp_path):
+    dm = PathologyDataModule(cache_dir=str(tmp_path), partitioner=GridPartitioner(), batch_size=2)
+    stats = dm.prepare_data()
+    assert stats.computed == 3
+    assert dm.prepare_data().reused == 3  # a second pass does no partitioning
+    dm.setup()
+    assert dm.split_groups == {"train": ["ihc-train"], "val": ["ihc-val"], "test": ["ihc-test"]}
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["lq"].shape == (1, 3, 256, 256) and batch["regions"].shape == (1, 256, 256)
+    assert batch["regions"].dtype == torch.int64
+    val = next(iter(dm.val_dataloader()))
+    assert val["lq"].shape == (1, 3, 192, 192) and val["name"] == ["ihc-val"]
+
+
+# --- splits and augmentation ------------------------------------------------------------------------
+
+
+def test_automatic_split_never_leaks_a_patient():
+    groups = [f"P{i:02d}" for i in range(20)]
+    splits = split_groups(groups * 3, None, 0.1, 0.2, seed=1)
+    assert sorted(sum(splits.values(), [])) == groups
+    assert len(splits["test"]) == 4 and len(splits["val"]) == 2
+    assert split_groups(groups, None, 0.1, 0.2, seed=1) == splits
+    assert split_groups(groups, None, 0.1, 0.2, seed=2) != splits
+
+
+def test_given_splits_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="'P1' is in both the train and the test split"):
+        split_groups(["P1", "P2"], {"train": ["P1"], "test": ["P1"]})
+    with pytest.raises(ValueError, match="not in the data"):
+        split_groups(["P1"], {"train": ["P7"]})
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps({"train": ["P1"], "test": ["P2"]}))
+    assert read_splits(path) == {"train": ["P1"], "val": [], "test": ["P2"]}
+    path.write_text("{broken")
+    with pytest.raises(ValueError, match="split.json is not valid"):
+        read_splits(path)
+    with pytest.raises(ValueError, match="unknown names"):
+        read_splits({"training": []})
+
+
+def test_paired_crop_and_augmentation_are_identical():
+    lq = torch.arange(40 * 50, dtype=torch.float32).view(1, 40, 50)
+    hq, regions = lq * 2, lq[0].long()
+    seen = set()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        a, b, r = random_paired_crop(lq, hq, regions, 16, augment=True, generator=g)
+        assert a.shape == (1, 16, 16) and r.shape == (16, 16)
+        torch.testing.assert_close(b, 2 * a)
+        torch.testing.assert_close(r.float(), a[0])
+        seen.add((a[0, 0, 1] - a[0, 0, 0]).item())
+    assert len(seen) >= 3  # flips and rotations happen
+
+
+# --- simulations ---------------------------------------------------------------------------------
+
+
+def test_quarter_dose_has_about_four_times_the_noise_variance():
+    size = 128
+    rows, cols = np.mgrid[:size, :size] - size // 2
+    water = np.where(rows**2 + cols**2 < 50**2, 0.0, -1000.0).astype(np.float32)
+    flat = (slice(54, 74), slice(54, 74))
+    ratios = []
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        full = simulate_ct_scan(water, 1.0, 1e5, rng, n_views=180)
+        quarter = simulate_ct_scan(water, 1.0, 1e5 / 4, rng, n_views=180)
+        ratios.append(quarter[flat].var() / full[flat].var())
+        assert abs(full[flat].mean()) < 15  # water stays near 0 HU
+    assert 3.0 < np.mean(ratios) < 5.3, ratios
+    again = simulate_ct_scan(water, 1.0, 1e5, np.random.default_rng(0), n_views=180)
+    np.testing.assert_array_equal(again, simulate_ct_scan(water, 1.0, 1e5, np.random.default_rng(0), n_views=180))
+
+
+def test_thinned_pet_counts_are_noisier():
+    size = 64
+    rows, cols = np.mgrid[:size, :size] - size // 2
+    disc = (rows**2 + cols**2 < 20**2).astype(np.float64)
+    activity = disc * (1 + 3 * (rows**2 + cols**2 < 8**2))
+    mu = 0.0096 * disc
+    low, full = simulate_pet_pair(activity, mu, 2.0, 2e5, 12.0, np.random.default_rng(0), n_views=48)
+    inside = disc > 0
+    err_low = np.abs(low - activity)[inside].mean()
+    err_full = np.abs(full - activity)[inside].mean()
+    assert err_low > 1.5 * err_full
+    assert abs(low[inside].mean() / activity[inside].mean() - 1) < 0.15  # counts rescaled by the factor 12
+    low2, full2 = simulate_pet_pair(activity, mu, 2.0, 2e5, 12.0, np.random.default_rng(0), n_views=48)
+    np.testing.assert_array_equal(low, low2)
+
+
+def test_embedded_builders_write_real_formats(tmp_path):
+    build_embedded_pet(tmp_path / "pet", seed=3, subjects=2, slice_step=12)
+    build_embedded_ct(tmp_path / "ct", seed=3, phantom_patients=1, slices_per_phantom=1)
+    build_embedded_pathology(tmp_path / "path")
+    for cls, folder in ((PETDataModule, "pet"), (CTDataModule, "ct"), (PathologyDataModule, "path")):
+        dm = _dm(cls, tmp_path / folder, tmp_path)
+        samples = dm.samples()
+        lq, hq = samples[0].load()
+        assert lq.shape == hq.shape and lq.shape[0] == cls.channels
+        assert np.isfinite(lq).all() and not np.array_equal(lq, hq)
+    ct = [s.load() for s in _dm(CTDataModule, tmp_path / "ct", tmp_path).samples()]
+    assert all(x[0].shape == (1, 512, 512) for x in ct)
+    again = tmp_path / "again"
+    build_embedded_pathology(again)
+    assert (again / "ihc-test.png").read_bytes() == (tmp_path / "path" / "ihc-test.png").read_bytes()
