@@ -1,54 +1,103 @@
-from pathlib import Path
+"""Every option of every config group composes into a config whose nodes instantiate."""
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from ratlit.config import CONF_DIR
 from ratlit.losses import LOSSES
 from ratlit.models import RAT
+from ratlit.module import RestorationModule
+from ratlit.partition import Partitioner
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def test_model_config_is_the_paper_default():
-    cfg = OmegaConf.load(CONF / "model" / "rat.yaml")
-    model = instantiate(cfg)
-    assert isinstance(model, RAT)
-    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in RAT().parameters())
-
-
-@pytest.mark.parametrize("name", sorted(LOSSES))
-def test_loss_configs(name):
-    loss = instantiate(OmegaConf.load(CONF / "loss" / f"{name}.yaml"))
-    assert isinstance(loss, LOSSES[name])
-    x = torch.rand(1, 1, 4, 4)
-    assert loss(x, x, torch.zeros(1, 4, 4, dtype=torch.long)).item() <= 1e-3 + 1e-9
+GROUPS = {
+    "task": ["ct", "pet", "pathology"],
+    "model": ["rat"],
+    "attention": ["rmsa", "wmsa", "msa"],
+    "loss": ["fr", "l1", "charbonnier"],
+    "partition": ["sam", "sam_or_slic", "slic", "felzenszwalb", "grid", "single"],
+    "trainer": ["default", "cpu", "gpu", "ddp"],
+    "logger": ["csv", "wandb", "tensorboard", "all"],
+    "experiment": ["smoke", "paper_ct", "paper_pet", "paper_pathology"],
+}
 
 
-@pytest.mark.parametrize("attention", ["rmsa", "wmsa", "msa"])
-def test_attention_configs(attention):
-    cfg = OmegaConf.merge(
-        {"model": OmegaConf.load(CONF / "model" / "rat.yaml")}, OmegaConf.load(CONF / "attention" / f"{attention}.yaml")
-    )
-    assert cfg.model.attention == attention
+def _compose(*overrides):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["run_dir=/tmp/ratlit-compose", *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def test_group_folders_match_this_list():
+    for group, options in GROUPS.items():
+        found = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        assert found == sorted(options), group
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_option_composes(group, option):
+    cfg = _compose(f"{group}={option}")
+    for node in ("data", "model", "trainer"):
+        assert "_target_" in cfg[node], node
+    assert all("_target_" in lg for lg in cfg.logger.values())
+    for key in cfg:  # every interpolation resolves (Hydra's own node needs a running job)
+        if key != "hydra" and OmegaConf.is_config(cfg[key]):
+            OmegaConf.to_container(cfg[key], resolve=True)
+
+
+def test_default_config_is_the_paper_network():
+    cfg = _compose()
+    net = instantiate(cfg.model.net)
+    assert isinstance(net, RAT)
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in RAT().parameters())
+    assert cfg.model.lr == 2e-4 and list(cfg.model.betas) == [0.5, 0.999] and cfg.model.eta_min == 1e-6
+    assert cfg.data.patch_size == 256 and cfg.data.batch_size == 8 and cfg.trainer.max_steps == 200000
+
+
+@pytest.mark.parametrize("task, channels, patch", [("ct", 1, 256), ("pet", 1, 192), ("pathology", 3, 256)])
+def test_task_sets_channels_and_patch(task, channels, patch):
+    cfg = _compose(f"task={task}", "experiment=smoke")
+    assert cfg.model.net.in_channels == channels
+    assert _compose(f"task={task}").data.patch_size == patch
+    module = instantiate(cfg.model)
+    assert isinstance(module, RestorationModule)
+    out = module(torch.rand(1, channels, 16, 16), torch.zeros(1, 16, 16, dtype=torch.long))
+    assert out.shape == (1, channels, 16, 16)
+
+
+@pytest.mark.parametrize("attention", GROUPS["attention"])
+@pytest.mark.parametrize("loss", GROUPS["loss"])
+def test_attention_and_loss_axes(attention, loss):
+    cfg = _compose(f"attention={attention}", f"loss={loss}", "experiment=smoke")
+    module = instantiate(cfg.model)
+    assert module.net.attention == attention
+    assert isinstance(module.loss, LOSSES[loss])
 
 
 @pytest.mark.parametrize("name", ["slic", "felzenszwalb", "grid", "single"])
 def test_partition_configs(name):
-    from ratlit.partition import Partitioner
-
-    partitioner = instantiate(OmegaConf.load(CONF / "partition" / f"{name}.yaml"))
+    partitioner = instantiate(_compose(f"partition={name}").partition)
     assert isinstance(partitioner, Partitioner) and partitioner.name == name
 
 
-def test_sam_config_without_checkpoint_falls_back_when_asked(monkeypatch):
+def test_sam_config_without_checkpoint_falls_back_only_when_asked(monkeypatch):
     monkeypatch.delenv("RATLIT_SAM_CHECKPOINT", raising=False)
-    cfg = OmegaConf.load(CONF / "partition" / "sam.yaml")
     with pytest.raises(InstantiationException, match="No SAM checkpoint") as info:
-        instantiate(cfg)
+        instantiate(_compose("partition=sam").partition)
     assert isinstance(info.value.__cause__, FileNotFoundError)
-    cfg.fallback = {"_target_": "ratlit.partition.GridPartitioner"}
-    with pytest.warns(UserWarning, match="USING GRID INSTEAD"):
-        assert instantiate(cfg).spec == {"name": "grid", "cell_size": 16, "requested": "sam"}
+    with pytest.warns(UserWarning, match="USING SLIC INSTEAD"):
+        spec = instantiate(_compose("partition=sam_or_slic").partition).spec
+    assert spec["name"] == "slic" and spec["requested"] == "sam"
+
+
+def test_paper_experiments_use_the_paper_settings():
+    for task, patch in (("ct", 256), ("pet", 192), ("pathology", 256)):
+        cfg = _compose(f"experiment=paper_{task}")
+        assert cfg.task_name == task and cfg.data.patch_size == patch and cfg.data.batch_size == 8
+        assert cfg.trainer.max_steps == 200000 and cfg.partition.model_type == "vit_b"
+        assert cfg.partition._target_.endswith("build_sam_partitioner") and cfg.partition.fallback is None

@@ -23,3 +23,25 @@ __all__ = [
     "to_uint8_rgb",
     "to_unit_range",
 ]
+
+
+def partitioner_from_spec(spec: dict) -> Partitioner:
+    """Rebuild the partitioner a run recorded (``Partitioner.spec``), e.g. to partition new images alike."""
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    spec.pop("requested", None)
+    classes = {cls.name: cls for cls in (SlicPartitioner, FelzenszwalbPartitioner, GridPartitioner, SinglePartitioner)}
+    if name == "sam":
+        digest = spec.pop("checkpoint_sha256", None)
+        partitioner = SamPartitioner(**spec)
+        if digest and partitioner.checkpoint_digest != digest:
+            raise ValueError(
+                f"SAM checkpoint {partitioner.checkpoint} is not the one the run used (sha256 {digest}...)"
+            )
+        return partitioner
+    if name not in classes:
+        raise ValueError(f"unknown partitioner {name!r} in spec {spec}")
+    return classes[name](**spec)
+
+
+__all__.append("partitioner_from_spec")

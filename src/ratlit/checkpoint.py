@@ -1,0 +1,39 @@
+"""Loading a trained run back from its checkpoint (which carries the run's resolved config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ratlit.config import instantiate
+
+
+def resolve_path(path: str | Path, base: Path | None = None) -> Path:
+    """``path`` made absolute against ``base`` (Hydra's original working directory) if relative."""
+    p = Path(str(path)).expanduser()
+    return p if p.is_absolute() or base is None else base / p
+
+
+def load_checkpoint(path: str | Path) -> tuple[DictConfig, dict[str, Any]]:
+    """``(run config, state_dict)`` from a ratlit checkpoint, read with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "ratlit_config" not in checkpoint:
+        raise ValueError(f"{path} is not a ratlit checkpoint (no state_dict / ratlit_config)")
+    return OmegaConf.create(checkpoint["ratlit_config"]), checkpoint["state_dict"]
+
+
+def build_module(cfg: DictConfig, state_dict: dict[str, Any]) -> Any:
+    """The run's RestorationModule with the checkpoint's weights, in eval mode."""
+    module = instantiate(cfg.model)
+    module.load_state_dict(state_dict)
+    module.run_config = OmegaConf.to_yaml(cfg)
+    return module.eval()

@@ -1,0 +1,235 @@
+"""Train (and test) a restoration model: ``python -m ratlit.train task=pet attention=rmsa``.
+
+Sweeps: ``python -m ratlit.train -m task=ct attention=msa,wmsa,rmsa loss=l1,fr sweep_name=table4_ct``.
+Resume an interrupted run: ``python -m ratlit.train resume=<run folder>``.
+Each run folder holds ``config.yaml`` (the full resolved config, with the partitioner actually used),
+``checkpoints/`` (best by validation PSNR, and last), ``csv/metrics.csv``, ``panels/``, ``results.json``
+and ``test_results.csv`` (per image).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from ratlit.config import CONF_DIR, exit_on_user_error, instantiate
+from ratlit.partition.cache import atomic_write
+
+log = logging.getLogger("ratlit.train")
+
+
+def is_multi_process(trainer_cfg: DictConfig) -> bool:
+    """Whether the trainer config starts more than one process (several devices or nodes)."""
+    devices = trainer_cfg.get("devices", 1)
+    if isinstance(devices, (list, ListConfig)):
+        many = len(devices) > 1
+    elif devices in ("auto", -1, "-1"):
+        many = torch.cuda.device_count() > 1
+    else:
+        many = int(devices) > 1
+    return many or int(trainer_cfg.get("num_nodes", 1) or 1) > 1
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Refuse DDP inside a local Hydra multirun (Lightning #15737): children would re-start the sweep."""
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    launcher = str(hydra_cfg.launcher.get("_target_", ""))
+    if hydra_cfg.mode == RunMode.MULTIRUN and is_multi_process(cfg.trainer) and "submitit" not in launcher:
+        raise ValueError(
+            "a multirun (-m) cannot use a multi-process trainer (several devices or nodes): Lightning's DDP "
+            "launcher would re-start the sweep in every child. Run the sweep one job per GPU "
+            "(trainer.devices=1, jobs one after another), or as a SLURM array with hydra/launcher=slurm, "
+            "where each job may use several GPUs."
+        )
+
+
+def resumed_config(cfg: DictConfig) -> tuple[DictConfig, str]:
+    """The saved config of the run folder ``cfg.resume`` and its last checkpoint."""
+    run_dir = Path(str(cfg.resume)).expanduser()
+    if not run_dir.is_absolute() and HydraConfig.initialized():
+        run_dir = Path(hydra.utils.get_original_cwd()) / run_dir
+    saved, last = run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
+    if not saved.is_file():
+        raise ValueError(f"resume={run_dir}: no config.yaml there; give the folder of a ratlit run")
+    if not last.is_file():
+        raise ValueError(f"resume={run_dir}: no checkpoints/last.ckpt to resume from")
+    old = OmegaConf.load(saved)
+    with open_dict(old):
+        old.run_dir = str(run_dir)
+        old.resume = str(run_dir)
+    return old, str(last)
+
+
+def wandb_online() -> bool:
+    """Credentials present and the W&B server reachable; otherwise runs log offline."""
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
+        return False
+    has_key = bool(os.environ.get("WANDB_API_KEY"))
+    if not has_key:
+        try:
+            import netrc
+
+            host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+            has_key = netrc.netrc().authenticators(host) is not None
+        except (OSError, netrc.NetrcParseError):
+            has_key = False
+    if not has_key:
+        return False
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def build_loggers(cfg: DictConfig, tags: list[str], config: dict[str, Any]) -> list[Logger]:
+    loggers: list[Logger] = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is None:
+            continue
+        node = OmegaConf.to_container(node, resolve=True)
+        if node["_target_"].endswith("WandbLogger"):
+            if node.get("offline", "auto") == "auto":
+                node["offline"] = not wandb_online()
+            if node["offline"]:
+                log.info("W&B logs offline in %s; upload later with `wandb sync`", node.get("save_dir"))
+            node.update(tags=tags, config=config, name=Path(str(cfg.run_dir)).name)
+        loggers.append(instantiate(node))
+    if not any(isinstance(lg, CSVLogger) for lg in loggers):
+        loggers.append(CSVLogger(save_dir=str(cfg.run_dir), name="csv", version=""))
+    return loggers
+
+
+def finish_wandb(loggers: list[Logger], saved_mode: str | None) -> None:
+    """End the W&B run and restore WANDB_MODE, so the next job of a multirun starts clean."""
+    if any(isinstance(lg, WandbLogger) for lg in loggers):
+        import wandb
+
+        wandb.finish()
+    if saved_mode is None:
+        os.environ.pop("WANDB_MODE", None)
+    else:
+        os.environ["WANDB_MODE"] = saved_mode
+
+
+def run_tags(cfg: DictConfig, partition: dict[str, Any]) -> list[str]:
+    loss = str(cfg.model.loss._target_).rsplit(".", 1)[-1]
+    tags = [f"task:{cfg.task_name}", f"attention:{cfg.model.net.get('attention', 'none')}", f"loss:{loss}",
+            f"partition:{partition['name']}"]
+    return tags + [str(t) for t in cfg.get("tags") or []]
+
+
+def overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def write_results(run_dir: Path, results: dict[str, Any], names: list[str], values: dict[str, list[float]]) -> None:
+    atomic_write(run_dir / "results.json", lambda f: f.write(json.dumps(results, indent=2).encode()))
+    if names and all(len(v) == len(names) for v in values.values()):
+        rows = [["name", *values]] + [[n, *(values[k][i] for k in values)] for i, n in enumerate(names)]
+
+        def write(f):
+            import io
+
+            text = io.StringIO()
+            csv.writer(text).writerows(rows)
+            f.write(text.getvalue().encode())
+
+        atomic_write(run_dir / "test_results.csv", write)
+
+
+def metric(trainer: L.Trainer, key: str) -> float | None:
+    value = trainer.callback_metrics.get(key)
+    return None if value is None else float(value)
+
+
+@exit_on_user_error
+def train(cfg: DictConfig) -> dict[str, Any]:
+    check_launch(cfg)
+    ckpt_path = None
+    if cfg.get("resume"):
+        cfg, ckpt_path = resumed_config(cfg)
+    run_dir = Path(str(cfg.run_dir))
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True)
+
+    datamodule = instantiate(cfg.data)
+    partition = datamodule.partitioner.spec
+    with open_dict(cfg):
+        cfg.partition_used = partition
+    log.info("partitioner: %s", partition)
+    module = instantiate(cfg.model)
+    module.panel_dir = str(run_dir / "panels")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    module.run_config = OmegaConf.to_yaml(resolved)
+    if rank_zero_only.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(run_dir / "config.yaml", lambda f: f.write(module.run_config.encode()))
+
+    saved_mode = os.environ.get("WANDB_MODE")
+    loggers = build_loggers(cfg, run_tags(cfg, partition), resolved)
+    try:
+        for lg in loggers:
+            lg.log_hyperparams(resolved)
+        callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
+        trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+        best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+        results: dict[str, Any] = {
+            "task": cfg.task_name,
+            "attention": cfg.model.net.get("attention"),
+            "loss": str(cfg.model.loss._target_).rsplit(".", 1)[-1],
+            "partition": partition,
+            "overrides": overrides(),
+            "steps": trainer.global_step,
+            "best_checkpoint": best,
+            "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
+            "best_val": {"psnr": float(checkpoint.best_model_score) if checkpoint and checkpoint.best_model_score is not None else None},
+        }
+        if cfg.get("test_after_fit", True):
+            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+            results["test"] = {k.split("/", 1)[1]: metric(trainer, k) for k in
+                               ("test/psnr", "test/psnr_std", "test/ssim", "test/ssim_std")}
+        if trainer.is_global_zero:
+            write_results(run_dir, results, module.test_names, getattr(module, "test_values", {}))
+            test = results.get("test") or {}
+            print(
+                f"[ratlit] {cfg.task_name} {results['attention']}/{results['loss']} partition={partition['name']}: "
+                f"best val PSNR {results['best_val']['psnr'] or float('nan'):.4f}"
+                + (f" | test PSNR {test['psnr']:.4f} ± {test['psnr_std']:.4f}, SSIM {test['ssim']:.4f} ± "
+                   f"{test['ssim_std']:.4f}" if test else "")
+                + f" | checkpoint {best} | run {run_dir}"
+            )
+        return results
+    finally:
+        finish_wandb(loggers, saved_mode)
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    results = train(cfg)
+    return (results.get("test") or {}).get("psnr")
+
+
+if __name__ == "__main__":
+    main()
