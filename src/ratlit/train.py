@@ -112,11 +112,17 @@ def build_loggers(cfg: DictConfig, tags: list[str], config: dict[str, Any]) -> l
                 node["offline"] = not wandb_online()
             if node["offline"]:
                 log.info("W&B logs offline in %s; upload later with `wandb sync`", node.get("save_dir"))
-            node.update(tags=tags, config=config, name=Path(str(cfg.run_dir)).name)
-        loggers.append(instantiate(node))
+            node.update(tags=tags, config=config, name=run_name(cfg))
+        loggers.append(instantiate(node, _convert_="all"))  # plain dicts for wandb.init(config=...)
     if not any(isinstance(lg, CSVLogger) for lg in loggers):
         loggers.append(CSVLogger(save_dir=str(cfg.run_dir), name="csv", version=""))
     return loggers
+
+
+def run_name(cfg: DictConfig) -> str:
+    """A readable name: the run's own overrides (paths left out), else its folder name."""
+    parts = [o for o in overrides() if not any(k in o for k in ("root=", "dir=", "checkpoint=", "sweep_name="))]
+    return (",".join(parts) or Path(str(cfg.run_dir)).name)[:128]
 
 
 def finish_wandb(loggers: list[Logger], saved_mode: str | None) -> None:

@@ -1,0 +1,160 @@
+"""The experiment suite end to end, through its command lines: train, evaluate, predict, sweeps, report."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from ratlit.data.ct import write_ct_series
+from ratlit.data.io import write_nifti
+
+SMOKE = ["experiment=smoke", "data.patch_size=32", "trainer.max_steps=6", "trainer.val_check_interval=3",
+         "data.val_fraction=0.25", "data.test_fraction=0.25"]
+
+
+@pytest.fixture(scope="module")
+def ct_root(tmp_path_factory):
+    """A tiny AAPM-layout CT set: 4 patients x 2 slices of 48 x 48."""
+    root = tmp_path_factory.mktemp("aapm")
+    rng = np.random.default_rng(0)
+    for p in range(4):
+        rows, cols = np.mgrid[:48, :48]
+        base = [np.where((rows - 24) ** 2 + (cols - 24) ** 2 < (12 + 3 * k + p) ** 2, 60.0, -1000.0) for k in range(2)]
+        full = [b + rng.normal(0, 10, b.shape) for b in base]
+        quarter = [b + rng.normal(0, 20, b.shape) for b in base]
+        write_ct_series(root / f"P{p}" / "full_1mm", full, f"P{p}", "FD", 0.7, [0.0, 1.0], "1.2.3.4")
+        write_ct_series(root / f"P{p}" / "quarter_1mm", quarter, f"P{p}", "QD", 0.7, [0.0, 1.0], "1.2.3.4")
+    return root
+
+
+def run(module, *args, cwd, check=True, env_extra=None, timeout=400):
+    env = {**os.environ, "RATLIT_CACHE": str(cwd / "cache"), "RATLIT_OUTPUTS": str(cwd / "outputs"),
+           "HOME": str(cwd), "WANDB_SILENT": "true", **(env_extra or {})}
+    for key in ("WANDB_API_KEY", "WANDB_MODE", "RATLIT_SAM_CHECKPOINT"):
+        env.pop(key, None)
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
+    return result
+
+
+def only_run(cwd: Path, task="ct") -> Path:
+    runs = sorted((cwd / "outputs" / "runs" / task).iterdir())
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_smoke_train_then_evaluate_and_predict(ct_root, tmp_path):
+    train = run("ratlit.train", *SMOKE, f"data.root={ct_root}", cwd=tmp_path)
+    assert "[ratlit] ct rmsa/FocalRegionLoss partition=slic: best val PSNR" in train.stdout
+    run_dir = only_run(tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["steps"] == 6 and results["partition"]["name"] == "slic"
+    assert results["test"]["psnr"] > 0 and results["best_checkpoint"].endswith(".ckpt")
+    saved = (run_dir / "config.yaml").read_text()
+    assert "partition_used:" in saved and "_target_: ratlit.data.CTDataModule" in saved
+    assert (run_dir / "checkpoints" / "last.ckpt").exists() and (run_dir / "csv" / "metrics.csv").exists()
+    assert list((run_dir / "panels").glob("*.png"))
+    assert len((run_dir / "test_results.csv").read_text().splitlines()) == 1 + 2  # one test patient, 2 slices
+
+    ckpt = results["best_checkpoint"]
+    evaluation = run("ratlit.evaluate", f"ckpt={ckpt}", cwd=tmp_path)
+    assert "| best-" in evaluation.stdout and " ± " in evaluation.stdout
+    saved_eval = json.loads((run_dir / "eval" / "eval_test.json").read_text())
+    assert saved_eval["psnr"] == pytest.approx(results["test"]["psnr"], abs=1e-3)
+
+    run("ratlit.predict", f"ckpt={ckpt}", f"input={ct_root / 'P0' / 'quarter_1mm'}", "output=restored", cwd=tmp_path)
+    for name in ("0001.dcm", "0002.dcm"):
+        before = pydicom.dcmread(ct_root / "P0" / "quarter_1mm" / name)
+        after = pydicom.dcmread(tmp_path / "restored" / name)
+        assert after.PatientID == before.PatientID and after.pixel_array.shape == before.pixel_array.shape
+        assert after.SOPInstanceUID != before.SOPInstanceUID and after.SeriesInstanceUID != before.SeriesInstanceUID
+        assert "restored" in after.SeriesDescription
+        assert not np.array_equal(after.pixel_array, before.pixel_array)
+
+    volume = np.random.default_rng(1).uniform(0, 3, (40, 36, 5)).astype(np.float32)
+    write_nifti(tmp_path / "scan.nii.gz", volume, (2.0, 2.0, 3.0))
+    run("ratlit.predict", f"ckpt={ckpt}", "input=scan.nii.gz", "output=restored_nii", cwd=tmp_path)
+    import nibabel as nib
+
+    src, out = nib.load(tmp_path / "scan.nii.gz"), nib.load(tmp_path / "restored_nii" / "scan.nii.gz")
+    assert out.shape == src.shape and np.allclose(out.affine, src.affine)
+
+
+def test_sweep_with_wandb_offline_and_report(ct_root, tmp_path):
+    result = run("ratlit.train", "-m", *SMOKE, f"data.root={ct_root}", "attention=msa,wmsa,rmsa",
+                 "logger=wandb", "sweep_name=t4", cwd=tmp_path)
+    sweep = next((tmp_path / "outputs" / "sweeps" / "t4").iterdir())
+    runs = sorted(p for p in sweep.iterdir() if (p / "results.json").exists())
+    assert len(runs) == 3, result.stdout[-2000:]
+    offline = [list((r / "wandb").glob("offline-run-*")) for r in runs]
+    assert all(len(o) == 1 for o in offline)  # one W&B run per job, none shared
+    assert len({o[0].name for o in offline}) == 3
+    report = run("ratlit.report", str(sweep), cwd=tmp_path)
+    lines = (sweep / "report.md").read_text().splitlines()
+    assert lines[0].startswith("| run | attention |") and len(lines) == 2 + 3
+    assert {"msa", "wmsa", "rmsa"} == {line.split("|")[2].strip() for line in lines[2:]}
+    assert (sweep / "report.png").read_bytes()[:4] == b"\x89PNG" and (sweep / "report.csv").exists()
+    assert "± " in report.stdout
+
+
+def test_resume_continues_from_the_last_checkpoint(ct_root, tmp_path):
+    run("ratlit.train", *SMOKE, f"data.root={ct_root}", "test_after_fit=false", cwd=tmp_path)
+    run_dir = only_run(tmp_path)
+    # As if the run had been planned for 9 steps and stopped after 6.
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("max_steps: 6", "max_steps: 9"))
+    resumed = run("ratlit.train", f"resume={run_dir}", cwd=tmp_path)
+    assert f"Restoring states from the checkpoint path at {run_dir / 'checkpoints' / 'last.ckpt'}" in (
+        resumed.stdout + resumed.stderr
+    )
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["steps"] == 9 and len(list((tmp_path / "outputs" / "runs" / "ct").iterdir())) == 2
+
+
+def test_two_process_cpu_ddp(ct_root, tmp_path):
+    result = run("ratlit.train", *SMOKE, f"data.root={ct_root}", "trainer=ddp", "trainer.accelerator=cpu",
+                 "trainer.devices=2",
+                 cwd=tmp_path)
+    run_dir = only_run(tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["steps"] == 6 and results["test"]["psnr"] > 0
+    assert result.stdout.count("[ratlit] ct") == 1  # one summary: rank 0
+
+
+def test_sweep_with_ddp_is_refused(ct_root, tmp_path):
+    result = run("ratlit.train", "-m", *SMOKE, f"data.root={ct_root}", "trainer=ddp", "trainer.devices=2",
+                 "attention=msa,rmsa", cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert "cannot use a multi-process trainer" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["attention=swin"], "Could not find 'attention/swin'"),
+        (["data.patch_size=-1"], "patch_size and batch_size must be positive"),
+        (["data.root=/no/such/folder"], "data root /no/such/folder does not exist"),
+        (["model.net.scale_by=sqrt"], "scale_by must be one of"),
+    ],
+)
+def test_bad_overrides(ct_root, tmp_path, args, message):
+    result = run("ratlit.train", "experiment=smoke", f"data.root={ct_root}", *args, cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+
+
+def test_missing_and_bad_checkpoints(tmp_path):
+    result = run("ratlit.evaluate", "ckpt=missing.ckpt", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "checkpoint not found" in result.stderr + result.stdout
+    (tmp_path / "bad.ckpt").write_bytes(b"junk")
+    result = run("ratlit.predict", "ckpt=bad.ckpt", "input=x", "output=y", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "cannot read checkpoint" in result.stderr + result.stdout
+    result = run("ratlit.train", "resume=nowhere", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "no config.yaml there" in result.stderr + result.stdout
