@@ -22,7 +22,7 @@ GROUPS = {
     "partition": ["sam", "sam_or_slic", "slic", "felzenszwalb", "grid", "single"],
     "trainer": ["default", "cpu", "gpu", "ddp"],
     "logger": ["csv", "wandb", "tensorboard", "all"],
-    "experiment": ["smoke", "paper_ct", "paper_pet", "paper_pathology"],
+    "experiment": ["smoke", "cpu_ablation", "paper_ct", "paper_pet", "paper_pathology"],
 }
 
 
@@ -101,3 +101,10 @@ def test_paper_experiments_use_the_paper_settings():
         assert cfg.task_name == task and cfg.data.patch_size == patch and cfg.data.batch_size == 8
         assert cfg.trainer.max_steps == 200000 and cfg.partition.model_type == "vit_b"
         assert cfg.partition._target_.endswith("build_sam_partitioner") and cfg.partition.fallback is None
+
+
+def test_slurm_preset_keeps_tasks_and_devices_in_step():
+    cfg = _compose("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4")
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert launcher["tasks_per_node"] == launcher["gpus_per_node"] == 4 and launcher["nodes"] == 1
