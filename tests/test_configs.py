@@ -16,9 +16,9 @@ from ratlit.partition import Partitioner
 
 GROUPS = {
     "task": ["ct", "pet", "pathology"],
-    "model": ["rat"],
-    "attention": ["rmsa", "wmsa", "msa"],
-    "loss": ["fr", "l1", "charbonnier"],
+    "model": ["rat", "nafnet", "cnn", "redcnn", "edcnn", "srcnn", "edsr", "rcan", "swinir", "dcnn", "unet"],
+    "attention": ["rmsa", "wmsa", "msa", "none"],
+    "loss": ["fr", "l1", "mse", "charbonnier", "edcnn"],
     "partition": ["sam", "sam_or_slic", "slic", "felzenszwalb", "grid", "single"],
     "trainer": ["default", "cpu", "gpu", "ddp"],
     "logger": ["csv", "wandb", "tensorboard", "all"],
@@ -70,8 +70,18 @@ def test_task_sets_channels_and_patch(task, channels, patch):
     assert out.shape == (1, channels, 16, 16)
 
 
-@pytest.mark.parametrize("attention", GROUPS["attention"])
-@pytest.mark.parametrize("loss", GROUPS["loss"])
+@pytest.mark.parametrize("model", GROUPS["model"])
+@pytest.mark.parametrize("task", GROUPS["task"])
+def test_every_model_instantiates_for_every_task(model, task):
+    cfg = _compose(f"model={model}", f"task={task}")
+    net = instantiate(cfg.model.net)
+    channels = cfg.model.net.in_channels
+    assert net(torch.rand(1, channels, 24, 24), torch.zeros(1, 24, 24, dtype=torch.long)).shape == (1, channels, 24, 24)
+    assert ("attention" in cfg.model.net) == (model == "rat")
+
+
+@pytest.mark.parametrize("attention", ["rmsa", "wmsa", "msa"])
+@pytest.mark.parametrize("loss", ["fr", "l1", "mse", "charbonnier"])
 def test_attention_and_loss_axes(attention, loss):
     cfg = _compose(f"attention={attention}", f"loss={loss}", "experiment=smoke")
     module = instantiate(cfg.model)

@@ -29,6 +29,59 @@ class L1Loss(nn.Module):
         return (pred - target).abs().mean()
 
 
+class MSELoss(nn.Module):
+    """Mean squared error; ``regions`` is accepted and ignored."""
+
+    def forward(self, pred: Tensor, target: Tensor, regions: Tensor | None = None) -> Tensor:
+        _check_pair(pred, target)
+        return (pred - target).pow(2).mean()
+
+
+class CompoundLoss(nn.Module):
+    """EDCNN's compound loss (Liang et al. 2020): ``mse_weight * MSE + perceptual_weight * multi-scale
+    perceptual loss``, the latter the mean MSE between ImageNet ResNet-50 features of the four stages.
+
+    ``perceptual_checkpoint``: torchvision's ResNet-50 ImageNet weights (``resnet50-*.pth``); nothing is
+    downloaded. ``perceptual_weight=0`` needs none and is plain MSE.
+    """
+
+    IMAGENET_MEAN = (0.485, 0.456, 0.406)
+    IMAGENET_STD = (0.229, 0.224, 0.225)
+
+    def __init__(self, mse_weight: float = 1.0, perceptual_weight: float = 0.01,
+                 perceptual_checkpoint: str | None = None) -> None:
+        super().__init__()
+        if mse_weight < 0 or perceptual_weight < 0:
+            raise ValueError(f"weights must be >= 0, got mse_weight={mse_weight}, perceptual_weight={perceptual_weight}")
+        self.mse_weight, self.perceptual_weight = mse_weight, perceptual_weight
+        self.features = None
+        if perceptual_weight > 0:
+            if not perceptual_checkpoint:
+                raise ValueError(
+                    "EDCNN's compound loss needs ImageNet ResNet-50 weights: set loss.perceptual_checkpoint="
+                    "/path/to/resnet50-0676ba61.pth (or $RATLIT_RESNET50_CHECKPOINT), or loss.perceptual_weight=0"
+                )
+            from ratlit.perceptual import ResNet50Features
+
+            self.features = ResNet50Features(perceptual_checkpoint)
+        self.register_buffer("mean", torch.tensor(self.IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def _imagenet(self, x: Tensor) -> Tensor:
+        x = x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x[:, :3]
+        return (x - self.mean) / self.std
+
+    def forward(self, pred: Tensor, target: Tensor, regions: Tensor | None = None) -> Tensor:
+        _check_pair(pred, target)
+        loss = self.mse_weight * (pred - target).pow(2).mean()
+        if self.features is not None:
+            with torch.no_grad():
+                wanted = self.features(self._imagenet(target))
+            got = self.features(self._imagenet(pred))
+            loss = loss + self.perceptual_weight * sum((g - w).pow(2).mean() for g, w in zip(got, wanted)) / len(got)
+        return loss
+
+
 class CharbonnierLoss(nn.Module):
     """Mean of ``sqrt((pred - target)^2 + eps^2)``, a smooth L1; ``regions`` is accepted and ignored."""
 
@@ -85,4 +138,4 @@ class FocalRegionLoss(nn.Module):
         return weights.view(batch, 1, *error.shape[2:])
 
 
-LOSSES = {"l1": L1Loss, "charbonnier": CharbonnierLoss, "fr": FocalRegionLoss}
+LOSSES = {"l1": L1Loss, "mse": MSELoss, "charbonnier": CharbonnierLoss, "fr": FocalRegionLoss, "edcnn": CompoundLoss}

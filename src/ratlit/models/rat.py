@@ -81,7 +81,8 @@ class RATGroup(nn.Module):
 class RAT(nn.Module):
     """Region Attention Transformer: ``model(lq [B, C, H, W], regions [B, H, W] int) -> [B, C, H, W]``.
 
-    Any H, W: the input is zero-padded to a multiple of ``2**levels * window_size`` (padded pixels form a
+    ``num_groups=0`` is RAT's U-Net without attention (NAFNet-style, the ``nafnet`` baseline); ``regions`` may
+    be None whenever no R-MSA layer needs it. Any H, W: the input is zero-padded to a multiple of ``2**levels * window_size`` (padded pixels form a
     region of their own) and the output cropped back. ``regions`` holds arbitrary integer ids.
 
     Paper defaults: width 64, 2 + 2 NAFBlocks per encoder level and 2 + 2 per decoder level, 12 RAT layers
@@ -154,14 +155,20 @@ class RAT(nn.Module):
             self.decoders.append(nafblocks(channels, count, layer_scale_init))
         self.ending = nn.Conv2d(width, in_channels, 3, padding=1)
 
-    def forward(self, lq: Tensor, regions: Tensor) -> Tensor:
+    @property
+    def needs_regions(self) -> bool:
+        return self.attention == "rmsa" and len(self.middle) > 0
+
+    def forward(self, lq: Tensor, regions: Tensor | None = None) -> Tensor:
         check_image("lq", lq, self.in_channels)
-        check_labels("regions", regions, (lq.shape[0], *lq.shape[2:]))
         height, width = lq.shape[-2:]
         pad_h = -height % self.pad_multiple
         pad_w = -width % self.pad_multiple
         x_in = F.pad(lq, (0, pad_w, 0, pad_h))
-        labels = self.token_labels(regions, pad_h, pad_w)
+        labels = None
+        if regions is not None or self.needs_regions:
+            check_labels("regions", regions, (lq.shape[0], *lq.shape[2:]))
+            labels = self.token_labels(regions, pad_h, pad_w)
 
         x = self.intro(x_in)
         skips = []
