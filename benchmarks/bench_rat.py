@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 import torch
-
 from bench_attention import peak_rss_reset, rss
 
 

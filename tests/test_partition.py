@@ -1,6 +1,4 @@
 import multiprocessing as mp
-import warnings
-from functools import partial
 
 import numpy as np
 import pytest

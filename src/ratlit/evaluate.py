@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ratlit.checkpoint import build_module, load_checkpoint, resolve_path
 from ratlit.config import CONF_DIR, exit_on_user_error, instantiate
-from ratlit.partition.cache import atomic_write
+from ratlit.files import write_text_atomic
+from ratlit.module import per_image_csv
 
 
 def markdown_table(rows: list[dict[str, str]]) -> str:
@@ -56,12 +57,10 @@ def evaluate(cfg: DictConfig) -> dict:
     }
     table = markdown_table([row])
     print(table, end="")
-    atomic_write(out / f"eval_{cfg.split}.md", lambda f: f.write(table.encode()))
-    lines = ["name,psnr,ssim"] + [f"{n},{p},{s}" for n, p, s in
-                                  zip(module.test_names, module.test_values["psnr"], module.test_values["ssim"])]
-    atomic_write(out / f"eval_{cfg.split}.csv", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    write_text_atomic(out / f"eval_{cfg.split}.md", table)
+    write_text_atomic(out / f"eval_{cfg.split}.csv", per_image_csv(module.test_names, module.test_values))
     result = {"checkpoint": str(ckpt), "split": cfg.split, "data": OmegaConf.to_container(run_cfg.data), **summary}
-    atomic_write(out / f"eval_{cfg.split}.json", lambda f: f.write(json.dumps(result, indent=2, default=str).encode()))
+    write_text_atomic(out / f"eval_{cfg.split}.json", json.dumps(result, indent=2, default=str))
     print(f"wrote {out}/eval_{cfg.split}.{{md,csv,json}}")
     return result
 

@@ -24,6 +24,13 @@ def image_metrics(pred: Tensor, target: Tensor, data_range: float) -> tuple[Tens
     return psnr.reshape(-1), ssim.reshape(-1)
 
 
+def per_image_csv(names: list[str], values: dict[str, list[float]]) -> str:
+    """``name,<metric>,...`` lines, one per image."""
+    rows = [",".join(["name", *values])]
+    rows += [",".join([name, *(f"{values[k][i]:.6f}" for k in values)]) for i, name in enumerate(names)]
+    return "\n".join(rows) + "\n"
+
+
 def region_panel(lq: Tensor, restored: Tensor, hq: Tensor, regions: Tensor) -> np.ndarray:
     """One row ``[H, 5W, 3]`` in [0, 1]: LQ | restored | HQ | |error| (x4) | LQ with region boundaries."""
     from skimage.segmentation import mark_boundaries

@@ -11,7 +11,6 @@ low-resolution image by the task's scale with bicubic interpolation).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import hydra
@@ -22,7 +21,8 @@ from omegaconf import DictConfig
 
 from ratlit.checkpoint import build_module, load_checkpoint, resolve_path
 from ratlit.config import CONF_DIR, exit_on_user_error
-from ratlit.data.io import IMAGE_SUFFIXES, atomic_path, is_nifti, read_dicom, read_image, write_dicom, write_image
+from ratlit.data.io import IMAGE_SUFFIXES, is_nifti, read_dicom, read_image, write_dicom, write_image
+from ratlit.files import atomic_output
 from ratlit.partition import PartitionCache, partitioner_from_spec
 
 log = logging.getLogger("ratlit.predict")
@@ -114,14 +114,8 @@ def restore_nifti(path: Path, out: Path, restorer: Restorer, slice_axis: int) ->
     header = image.header.copy()
     header.set_data_dtype(np.float32)
     result_image = nib.Nifti1Image(restored, image.affine, header)
-    target = out / path.name
-    fd, tmp = atomic_path(target, ".nii.gz" if path.name.endswith(".gz") else ".nii")
-    os.close(fd)
-    try:
+    with atomic_output(out / path.name, ".nii.gz" if path.name.endswith(".gz") else ".nii") as tmp:
         nib.save(result_image, str(tmp))
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def restore_image(path: Path, out: Path, restorer: Restorer, channels: int, upscale: int | None) -> None:

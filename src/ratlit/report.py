@@ -11,12 +11,11 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from ratlit.partition.cache import atomic_write
+from ratlit.files import atomic_output, write_text_atomic
 
 
 def load_runs(folder: Path) -> list[dict[str, Any]]:
@@ -77,10 +76,9 @@ def bar_chart(runs: list[dict[str, Any]], labels: list[str], path: Path) -> None
         high = max(v + e for v, e in zip(values, errors))
         ax.set_ylim(low - 0.1 * (high - low + 1e-6), high + 0.1 * (high - low + 1e-6))
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_output(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def report(folder: Path, out: Path | None = None) -> str:
@@ -91,10 +89,10 @@ def report(folder: Path, out: Path | None = None) -> str:
     markdown = "\n".join(
         ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
     ) + "\n"
-    atomic_write(out / "report.md", lambda f: f.write(markdown.encode()))
+    write_text_atomic(out / "report.md", markdown)
     text = io.StringIO()
     csv.writer(text).writerows([header, *rows])
-    atomic_write(out / "report.csv", lambda f: f.write(text.getvalue().encode()))
+    write_text_atomic(out / "report.csv", text.getvalue())
     keys = header[1:-3]
     labels = [",".join(r[1 : 1 + len(keys)]) or r[0] for r in rows]
     bar_chart(runs, labels, out / "report.png")

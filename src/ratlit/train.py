@@ -9,7 +9,6 @@ and ``test_results.csv`` (per image).
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -29,7 +28,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from ratlit.config import CONF_DIR, exit_on_user_error, instantiate
-from ratlit.partition.cache import atomic_write
+from ratlit.files import write_text_atomic
+from ratlit.module import per_image_csv
 
 log = logging.getLogger("ratlit.train")
 
@@ -149,18 +149,9 @@ def overrides() -> list[str]:
 
 
 def write_results(run_dir: Path, results: dict[str, Any], names: list[str], values: dict[str, list[float]]) -> None:
-    atomic_write(run_dir / "results.json", lambda f: f.write(json.dumps(results, indent=2).encode()))
-    if names and all(len(v) == len(names) for v in values.values()):
-        rows = [["name", *values]] + [[n, *(values[k][i] for k in values)] for i, n in enumerate(names)]
-
-        def write(f):
-            import io
-
-            text = io.StringIO()
-            csv.writer(text).writerows(rows)
-            f.write(text.getvalue().encode())
-
-        atomic_write(run_dir / "test_results.csv", write)
+    write_text_atomic(run_dir / "results.json", json.dumps(results, indent=2))
+    if names and all(len(v) == len(names) for v in values.values()):  # DDP ranks keep only their own names
+        write_text_atomic(run_dir / "test_results.csv", per_image_csv(names, values))
 
 
 def metric(trainer: L.Trainer, key: str) -> float | None:
@@ -189,7 +180,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module.run_config = OmegaConf.to_yaml(resolved)
     if rank_zero_only.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / "config.yaml", lambda f: f.write(module.run_config.encode()))
+        write_text_atomic(run_dir / "config.yaml", module.run_config)
 
     saved_mode = os.environ.get("WANDB_MODE")
     loggers = build_loggers(cfg, run_tags(cfg, partition), resolved)

@@ -6,7 +6,6 @@ titled with the region count. ``image=path`` shows one file instead of a data se
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from hydra.utils import get_original_cwd
 from omegaconf import DictConfig
 
 from ratlit.config import CONF_DIR, exit_on_user_error, instantiate
+from ratlit.files import atomic_output
 from ratlit.partition import PartitionCache, Partitioner
 from ratlit.partition.base import as_channels_last, to_unit_range
 
@@ -57,10 +57,9 @@ def render(images: list[tuple[str, np.ndarray, np.ndarray]], out: Path) -> None:
             ax.axis("off")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_output(out, ".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, out)
 
 
 def collect(cfg: DictConfig, datamodule: Any, partitioner: Partitioner) -> list[tuple[str, np.ndarray, np.ndarray]]:

@@ -123,7 +123,6 @@ class CTDataModule(RestorationDataModule):
 def write_ct_series(folder: Path, slices_hu: list[np.ndarray], patient_id: str, description: str,
                     pixel_mm: float, positions: list[float], study_uid: str) -> None:
     """Write HU slices as a CT DICOM series (int16, RescaleIntercept -1024)."""
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 

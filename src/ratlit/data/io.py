@@ -7,30 +7,17 @@ file and renames it, so no half-written file is left behind.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ratlit.files import atomic_output
+
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".ima", "")
-
-
-def atomic_path(path: Path, suffix: str = "") -> tuple[int, Path]:
-    """A temporary file next to ``path`` (same file system, so ``os.replace`` is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
-    return fd, Path(tmp)
-
-
-def _replace_or_clean(tmp: Path, path: Path, ok: bool) -> None:
-    if ok:
-        os.replace(tmp, path)
-    else:
-        tmp.unlink(missing_ok=True)
 
 
 def is_nifti(path: Path) -> bool:
@@ -103,14 +90,8 @@ def read_dicom_series(folder: str | os.PathLike, pixels: bool = True) -> list[Di
 
 def write_dicom(path: Path, dataset: Any) -> None:
     """Save a pydicom dataset atomically."""
-    fd, tmp = atomic_path(path)
-    os.close(fd)
-    ok = False
-    try:
+    with atomic_output(path) as tmp:
         dataset.save_as(tmp, enforce_file_format=True)
-        ok = True
-    finally:
-        _replace_or_clean(tmp, path, ok)
 
 
 # --- volumes (NIfTI or DICOM series) ----------------------------------------------------------------
@@ -147,14 +128,8 @@ def write_nifti(path: Path, volume: np.ndarray, voxel_mm: tuple[float, float, fl
     import nibabel as nib
 
     image = nib.Nifti1Image(volume.astype(np.float32), np.diag([*voxel_mm, 1.0]))
-    fd, tmp = atomic_path(path, ".nii.gz" if path.name.endswith(".gz") else ".nii")
-    os.close(fd)
-    ok = False
-    try:
+    with atomic_output(path, ".nii.gz" if path.name.endswith(".gz") else ".nii") as tmp:
         nib.save(image, str(tmp))
-        ok = True
-    finally:
-        _replace_or_clean(tmp, path, ok)
 
 
 # --- 2D images ---------------------------------------------------------------------------------------
@@ -193,14 +168,8 @@ def write_image(path: Path, image: np.ndarray) -> None:
         array = array[..., 0]
     sixteen = path.suffix.lower() in (".tif", ".tiff")
     array = np.round(array * (65535 if sixteen else 255)).astype(np.uint16 if sixteen else np.uint8)
-    fd, tmp = atomic_path(path, path.suffix)
-    os.close(fd)
-    ok = False
-    try:
+    with atomic_output(path, path.suffix) as tmp:
         skio.imsave(tmp, array, check_contrast=False)
-        ok = True
-    finally:
-        _replace_or_clean(tmp, path, ok)
 
 
 def find_images(folder: Path) -> list[Path]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import zipfile
 import zlib
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ratlit.files import atomic_write, write_text_atomic
 from ratlit.partition.base import Partitioner
 
 
@@ -31,20 +31,6 @@ def image_digest(image: Any) -> str:
     digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
     digest.update(array.tobytes())
     return digest.hexdigest()
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(fileobj)`` on a temporary file next to ``path``, then rename it onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -73,7 +59,7 @@ class PartitionCache:
         spec_file = self.folder / "partitioner.json"
         if not spec_file.exists():
             text = json.dumps({"name": partitioner.name, **partitioner.params()}, indent=2, sort_keys=True, default=str)
-            atomic_write(spec_file, lambda f: f.write(text.encode()))
+            write_text_atomic(spec_file, text)
 
     def path(self, digest: str) -> Path:
         return self.folder / f"{digest}.npz"
