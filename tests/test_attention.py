@@ -151,3 +151,22 @@ def test_dense_impl_module_matches_sparse():
     torch.testing.assert_close(a(x, labels), b(x, labels), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="labels"):
         b(x)
+
+
+@pytest.mark.parametrize("case", list(_awkward_labels()))
+def test_flex_block_mask_covers_exactly_the_needed_blocks(case):
+    from ratlit.models.attention import region_block_mask
+
+    labels = _awkward_labels()[case]  # 131 tokens: 5 blocks of 32, the last partial
+    sorted_labels, _ = labels.sort(dim=1)
+    mask = region_block_mask(sorted_labels, block=32)
+    n_blocks = 5
+    same = sorted_labels[:, :, None] == sorted_labels[:, None, :]
+    for b in range(labels.shape[0]):
+        needed = {(int(i) // 32, int(j) // 32) for i, j in same[b].nonzero()}
+        listed = {(i, int(j)) for i in range(n_blocks)
+                  for j in mask.kv_indices[b, 0, i, : int(mask.kv_num_blocks[b, 0, i])]}
+        assert needed <= listed  # exact: nothing the attention needs is skipped
+        assert len(listed) <= len(needed) + n_blocks  # sparse: at most the run ends' extra blocks
+    if case == "every token its own":
+        assert (mask.kv_num_blocks == 1).all()

@@ -29,6 +29,7 @@ from ratlit.validation import check_labels
 ATTENTION_MODES = ("rmsa", "wmsa", "msa")
 REGION_IMPLS = ("auto", "sparse", "flex", "dense")
 SCALE_CHOICES = ("heads", "head_dim")
+FLEX_BLOCK = 128  # FlexAttention's tile size
 
 
 def _check_qkv(q: Tensor, k: Tensor, v: Tensor, labels: Tensor) -> None:
@@ -206,18 +207,43 @@ def _compiled_flex(device_type: str):
     return torch.compile(flex_attention, dynamic=False) if device_type == "cuda" else flex_attention
 
 
-def _flex_region_attention(q: Tensor, k: Tensor, v: Tensor, labels: Tensor, scale: float) -> Tensor:
-    from torch.nn.attention.flex_attention import create_block_mask
+def region_block_mask(sorted_labels: Tensor, block: int = FLEX_BLOCK):
+    """FlexAttention ``BlockMask`` for region-sorted tokens, built in O(N) from the region runs.
 
-    batch, heads, n, _ = q.shape
-    # Sorting by region makes the block mask as sparse as the partition allows.
-    sorted_labels, order = labels.sort(dim=1, stable=True)
-    gather = order[:, None, :, None]
+    Sorted, every region is a contiguous run, so a block of queries needs exactly the key blocks from the
+    start of its first region to the end of its last one; ``mask_mod`` settles the partial blocks.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    batch, n = sorted_labels.shape
+    positions = torch.arange(n, device=sorted_labels.device).expand(batch, n)
+    is_start = torch.ones_like(sorted_labels, dtype=torch.bool)
+    is_start[:, 1:] = sorted_labels[:, 1:] != sorted_labels[:, :-1]
+    run_start = torch.cummax(torch.where(is_start, positions, 0), dim=1).values
+    is_end = torch.ones_like(is_start)
+    is_end[:, :-1] = is_start[:, 1:]
+    run_end = torch.flip(torch.cummin(torch.flip(torch.where(is_end, positions, n), [1]), dim=1).values, [1])  # last index
+    n_blocks = -(-n // block)
+    first_q = torch.arange(n_blocks, device=positions.device) * block
+    last_q = torch.clamp(first_q + block - 1, max=n - 1)
+    first_kv = run_start[:, first_q] // block  # [B, nb]
+    last_kv = run_end[:, last_q] // block
+    counts = (last_kv - first_kv + 1).to(torch.int32)
+    indices = (first_kv[..., None] + torch.arange(n_blocks, device=positions.device)).clamp(max=n_blocks - 1)
 
     def mask_mod(b, h, q_idx, kv_idx):
         return sorted_labels[b, q_idx] == sorted_labels[b, kv_idx]
 
-    block_mask = create_block_mask(mask_mod, batch, None, n, n, device=q.device)
+    return BlockMask.from_kv_blocks(counts[:, None], indices[:, None].to(torch.int32), BLOCK_SIZE=block,
+                                    mask_mod=mask_mod, seq_lengths=(n, n))
+
+
+def _flex_region_attention(q: Tensor, k: Tensor, v: Tensor, labels: Tensor, scale: float) -> Tensor:
+    heads = q.shape[1]
+    # Sorting by region makes the block mask as sparse as the partition allows.
+    sorted_labels, order = labels.sort(dim=1, stable=True)
+    gather = order[:, None, :, None]
+    block_mask = region_block_mask(sorted_labels)
     qs, ks, vs = (t.gather(2, gather.expand(-1, heads, -1, t.shape[-1])) for t in (q, k, v))
     out_sorted = _compiled_flex(q.device.type)(qs, ks, vs, block_mask=block_mask, scale=scale)
     return torch.empty_like(out_sorted).scatter(2, gather.expand(-1, heads, -1, out_sorted.shape[-1]), out_sorted)
