@@ -57,6 +57,8 @@ def test_smoke_train_then_evaluate_and_predict(ct_root, tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["steps"] == 6 and results["partition"]["name"] == "slic"
     assert results["test"]["psnr"] > 0 and results["best_checkpoint"].endswith(".ckpt")
+    assert results["best_val"]["ssim"] is not None and results["best_val"]["step"] in (3, 6)
+    assert f"/ SSIM {results['best_val']['ssim']:.4f}" in train.stdout
     saved = (run_dir / "config.yaml").read_text()
     assert "partition_used:" in saved and "_target_: ratlit.data.CTDataModule" in saved
     assert (run_dir / "checkpoints" / "last.ckpt").exists() and (run_dir / "csv" / "metrics.csv").exists()

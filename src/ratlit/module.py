@@ -71,6 +71,7 @@ class RestorationModule(L.LightningModule):
         self.metrics = nn.ModuleDict({f"{stage}_{name}": CatMetric() for stage in ("val", "test") for name in ("psnr", "ssim")})
         self.test_names: list[str] = []
         self.test_values: dict[str, list[float]] = {}
+        self.best_val: dict[str, float | int | None] = {"psnr": None, "ssim": None, "step": None}
         self._panel_rows: list[np.ndarray] = []
 
     def forward(self, lq: Tensor, regions: Tensor | None = None) -> Tensor:
@@ -114,7 +115,9 @@ class RestorationModule(L.LightningModule):
         return summary
 
     def on_validation_epoch_end(self) -> None:
-        self._log_summary("val")
+        summary = self._log_summary("val")
+        if not self.trainer.sanity_checking and (self.best_val["psnr"] is None or summary["val/psnr"] > self.best_val["psnr"]):
+            self.best_val = {"psnr": summary["val/psnr"], "ssim": summary["val/ssim"], "step": self.global_step}
         if self._panel_rows and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             self._log_panels(np.concatenate(self._panel_rows, axis=0))
         self._panel_rows = []
@@ -152,3 +155,7 @@ class RestorationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["ratlit_config"] = self.run_config
+        checkpoint["ratlit_best_val"] = dict(self.best_val)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.best_val = dict(checkpoint.get("ratlit_best_val", self.best_val))

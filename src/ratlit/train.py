@@ -201,18 +201,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "steps": trainer.global_step,
             "best_checkpoint": best,
             "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
-            "best_val": {"psnr": float(checkpoint.best_model_score) if checkpoint and checkpoint.best_model_score is not None else None},
+            "best_val": dict(module.best_val),
         }
         if cfg.get("test_after_fit", True):
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
             results["test"] = {k.split("/", 1)[1]: metric(trainer, k) for k in
                                ("test/psnr", "test/psnr_std", "test/ssim", "test/ssim_std")}
         if trainer.is_global_zero:
-            write_results(run_dir, results, module.test_names, getattr(module, "test_values", {}))
-            test = results.get("test") or {}
+            write_results(run_dir, results, module.test_names, module.test_values)
+            test, best_val = results.get("test") or {}, results["best_val"]
             print(
                 f"[ratlit] {cfg.task_name} {results['attention']}/{results['loss']} partition={partition['name']}: "
-                f"best val PSNR {results['best_val']['psnr'] or float('nan'):.4f}"
+                + (f"best val PSNR {best_val['psnr']:.4f} / SSIM {best_val['ssim']:.4f} (step {best_val['step']})"
+                   if best_val["psnr"] is not None else "no validation")
                 + (f" | test PSNR {test['psnr']:.4f} ± {test['psnr_std']:.4f}, SSIM {test['ssim']:.4f} ± "
                    f"{test['ssim_std']:.4f}" if test else "")
                 + f" | checkpoint {best} | run {run_dir}"
