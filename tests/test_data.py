@@ -175,6 +175,11 @@ def test_embedded_pathology_end_to_end(tmp_path):
     assert batch["regions"].dtype == torch.int64
     val = next(iter(dm.val_dataloader()))
     assert val["lq"].shape == (1, 3, 192, 192) and val["name"] == ["ihc-val"]
+    lazy = PathologyDataModule(cache_dir=str(tmp_path), partitioner=GridPartitioner(), in_memory=False)
+    lazy.setup()
+    lazy_val = next(iter(lazy.val_dataloader()))
+    for key in ("lq", "hq", "regions"):
+        torch.testing.assert_close(lazy_val[key], val[key])
 
 
 # --- splits and augmentation ------------------------------------------------------------------------

@@ -143,7 +143,7 @@ class PairedDataset(Dataset):
                 f"{sample.name} is {lq.shape[-2]}x{lq.shape[-1]}, smaller than patch_size {self.patch_size}; "
                 f"lower data.patch_size"
             )
-        return lq, hq, self.cache.labels(lq)
+        return lq, hq, self.cache.labels(lq).astype(np.int32)  # int32 halves the in-memory label maps
 
     def __len__(self) -> int:
         return self.length
@@ -151,7 +151,7 @@ class PairedDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index % len(self.samples)]
         lq, hq, regions = self.images[index % len(self.samples)] if self.images is not None else self._load(sample)
-        lq_t, hq_t, regions_t = torch.from_numpy(lq), torch.from_numpy(hq), torch.from_numpy(regions)
+        lq_t, hq_t, regions_t = torch.from_numpy(lq), torch.from_numpy(hq), torch.from_numpy(regions).long()
         if self.patch_size:
             lq_t, hq_t, regions_t = random_paired_crop(lq_t, hq_t, regions_t, self.patch_size, self.augment)
         return {"lq": lq_t, "hq": hq_t, "regions": regions_t, "name": sample.name}
