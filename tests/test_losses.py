@@ -60,7 +60,7 @@ def test_perfect_prediction_is_zero_and_finite_gradient():
 def test_charbonnier():
     pred, target = torch.zeros(1, 1, 2, 2), torch.full((1, 1, 2, 2), 3.0)
     assert CharbonnierLoss(eps=4.0)(pred, target).item() == pytest.approx(5.0)
-    assert set(LOSSES) == {"l1", "fr", "charbonnier"}
+    assert set(LOSSES) == {"l1", "mse", "fr", "charbonnier", "edcnn"}
 
 
 @pytest.mark.parametrize(
