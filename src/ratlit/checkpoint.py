@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ratlit.config import instantiate
+from ratlit.files import load_weights
 
 
 def resolve_path(path: str | Path, base: Path | None = None) -> Path:
@@ -20,13 +20,8 @@ def resolve_path(path: str | Path, base: Path | None = None) -> Path:
 def load_checkpoint(path: str | Path) -> tuple[DictConfig, dict[str, Any]]:
     """``(run config, state_dict)`` from a ratlit checkpoint, read with ``weights_only=True``."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "ratlit_config" not in checkpoint:
+    checkpoint = load_weights(path, "checkpoint")
+    if "state_dict" not in checkpoint or "ratlit_config" not in checkpoint:
         raise ValueError(f"{path} is not a ratlit checkpoint (no state_dict / ratlit_config)")
     return OmegaConf.create(checkpoint["ratlit_config"]), checkpoint["state_dict"]
 

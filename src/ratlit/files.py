@@ -35,3 +35,21 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def load_weights(path: Path, what: str) -> dict:
+    """A dict saved by ``torch.save`` (a state dict or checkpoint), read safely with ``weights_only=True``.
+
+    Raises ``ValueError`` naming ``what`` and the file when it is missing, unreadable or not a dict.
+    """
+    import torch
+
+    if not path.is_file():
+        raise ValueError(f"{what} not found: {path}")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"cannot read {what} {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{what} {path} holds a {type(loaded).__name__}, not a state dict")
+    return loaded

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
+
+from ratlit.files import load_weights
 
 
 class Bottleneck(nn.Module):
@@ -53,12 +54,7 @@ class ResNet50Features(nn.Module):
         self.eval()
 
     def load(self, path: Path) -> None:
-        if not path.is_file():
-            raise ValueError(f"ResNet-50 checkpoint not found: {path} (torchvision's resnet50 ImageNet weights)")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(f"cannot read ResNet-50 checkpoint {path}: {err}") from err
+        state = load_weights(path, "ResNet-50 checkpoint (torchvision's resnet50 ImageNet weights)")
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         try:
             self.load_state_dict(state)

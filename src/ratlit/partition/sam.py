@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ratlit.files import load_weights
 from ratlit.partition._torchvision_compat import import_segment_anything
 from ratlit.partition.base import Partitioner, to_uint8_rgb
 from ratlit.partition.postprocess import labels_from_masks
@@ -65,15 +66,10 @@ def load_sam(model_type: str, checkpoint: str | os.PathLike, device: str | torch
     if model_type not in SAM_BUILDERS:
         raise ValueError(f"unknown SAM model_type {model_type!r}; choose one of {sorted(SAM_BUILDERS)}")
     path = resolve_checkpoint(checkpoint)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read SAM checkpoint {path}: {type(err).__name__}: {err}") from err
+    state = load_weights(path, "SAM checkpoint")
     for wrapper in ("model", "state_dict"):  # training checkpoints (e.g. MedSAM's) wrap the weights
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
-    if not isinstance(state, dict):
-        raise ValueError(f"SAM checkpoint {path} holds a {type(state).__name__}, not a state dict")
     model = SAM_BUILDERS[model_type]()
     try:
         model.load_state_dict(state)
