@@ -274,3 +274,22 @@ def test_embedded_builders_write_real_formats(tmp_path):
     again = tmp_path / "again"
     build_embedded_pathology(again)
     assert (again / "ihc-test.png").read_bytes() == (tmp_path / "path" / "ihc-test.png").read_bytes()
+
+
+def test_embedded_build_is_atomic_and_race_free(tmp_path):
+    import threading
+
+    dm = PathologyDataModule(cache_dir=str(tmp_path), partitioner=GridPartitioner())
+    stale = dm.data_root
+    stale.mkdir(parents=True)
+    (stale / "half-written.png").write_bytes(b"")  # an interrupted build: no COMPLETE marker
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(dm.ensure_embedded())) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [stale] * 3 and (stale / "COMPLETE").exists()
+    assert not (stale / "half-written.png").exists()
+    assert sorted(p.name for p in stale.parent.iterdir()) == [stale.name]  # no temporary folders left
+    assert len(dm.samples()) == 3

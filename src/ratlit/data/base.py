@@ -237,6 +237,8 @@ class RestorationDataModule(L.LightningDataModule):
             log.info("building the embedded %s data set in %s", self.task, folder)
             self.build_embedded(tmp, self.embedded_seed)
             (tmp / "COMPLETE").write_text(f"built in {time.perf_counter() - start:.1f} s\n")
+            if (folder / "COMPLETE").exists():  # another process finished first: keep its copy
+                return folder
             if folder.exists():  # a stale, incomplete folder from an interrupted build
                 shutil.rmtree(folder)
             os.rename(tmp, folder)
