@@ -9,6 +9,7 @@ paired crops with the label map cropped alongside and one of the 8 flips/rotatio
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -226,27 +227,26 @@ class RestorationDataModule(L.LightningDataModule):
         return PartitionCache(self.cache_dir / "partitions" / self.task, self.partitioner)
 
     def ensure_embedded(self) -> Path:
-        """Build the embedded data set once (atomically: built in a temporary folder, then renamed)."""
+        """Build the embedded data set once: under a file lock (other processes wait, then reuse it), in a
+        temporary folder renamed into place, so a reader never sees a half-built set."""
         folder = self.data_root
         if self.root is not None or (folder / "COMPLETE").exists():
             return folder
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-        start = time.perf_counter()
-        try:
-            log.info("building the embedded %s data set in %s", self.task, folder)
-            self.build_embedded(tmp, self.embedded_seed)
-            (tmp / "COMPLETE").write_text(f"built in {time.perf_counter() - start:.1f} s\n")
-            if (folder / "COMPLETE").exists():  # another process finished first: keep its copy
+        with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if (folder / "COMPLETE").exists():  # built while this process waited
                 return folder
-            if folder.exists():  # a stale, incomplete folder from an interrupted build
-                shutil.rmtree(folder)
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "COMPLETE").exists():  # another process did not win the race either
-                raise
-        finally:
-            if tmp.exists():
+            tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+            try:
+                start = time.perf_counter()
+                log.info("building the embedded %s data set in %s", self.task, folder)
+                self.build_embedded(tmp, self.embedded_seed)
+                (tmp / "COMPLETE").write_text(f"built in {time.perf_counter() - start:.1f} s\n")
+                if folder.exists():  # a stale, incomplete folder from an interrupted build
+                    shutil.rmtree(folder)
+                os.rename(tmp, folder)
+            finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         return folder
 
