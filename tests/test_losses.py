@@ -85,3 +85,12 @@ def test_bad_hyper_parameters():
         FocalRegionLoss(gamma=-1)
     with pytest.raises(ValueError, match="eps"):
         CharbonnierLoss(eps=0)
+
+
+def test_half_precision_inputs_use_float32_statistics():
+    pred, target = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    regions = torch.randint(0, 4, (2, 16, 16))
+    full = FocalRegionLoss(gamma=1.0)(pred, target, regions)
+    half = FocalRegionLoss(gamma=1.0)(pred.bfloat16(), target.bfloat16(), regions)
+    assert half.dtype == torch.float32
+    assert abs(half.item() - full.item()) < 1e-2

@@ -115,9 +115,11 @@ class FocalRegionLoss(nn.Module):
             raise ValueError("FocalRegionLoss needs regions, an integer label map [B, H, W]; got None")
         check_labels("regions", regions, (pred.shape[0], *pred.shape[2:]))
         error = (pred - target).abs()
+        if error.dtype in (torch.float16, torch.bfloat16):  # region statistics need float32's precision
+            error = error.float()
         if self.gamma == 0:
             return error.mean()
-        return (error * (1 + self.gamma * self.region_weights(error, regions))).mean()
+        return (error * (1 + self.gamma * self.region_weights(error, regions.to(error.device)))).mean()
 
     def region_weights(self, error: Tensor, regions: Tensor) -> Tensor:
         """Per-pixel weights ``w`` ``[B, 1, H, W]`` from the absolute error ``[B, C, H, W]``."""

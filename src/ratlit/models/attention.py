@@ -50,6 +50,7 @@ def dense_region_attention(
     O(N^2) memory: for tests and for reproducing a finite lambda exactly.
     """
     _check_qkv(q, k, v, labels)
+    labels = labels.to(q.device)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     same = labels[:, None, :, None] == labels[:, None, None, :]
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale
@@ -79,6 +80,7 @@ def region_attention(
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     _check_qkv(q, k, v, labels)
+    labels = labels.to(q.device)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if impl == "dense":
         return dense_region_attention(q, k, v, labels, scale)

@@ -168,7 +168,7 @@ class RAT(nn.Module):
         labels = None
         if regions is not None or self.needs_regions:
             check_labels("regions", regions, (lq.shape[0], *lq.shape[2:]))
-            labels = self.token_labels(regions, pad_h, pad_w)
+            labels = self.token_labels(regions.to(lq.device), pad_h, pad_w)
 
         x = self.intro(x_in)
         skips = []
