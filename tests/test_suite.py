@@ -109,15 +109,15 @@ def test_sweep_with_wandb_offline_and_report(ct_root, tmp_path):
 def test_resume_continues_from_the_last_checkpoint(ct_root, tmp_path):
     run("ratlit.train", *SMOKE, f"data.root={ct_root}", "test_after_fit=false", cwd=tmp_path)
     run_dir = only_run(tmp_path)
-    # As if the run had been planned for 9 steps and stopped after 6.
-    config = run_dir / "config.yaml"
-    config.write_text(config.read_text().replace("max_steps: 6", "max_steps: 9"))
-    resumed = run("ratlit.train", f"resume={run_dir}", cwd=tmp_path)
+    refused = run("ratlit.train", f"resume={run_dir}", "attention=msa", cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and "names no value of the saved run config" in refused.stdout + refused.stderr
+    resumed = run("ratlit.train", f"resume={run_dir}", "trainer.max_steps=9", cwd=tmp_path)
     assert f"Restoring states from the checkpoint path at {run_dir / 'checkpoints' / 'last.ckpt'}" in (
         resumed.stdout + resumed.stderr
     )
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["steps"] == 9 and len(list((tmp_path / "outputs" / "runs" / "ct").iterdir())) == 2
+    assert results["steps"] == 9
+    assert "max_steps: 9" in (run_dir / "config.yaml").read_text()
 
 
 def test_two_process_cpu_ddp(ct_root, tmp_path):

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import hydra
+import yaml
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -32,6 +33,7 @@ from ratlit.files import write_text_atomic
 from ratlit.module import per_image_csv
 
 log = logging.getLogger("ratlit.train")
+_ABSENT = object()
 
 
 def is_multi_process(trainer_cfg: DictConfig) -> bool:
@@ -62,7 +64,7 @@ def check_launch(cfg: DictConfig) -> None:
 
 
 def resumed_config(cfg: DictConfig) -> tuple[DictConfig, str]:
-    """The saved config of the run folder ``cfg.resume`` and its last checkpoint."""
+    """The saved config of the run folder ``cfg.resume`` (with this call's value overrides) and its last checkpoint."""
     run_dir = Path(str(cfg.resume)).expanduser()
     if not run_dir.is_absolute() and HydraConfig.initialized():
         run_dir = Path(hydra.utils.get_original_cwd()) / run_dir
@@ -75,6 +77,16 @@ def resumed_config(cfg: DictConfig) -> tuple[DictConfig, str]:
     with open_dict(old):
         old.run_dir = str(run_dir)
         old.resume = str(run_dir)
+        # Other overrides change values of the resumed run, e.g. trainer.max_steps=400000 to train longer.
+        for item in overrides():
+            key, _, value = item.partition("=")
+            key = key.lstrip("+~")
+            if key == "resume":
+                continue
+            if OmegaConf.select(old, key, default=_ABSENT) is _ABSENT:
+                raise ValueError(f"resume: {item!r} names no value of the saved run config; "
+                                 f"only existing values (e.g. trainer.max_steps=...) can change on resume")
+            OmegaConf.update(old, key, yaml.safe_load(value), merge=True)
     return old, str(last)
 
 
