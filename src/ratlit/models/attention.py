@@ -164,17 +164,23 @@ def _packed_region_attention(q: Tensor, k: Tensor, v: Tensor, labels: Tensor, sc
         out_parts.append(out_blocks.transpose(1, 2).reshape(n_slots, heads, -1)[slots])
         token_parts.append(flat_order[pos])
 
+    # Regions larger than a block: one unmasked SDPA call per group of equally long regions (a whole-image
+    # region per item, as with partition=single, runs as a single batched call).
     starts_list = starts.tolist()
+    by_length: dict[int, list[int]] = {}
     for region, length in enumerate(lengths_list):
-        if length <= block_size:
-            continue
-        idx = flat_order[starts_list[region] : starts_list[region] + length]
+        if length > block_size:
+            by_length.setdefault(length, []).append(starts_list[region])
+    for length, run_starts in by_length.items():
+        offsets = torch.arange(length, device=device)
+        idx = flat_order[torch.tensor(run_starts, device=device)[:, None] + offsets]  # [g, n_i]
 
         def run(t: Tensor) -> Tensor:
-            return t[idx].transpose(0, 1).unsqueeze(0)  # [1, heads, n_i, d]
+            return t[idx].transpose(1, 2)  # [g, heads, n_i, d]
 
-        out_parts.append(F.scaled_dot_product_attention(run(qt), run(kt), run(vt), scale=scale)[0].transpose(0, 1))
-        token_parts.append(idx)
+        out = F.scaled_dot_product_attention(run(qt), run(kt), run(vt), scale=scale)
+        out_parts.append(out.transpose(1, 2).reshape(-1, heads, out.shape[-1]))
+        token_parts.append(idx.reshape(-1))
 
     token_order = torch.cat(token_parts)
     inverse = torch.empty_like(token_order)
