@@ -32,7 +32,6 @@ def main() -> None:
         start = time.perf_counter()
         dm.ensure_embedded()
         built = time.perf_counter() - start
-        dm.setup()
         psnr, ssim = [], []
         for batch in dm.test_dataloader():
             p, s = image_metrics(batch["lq"], batch["hq"], dm.data_range)

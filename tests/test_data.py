@@ -293,3 +293,16 @@ def test_embedded_build_is_atomic_and_race_free(tmp_path):
     assert not (stale / "half-written.png").exists()
     assert [p.name for p in stale.parent.iterdir() if p.is_dir()] == [stale.name]  # no temporary folders left
     assert len(dm.samples()) == 3
+
+
+def test_each_stage_loads_only_its_splits_once(tmp_path):
+    dm = PathologyDataModule(cache_dir=str(tmp_path), partitioner=GridPartitioner())
+    dm.prepare_data()
+    dm.setup("test")
+    assert set(dm.datasets) == {"test"}
+    test_set = dm.datasets["test"]
+    dm.setup("fit")
+    assert set(dm.datasets) == {"train", "val", "test"} and dm.datasets["test"] is test_set
+    assert [s.name for s in dm.split_samples("val")] == ["ihc-val"]
+    with pytest.raises(ValueError, match="split must be one of"):
+        dm.split_samples("training")

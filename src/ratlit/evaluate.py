@@ -40,7 +40,6 @@ def evaluate(cfg: DictConfig) -> dict:
     module.panels = 0
     trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
                         default_root_dir=str(Path.cwd()))
-    datamodule.setup()
     loader = datamodule.test_dataloader() if cfg.split == "test" else datamodule.val_dataloader()
     module.test_names = []
     trainer.test(module, dataloaders=loader, verbose=False)

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from ratlit.checkpoint import build_module, load_checkpoint, resolve_path
 from ratlit.config import CONF_DIR, exit_on_user_error
 from ratlit.data.io import IMAGE_SUFFIXES, is_nifti, read_dicom, read_image, write_dicom, write_image
+from ratlit.data.pet import PERCENTILE as PET_PERCENTILE
 from ratlit.files import atomic_output
 from ratlit.partition import PartitionCache, partitioner_from_spec
 
@@ -70,7 +71,7 @@ def restore_dicom(path: Path, out: Path, restorer: Restorer, cfg_data: DictConfi
         lo, hi = float(cfg_data.hu_min), float(cfg_data.hu_max)
         restored_hu = unit_to_hu(restorer(hu_to_unit(ct.pixels, lo, hi)[None])[0], lo, hi)
     else:  # a PET model on a DICOM slice: the slice's own 99.9th percentile scales it
-        scale = float(np.percentile(ct.pixels, 99.9)) or 1.0
+        scale = float(np.percentile(ct.pixels, PET_PERCENTILE)) or 1.0
         restored_hu = restorer((ct.pixels / scale)[None])[0] * scale
     slope = float(getattr(ds, "RescaleSlope", 1) or 1)
     intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
@@ -103,7 +104,7 @@ def restore_nifti(path: Path, out: Path, restorer: Restorer, slice_axis: int) ->
         raise ValueError(f"NIfTI file {path} has shape {volume.shape}; a 3D volume is expected")
     # The run's slice_axis is in RAS+ (canonical) axes; find the file's own axis that maps to it.
     native_axis = int(np.flatnonzero(nib.io_orientation(image.affine)[:, 0] == slice_axis)[0])
-    scale = float(np.percentile(volume, 99.9)) or 1.0
+    scale = float(np.percentile(volume, PET_PERCENTILE)) or 1.0
     restored = np.empty_like(volume)
     for index in range(volume.shape[native_axis]):
         piece = np.take(volume, index, axis=native_axis) / scale

@@ -18,9 +18,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 import hydra
-import yaml
 import lightning as L
 import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import ModelCheckpoint

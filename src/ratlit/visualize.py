@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from ratlit.config import CONF_DIR, exit_on_user_error, instantiate
 from ratlit.files import atomic_output
-from ratlit.partition import PartitionCache, Partitioner
+from ratlit.partition import Partitioner
 from ratlit.partition.base import as_channels_last, to_unit_range
 
 
@@ -69,15 +69,10 @@ def collect(cfg: DictConfig, datamodule: Any, partitioner: Partitioner) -> list[
             path = Path(get_original_cwd()) / path
         image = load_any_image(path, cfg.data.get("slice_axis", 2), cfg.slice_index)
         return [(path.name, image, partitioner(image))]
-    samples = datamodule.samples()
-    splits = datamodule.resolve_splits(samples)
-    if cfg.split not in splits:
-        raise ValueError(f"split must be one of {list(splits)}, got {cfg.split!r}")
-    members = set(splits[cfg.split])
-    chosen = [s for s in samples if s.group in members][: int(cfg.count)]
+    chosen = datamodule.split_samples(cfg.split)[: int(cfg.count)]
     if not chosen:
         raise ValueError(f"the {cfg.split} split of {cfg.task_name} is empty")
-    cache = PartitionCache(datamodule.cache_dir / "partitions" / datamodule.task, partitioner)
+    cache = datamodule.partition_cache
     return [(s.name, lq, cache.labels(lq)) for s in chosen for lq in [s.load()[0]]]
 
 

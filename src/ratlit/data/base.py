@@ -32,6 +32,7 @@ from ratlit.partition import CacheStats, PartitionCache, Partitioner, SlicPartit
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
 DEFAULT_CACHE = "~/.cache/ratlit"
 
 
@@ -203,6 +204,7 @@ class RestorationDataModule(L.LightningDataModule):
         self.embedded_seed = embedded_seed
         self.datasets: dict[str, PairedDataset] = {}
         self.split_groups: dict[str, list[str]] = {}
+        self._samples: list[Sample] | None = None
 
     # --- what a task provides ---------------------------------------------------------------------
 
@@ -251,10 +253,13 @@ class RestorationDataModule(L.LightningDataModule):
         return folder
 
     def samples(self) -> list[Sample]:
-        samples = self.list_samples(self.ensure_embedded())
-        if not samples:
-            raise ValueError(f"no {self.task} image pairs found under {self.data_root}")
-        return samples
+        """The data set's pairs, listed once per DataModule (prepare_data, setup and every stage share them)."""
+        if self._samples is None:
+            samples = self.list_samples(self.ensure_embedded())
+            if not samples:
+                raise ValueError(f"no {self.task} image pairs found under {self.data_root}")
+            self._samples = samples
+        return self._samples
 
     def resolve_splits(self, samples: Sequence[Sample]) -> dict[str, list[str]]:
         source = self.splits_source
@@ -280,23 +285,33 @@ class RestorationDataModule(L.LightningDataModule):
         )
         return stats
 
+    def split_samples(self, split: str) -> list[Sample]:
+        """The pairs of one split (``train``, ``val`` or ``test``)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        if not self.split_groups:
+            self.split_groups = self.resolve_splits(self.samples())
+        members = set(self.split_groups[split])
+        return [s for s in self.samples() if s.group in members]
+
     def setup(self, stage: str | None = None) -> None:
-        samples = self.samples()
-        self.split_groups = self.resolve_splits(samples)
-        cache = self.partition_cache
-        for split in SPLITS:
-            members = set(self.split_groups[split])
-            chosen = [s for s in samples if s.group in members]
+        for split in STAGE_SPLITS.get(stage, SPLITS):
+            self.dataset(split)
+
+    def dataset(self, split: str) -> PairedDataset:
+        """The split's dataset, built (and, in memory, loaded) the first time a stage needs it."""
+        if split not in self.datasets:
+            chosen = self.split_samples(split)
             if split == "train":
                 length = max(self.epoch_size or 0, len(chosen)) if chosen else 0
-                self.datasets[split] = PairedDataset(chosen, cache, self.patch_size, self.augment, self.in_memory, length)
+                dataset = PairedDataset(chosen, self.partition_cache, self.patch_size, self.augment, self.in_memory, length)
             else:
-                self.datasets[split] = PairedDataset(chosen, cache, None, False, self.in_memory)
+                dataset = PairedDataset(chosen, self.partition_cache, None, False, self.in_memory)
+            self.datasets[split] = dataset
+        return self.datasets[split]
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        if split not in self.datasets:
-            self.setup()
-        dataset = self.datasets[split]
+        dataset = self.dataset(split)
         if len(dataset) == 0:
             raise ValueError(f"the {split} split of {self.task} is empty (groups: {self.split_groups.get(split)})")
         return DataLoader(
