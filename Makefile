@@ -3,12 +3,16 @@
 TORCH ?= torch==2.13.0
 PYTHON ?= python
 
-.PHONY: install test bench
+.PHONY: install test test-quick bench
 install:
 	$(PYTHON) -m pip install "$(TORCH)" -e ".[dev]"
 
 test:
 	$(PYTHON) -m pytest -q
+
+# Without the subprocess-heavy CLI, DDP and sweep tests (marked slow).
+test-quick:
+	$(PYTHON) -m pytest -q -m "not slow"
 
 bench:
 	cd benchmarks && $(PYTHON) bench_attention.py && $(PYTHON) bench_rat.py

@@ -101,6 +101,7 @@ def test_compound_loss(tmp_path):
         CompoundLoss(perceptual_checkpoint=str(tmp_path / "bad.pth"))
 
 
+@pytest.mark.slow
 def test_summary_prints_the_parameter_count(tmp_path):
     result = subprocess.run([sys.executable, "-m", "ratlit.models.summary", "model=edsr", "task=pathology"],
                             capture_output=True, text=True, cwd=tmp_path, timeout=120)

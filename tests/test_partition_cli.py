@@ -4,6 +4,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocess runs of the command lines
+
 
 def _run(module, *overrides, tmp_path, check=True):
     env = {**os.environ, "RATLIT_CACHE": str(tmp_path / "cache"), "RATLIT_OUTPUTS": str(tmp_path / "outputs")}

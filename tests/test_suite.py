@@ -13,6 +13,8 @@ import pytest
 from ratlit.data.ct import write_ct_series
 from ratlit.data.io import write_nifti
 
+pytestmark = pytest.mark.slow  # subprocess runs of the command lines
+
 SMOKE = ["experiment=smoke", "data.patch_size=32", "trainer.max_steps=6", "trainer.val_check_interval=3",
          "data.val_fraction=0.25", "data.test_fraction=0.25"]
 
