@@ -1,6 +1,6 @@
 """The three tasks' data: real-format loaders, embedded simulated data sets, LightningDataModules."""
 
-from ratlit.data.base import PairedDataset, RestorationDataModule, Sample, random_paired_crop, split_groups
+from ratlit.data.base import PairedDataset, RestorationDataModule, Sample, UnitMap, random_paired_crop, split_groups
 from ratlit.data.ct import CTDataModule
 from ratlit.data.pathology import PathologyDataModule, bicubic_degrade
 from ratlit.data.pet import PETDataModule
@@ -15,6 +15,7 @@ __all__ = [
     "PathologyDataModule",
     "RestorationDataModule",
     "Sample",
+    "UnitMap",
     "bicubic_degrade",
     "random_paired_crop",
     "split_groups",

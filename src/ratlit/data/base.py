@@ -37,6 +37,28 @@ DEFAULT_CACHE = "~/.cache/ratlit"
 
 
 @dataclass(frozen=True)
+class UnitMap:
+    """Between a scan's own values (HU, Bq/ml, [0, 1] pixels) and the network's units, one volume at a time.
+
+    ``to_unit(x) = (x - offset) / scale``, clipped to ``clip`` when given (as the task's loaders do), computed
+    in float32 like the loaders so that a file restored by predict sees exactly the values training saw;
+    ``from_unit(y) = y * scale + offset``, held at or above ``floor`` when given (e.g. PET activity >= 0).
+    """
+
+    scale: float = 1.0
+    offset: float = 0.0
+    clip: tuple[float, float] | None = None
+
+    def to_unit(self, x: np.ndarray) -> np.ndarray:
+        y = (np.asarray(x, dtype=np.float32) - self.offset) / self.scale
+        return (np.clip(y, *self.clip) if self.clip is not None else y).astype(np.float32)
+
+    def from_unit(self, y: np.ndarray, floor: float | None = None) -> np.ndarray:
+        x = np.asarray(y, dtype=np.float64) * self.scale + self.offset
+        return (np.maximum(x, floor) if floor is not None else x).astype(np.float32)
+
+
+@dataclass(frozen=True)
 class Sample:
     """One LQ/HQ pair: ``load() -> (lq, hq)`` float32 ``[C, H, W]``; ``group`` is the unit of splitting."""
 
@@ -215,6 +237,18 @@ class RestorationDataModule(L.LightningDataModule):
     @abstractmethod
     def build_embedded(self, folder: Path, seed: int) -> None:
         """Write the embedded data set, in the task's real format, into the empty ``folder``."""
+
+    # --- intensities: what predict needs to run the task's network on a new scan ----------------------
+
+    input_formats: ClassVar[tuple[str, ...]] = ("image",)  # what predict accepts: "dicom", "nifti", "image"
+    modalities: ClassVar[tuple[str, ...]] = ()  # DICOM Modality values of the task's scans (none: no check)
+    value_floor: ClassVar[float | None] = None  # physical lower bound of restored values (PET: activity >= 0)
+
+    def unit_map(self, volume: np.ndarray, source: str) -> UnitMap:
+        """The map of one input ``volume`` (a whole LQ volume or image, in its own units) to network units,
+        exactly as the task's loaders map training data; ``source`` names the file in errors.
+        The default: images whose values are already in [0, 1]."""
+        return UnitMap(clip=(0.0, 1.0))
 
     # --- data locations ---------------------------------------------------------------------------
 

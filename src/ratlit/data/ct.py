@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ratlit.data.base import RestorationDataModule, Sample, write_splits
+from ratlit.data.base import RestorationDataModule, Sample, UnitMap, write_splits
 from ratlit.data.io import read_dicom, read_dicom_series, write_dicom
 
 FULL_DOSE_PATTERNS = ("full*", "*fd*", "*ndct*", "*normal*")
@@ -119,6 +119,13 @@ class CTDataModule(RestorationDataModule):
     def to_hu(self, x: np.ndarray) -> np.ndarray:
         return unit_to_hu(x, self.hu_min, self.hu_max)
 
+    input_formats = ("dicom", "nifti")
+    modalities = ("CT",)
+
+    def unit_map(self, volume: np.ndarray, source: str) -> UnitMap:
+        """The HU window, as ``hu_to_unit``: the same for every slice and volume."""
+        return UnitMap(scale=self.hu_max - self.hu_min, offset=self.hu_min, clip=(0.0, 1.0))
+
 
 def write_ct_series(folder: Path, slices_hu: list[np.ndarray], patient_id: str, description: str,
                     pixel_mm: float, positions: list[float], study_uid: str) -> None:
@@ -197,68 +204,19 @@ def real_ct_slices() -> list[tuple[str, np.ndarray, float]]:
     return slices
 
 
-def body_phantom(rng: np.random.Generator, size: int = EMBEDDED_SIZE) -> np.ndarray:
-    """A procedural abdominal slice in HU: fat, muscle, liver with lesions, spleen, kidneys, aorta, spine, gas."""
-    from scipy.ndimage import gaussian_filter
-
-    rows, cols = np.mgrid[:size, :size].astype(np.float64) / size - 0.5
-
-    def ellipse(cy, cx, ry, rx, angle=0.0):
-        c, s = np.cos(angle), np.sin(angle)
-        y, x = rows - cy, cols - cx
-        return ((c * x + s * y) / rx) ** 2 + ((-s * x + c * y) / ry) ** 2 <= 1.0
-
-    hu = np.full((size, size), -1000.0)
-    ry, rx = rng.uniform(0.22, 0.27), rng.uniform(0.3, 0.36)
-    fat = rng.uniform(0.015, 0.03)
-    hu[ellipse(0, 0, ry, rx)] = -100.0
-    hu[ellipse(0, 0, ry - fat, rx - fat)] = 45.0
-    hu[ellipse(-0.02, -0.12, 0.13, 0.14, rng.uniform(-0.3, 0.3))] = 60.0 + rng.normal(0, 5)  # liver
-    for _ in range(rng.integers(2, 5)):  # low- and high-contrast liver lesions
-        hu[ellipse(-0.02 + rng.uniform(-0.07, 0.07), -0.12 + rng.uniform(-0.07, 0.07), *rng.uniform(0.008, 0.025, 2))] = (
-            60.0 + rng.choice([-1, 1]) * rng.uniform(15, 50)
-        )
-    hu[ellipse(-0.02, 0.17, 0.07, 0.05, 0.4)] = 48.0  # spleen
-    for side in (-1, 1):  # kidneys: contrast-enhanced cortex around the medulla
-        hu[ellipse(0.08, side * 0.1, 0.05, 0.035)] = 160.0
-        hu[ellipse(0.08, side * 0.1, 0.03, 0.018)] = 35.0
-    hu[ellipse(0.06, 0.02, 0.018, 0.018)] = 200.0  # aorta
-    hu[ellipse(0.15, 0.0, 0.045, 0.045)] = 750.0  # vertebral body: cortical shell
-    hu[ellipse(0.15, 0.0, 0.035, 0.035)] = 250.0
-    for _ in range(rng.integers(1, 4)):  # bowel gas
-        hu[ellipse(rng.uniform(-0.15, -0.05), rng.uniform(0.0, 0.12), *rng.uniform(0.01, 0.03, 2))] = -900.0
-    body = hu > -500
-    texture = gaussian_filter(rng.normal(0, 1, (size, size)), 3) * 25.0
-    return np.where(body, hu + texture, hu).astype(np.float32)
-
-
-def _simulate_ct_job(job: tuple[np.ndarray, float, float, np.random.SeedSequence]) -> tuple[np.ndarray, np.ndarray]:
-    from ratlit.data.simulation import simulate_ct_scan
-
-    hu, pixel_mm, photons, seed = job
-    full_rng, quarter_rng = (np.random.default_rng(s) for s in seed.spawn(2))
-    return simulate_ct_scan(hu, pixel_mm, photons / 4, quarter_rng), simulate_ct_scan(hu, pixel_mm, photons, full_rng)
-
-
 def build_embedded_ct(folder: Path, seed: int, photons: float = 1.5e5, phantom_patients: int = 4,
                       slices_per_phantom: int = 2, workers: int | None = None) -> None:
     """Simulate normal and quarter dose for the shipped real slices and for phantoms; write the AAPM layout."""
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
     from pydicom.uid import generate_uid
-    from tqdm.auto import tqdm
+
+    from ratlit.data.simulation import body_phantom, simulate_ct_doses
 
     rng = np.random.default_rng(seed)
     cases: list[tuple[str, np.ndarray, float]] = list(real_ct_slices())
     for p in range(1, phantom_patients + 1):
         patient_rng = np.random.default_rng(rng.integers(2**32))
-        cases += [(f"phantom-{p:02d}", body_phantom(patient_rng), 0.7) for _ in range(slices_per_phantom)]
-    seeds = np.random.SeedSequence(seed).spawn(len(cases))
-    jobs = [(hu, mm, photons, s) for (_, hu, mm), s in zip(cases, seeds)]
-    workers = workers or min(len(jobs), os.cpu_count() or 1)
-    with ProcessPoolExecutor(workers) as pool:
-        scans = list(tqdm(pool.map(_simulate_ct_job, jobs), total=len(jobs), desc="simulating CT scans", unit="slice"))
+        cases += [(f"phantom-{p:02d}", body_phantom(patient_rng, EMBEDDED_SIZE), 0.7) for _ in range(slices_per_phantom)]
+    scans = simulate_ct_doses([(hu, mm) for _, hu, mm in cases], photons, seed, workers)
     patients = sorted({c[0] for c in cases})
     for patient in patients:
         members = [i for i, c in enumerate(cases) if c[0] == patient]

@@ -6,6 +6,7 @@ file and renames it, so no half-written file is left behind.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,74 @@ def write_dicom(path: Path, dataset: Any) -> None:
     """Save a pydicom dataset atomically."""
     with atomic_output(path) as tmp:
         dataset.save_as(tmp, enforce_file_format=True)
+
+
+def rescale_to_hold(values: np.ndarray, slope: float, intercept: float, signed: bool) -> tuple[float, float]:
+    """RescaleSlope / RescaleIntercept that hold ``values`` in 16-bit stored integers without clipping: the
+    given ones when they do (the input's quantisation kept), else the smallest slope that does (the same
+    intercept; for unsigned pixels an intercept lowered to the minimum). Both exact as DICOM DS strings."""
+    from pydicom.valuerep import format_number_as_ds
+
+    low, high = (-32768, 32767) if signed else (0, 65535)
+    vmin, vmax = float(np.min(values)), float(np.max(values))
+    if not signed and vmin < intercept:
+        intercept = float(np.floor(vmin))
+    if intercept + slope * low <= vmin and vmax <= intercept + slope * high:
+        return slope, intercept
+    needed = max((vmax - intercept) / high, (vmin - intercept) / low if low < 0 else 0.0, 1e-12)
+    return float(format_number_as_ds(needed * (1 + 1e-6))), float(format_number_as_ds(intercept))
+
+
+def write_derived_dicom(
+    path: Path, header: Any, values: np.ndarray, series_uid: str, description: str = "restored"
+) -> dict[str, float]:
+    """Write ``values`` (float [H, W] in the header's rescaled units, e.g. HU or Bq/ml) as a derived image.
+
+    A copy of ``header`` gets 16-bit pixels (signed as the input's) with a RescaleSlope / Intercept chosen for
+    this slice (``rescale_to_hold``), so no value is clipped; uncompressed pixel data with the Explicit VR
+    Little Endian transfer syntax (file meta consistent) whatever the input's encoding; ImageType
+    DERIVED\\SECONDARY; new SOP instance UID; ``series_uid``. Returns the slope, intercept and the number of
+    values outside the stored type's range (0 unless the values are not finite).
+    """
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(f"restored values for {path} hold NaN or infinite values")
+    ds = copy.deepcopy(header)  # the caller's header stays as read
+    if not hasattr(ds, "file_meta"):
+        ds.file_meta = None
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    slope, intercept = rescale_to_hold(values, slope, intercept, signed)
+    low, high = (-32768, 32767) if signed else (0, 65535)
+    stored = np.round((values - intercept) / slope)
+    outside = int(np.count_nonzero((stored < low) | (stored > high)))
+    if ds.file_meta is None:
+        from pydicom.dataset import FileMetaDataset
+
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian  # set_pixel_data keeps an uncompressed one as is
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if not photometric.startswith("MONOCHROME"):
+        photometric = "MONOCHROME2"
+    ds.set_pixel_data(np.clip(stored, low, high).astype(np.int16 if signed else np.uint16), photometric, 16)
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue", "PixelPaddingValue"):
+        if keyword in ds:  # stored values changed meaning with the new slope / encoding
+            del ds[keyword]
+    image_type = list(ds.get("ImageType", []) or [])
+    ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if "SOPClassUID" in ds:
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesDescription = f"{ds.get('SeriesDescription', '')} {description}".strip()[:64]
+    ds.DerivationDescription = "Restored (denoised) by the ratlit Region Attention Transformer"
+    write_dicom(path, ds)
+    return {"slope": slope, "intercept": intercept, "outside": outside}
 
 
 # --- volumes (NIfTI or DICOM series) ----------------------------------------------------------------

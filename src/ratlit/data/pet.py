@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ratlit.data.base import RestorationDataModule, Sample, write_splits
+from ratlit.data.base import RestorationDataModule, Sample, UnitMap, write_splits
 from ratlit.data.io import is_nifti, read_volume, write_nifti
 
 PERCENTILE = 99.9
@@ -112,6 +112,17 @@ class PETDataModule(RestorationDataModule):
 
     def build_embedded(self, folder: Path, seed: int) -> None:
         build_embedded_pet(folder, seed, dose_reduction=self.dose_reduction)
+
+    input_formats = ("dicom", "nifti")
+    modalities = ("PT", "PET")  # PT is DICOM's code; PET is seen in the wild
+    value_floor = 0.0  # activity concentration is never negative
+
+    def unit_map(self, volume: np.ndarray, source: str) -> UnitMap:
+        """The whole LQ volume divided by its 99.9th percentile, as ``list_samples`` does."""
+        scale = float(np.percentile(volume, PERCENTILE))
+        if not np.isfinite(scale) or scale <= 0:
+            raise ValueError(f"PET volume {source} has no positive activity (99.9th percentile {scale})")
+        return UnitMap(scale=scale)
 
 
 # --- the embedded data set --------------------------------------------------------------------------

@@ -8,6 +8,9 @@ PET: an activity map is projected and attenuated (``exp(-radon(mu))``), prompts 
 chosen total; the low-count data are the full-count data thinned by a dose-reduction factor (binomial
 thinning = list-mode decimation). Both are reconstructed by OSEM with the same attenuation model and
 rescaled to activity units.
+
+The embedded CT set's procedural body phantoms (``body_phantom``) and its quarter/normal-dose scan pairs
+(``simulate_ct_doses``) are here too; data/ct.py and data/pet.py compose and write the data sets.
 """
 
 from __future__ import annotations
@@ -92,3 +95,64 @@ def simulate_pet_pair(
     full_img = osem(full, attenuation, theta, size, iterations, subsets) / scale
     low_img = osem(low, attenuation, theta, size, iterations, subsets) * dose_reduction / scale
     return low_img.astype(np.float32), full_img.astype(np.float32)
+
+
+# --- CT phantoms and dose pairs for the embedded CT set -----------------------------------------------
+
+
+def body_phantom(rng: np.random.Generator, size: int = 512) -> np.ndarray:
+    """A procedural abdominal slice in HU: fat, muscle, liver with lesions, spleen, kidneys, aorta, spine, gas."""
+    from scipy.ndimage import gaussian_filter
+
+    rows, cols = np.mgrid[:size, :size].astype(np.float64) / size - 0.5
+
+    def ellipse(cy, cx, ry, rx, angle=0.0):
+        c, s = np.cos(angle), np.sin(angle)
+        y, x = rows - cy, cols - cx
+        return ((c * x + s * y) / rx) ** 2 + ((-s * x + c * y) / ry) ** 2 <= 1.0
+
+    hu = np.full((size, size), -1000.0)
+    ry, rx = rng.uniform(0.22, 0.27), rng.uniform(0.3, 0.36)
+    fat = rng.uniform(0.015, 0.03)
+    hu[ellipse(0, 0, ry, rx)] = -100.0
+    hu[ellipse(0, 0, ry - fat, rx - fat)] = 45.0
+    hu[ellipse(-0.02, -0.12, 0.13, 0.14, rng.uniform(-0.3, 0.3))] = 60.0 + rng.normal(0, 5)  # liver
+    for _ in range(rng.integers(2, 5)):  # low- and high-contrast liver lesions
+        hu[ellipse(-0.02 + rng.uniform(-0.07, 0.07), -0.12 + rng.uniform(-0.07, 0.07), *rng.uniform(0.008, 0.025, 2))] = (
+            60.0 + rng.choice([-1, 1]) * rng.uniform(15, 50)
+        )
+    hu[ellipse(-0.02, 0.17, 0.07, 0.05, 0.4)] = 48.0  # spleen
+    for side in (-1, 1):  # kidneys: contrast-enhanced cortex around the medulla
+        hu[ellipse(0.08, side * 0.1, 0.05, 0.035)] = 160.0
+        hu[ellipse(0.08, side * 0.1, 0.03, 0.018)] = 35.0
+    hu[ellipse(0.06, 0.02, 0.018, 0.018)] = 200.0  # aorta
+    hu[ellipse(0.15, 0.0, 0.045, 0.045)] = 750.0  # vertebral body: cortical shell
+    hu[ellipse(0.15, 0.0, 0.035, 0.035)] = 250.0
+    for _ in range(rng.integers(1, 4)):  # bowel gas
+        hu[ellipse(rng.uniform(-0.15, -0.05), rng.uniform(0.0, 0.12), *rng.uniform(0.01, 0.03, 2))] = -900.0
+    body = hu > -500
+    texture = gaussian_filter(rng.normal(0, 1, (size, size)), 3) * 25.0
+    return np.where(body, hu + texture, hu).astype(np.float32)
+
+
+def _simulate_ct_job(job: tuple[np.ndarray, float, float, np.random.SeedSequence]) -> tuple[np.ndarray, np.ndarray]:
+    hu, pixel_mm, photons, seed = job
+    full_rng, quarter_rng = (np.random.default_rng(s) for s in seed.spawn(2))
+    return simulate_ct_scan(hu, pixel_mm, photons / 4, quarter_rng), simulate_ct_scan(hu, pixel_mm, photons, full_rng)
+
+
+def simulate_ct_doses(
+    cases: list[tuple[np.ndarray, float]], photons: float, seed: int, workers: int | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(quarter dose, normal dose)`` scans of each ``(HU image, pixel mm)`` case, in parallel processes;
+    each case draws from its own child of ``SeedSequence(seed)``, so the result does not depend on ``workers``."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    seeds = np.random.SeedSequence(seed).spawn(len(cases))
+    jobs = [(hu, mm, photons, s) for (hu, mm), s in zip(cases, seeds)]
+    workers = workers or min(len(jobs), os.cpu_count() or 1)
+    with ProcessPoolExecutor(workers) as pool:
+        return list(tqdm(pool.map(_simulate_ct_job, jobs), total=len(jobs), desc="simulating CT scans", unit="slice"))

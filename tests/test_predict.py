@@ -1,0 +1,242 @@
+"""predict: scans in their own format, normalised per volume as training does, restored values never clipped.
+
+Each test builds a checkpoint in-process from the composed config (a tiny RAT, Lightning's
+``state_dict`` + ``ratlit_config``) whose last conv is set by hand: zero weights and a bias ``b`` make the
+network ``lq + b`` exactly, so the restored values are known in closed form.
+"""
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage, generate_uid
+
+from ratlit.config import CONF_DIR, instantiate
+from ratlit.data import PETDataModule
+from ratlit.data.ct import write_ct_series
+from ratlit.data.io import write_dicom
+from ratlit.partition import GridPartitioner, PartitionCache
+from ratlit.predict import predict, restore_paths
+
+
+def make_checkpoint(path: Path, task: str, bias: float | None = 0.0, seed: int = 0) -> Path:
+    """A checkpoint of a tiny RAT for ``task``; ``bias`` not None: the network is ``lq + bias`` exactly."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"task={task}", "experiment=smoke", "partition=grid",
+                                          f"run_dir={path.parent}", f"paths.cache_dir={path.parent / 'cache'}"])
+    torch.manual_seed(seed)
+    module = instantiate(cfg.model)
+    with torch.no_grad():
+        if bias is None:  # a network that is not flip-equivariant: orientation matters
+            torch.nn.init.normal_(module.net.ending.weight, std=0.2)
+        else:
+            module.net.ending.weight.zero_()
+            module.net.ending.bias.fill_(bias)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["partition_used"] = instantiate(cfg.partition).spec
+    torch.save({"state_dict": module.state_dict(), "ratlit_config": OmegaConf.to_yaml(resolved)}, path)
+    return path
+
+
+def write_pet_series(folder: Path, volume: np.ndarray, modality: str = "PT") -> None:
+    """Bq/ml slices ``volume[..., k]`` as a scanner writes them: int16, a RescaleSlope per slice (max -> 32767)."""
+    series, study = generate_uid(), generate_uid()
+    for k in range(volume.shape[-1]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = PositronEmissionTomographyImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.PatientID, ds.Units = modality, "pet-01", "BQML"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = study, series, k + 1
+        ds.ImageType = ["ORIGINAL", "PRIMARY"]
+        ds.ImagePositionPatient = [0.0, 0.0, 2.0 * k]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing, ds.SliceThickness = [2.0, 2.0], 2.0
+        ds.Rows, ds.Columns = volume.shape[:2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        slope = float(pydicom.valuerep.format_number_as_ds(float(volume[..., k].max()) / 32767))
+        ds.RescaleSlope, ds.RescaleIntercept = slope, 0
+        ds.PixelData = np.round(volume[..., k] / slope).astype(np.int16).tobytes()
+        # written in reverse order of position: predict must sort the series along the normal
+        write_dicom(folder / f"IM{volume.shape[-1] - k:03d}.dcm", ds)
+
+
+def pet_volume(shape=(32, 32, 4), seed=0) -> np.ndarray:
+    """Bq/ml: a warm body with hot spots of very different peaks per slice."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    volume = np.empty(shape, np.float32)
+    for k in range(shape[-1]):
+        body = np.where((rows - 16) ** 2 + (cols - 16) ** 2 < 13**2, 2000.0, 50.0)
+        hot = (rows - 10 - k) ** 2 + (cols - 12) ** 2 < 4
+        volume[..., k] = body + hot * 3000.0 * (k + 1) + rng.uniform(0, 300, shape[:2])
+    return volume
+
+
+def read_back(path: Path) -> np.ndarray:
+    ds = pydicom.dcmread(path)
+    return ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+
+
+def test_pet_dicom_series_is_normalised_per_volume_and_never_clipped(tmp_path):
+    volume = pet_volume()
+    write_pet_series(tmp_path / "in", volume)
+    bias = 0.25
+    ckpt = make_checkpoint(tmp_path / "pet.ckpt", "pet", bias)
+    written = restore_paths(ckpt, tmp_path / "in", tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert sorted(p.name for p in written) == sorted(p.name for p in (tmp_path / "in").iterdir())
+    slices = sorted((pydicom.dcmread(p) for p in tmp_path.joinpath("in").iterdir()), key=lambda d: d.ImagePositionPatient[2])
+    inputs = np.stack([d.pixel_array * float(d.RescaleSlope) for d in slices], axis=-1)
+    scale = float(np.percentile(inputs, 99.9))  # the whole volume's, as PET training scales
+    per_slice = [float(np.percentile(inputs[..., k], 99.9)) for k in range(inputs.shape[-1])]
+    assert max(abs(s / scale - 1) for s in per_slice) > 0.2  # per-slice scaling would give other values
+    series_uids = set()
+    for k, before in enumerate(slices):
+        out_path = tmp_path / "out" / Path(before.filename).name
+        after = pydicom.dcmread(out_path)
+        restored = read_back(out_path)
+        expected = inputs[..., k] + bias * scale
+        assert expected.max() > 32767 * float(before.RescaleSlope)  # the input's slope could not hold it
+        np.testing.assert_allclose(restored, expected, atol=float(after.RescaleSlope), rtol=1e-5)
+        assert list(after.ImageType)[:2] == ["DERIVED", "SECONDARY"] and after.Modality == "PT"
+        assert after.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert after.file_meta.MediaStorageSOPInstanceUID == after.SOPInstanceUID != before.SOPInstanceUID
+        assert after.ImagePositionPatient == before.ImagePositionPatient and after.PixelRepresentation == 1
+        series_uids.add(after.SeriesInstanceUID)
+    assert len(series_uids) == 1 and slices[0].SeriesInstanceUID not in series_uids
+
+
+def test_pet_activity_stays_nonnegative_unless_switched_off(tmp_path):
+    volume = pet_volume()
+    write_pet_series(tmp_path / "in", volume)
+    ckpt = make_checkpoint(tmp_path / "pet.ckpt", "pet", bias=-0.5)
+    restore_paths(ckpt, tmp_path / "in", tmp_path / "floor", cache_dir=tmp_path / "cache")
+    restore_paths(ckpt, tmp_path / "in", tmp_path / "raw", cache_dir=tmp_path / "cache", nonnegative=False)
+    floored = np.stack([read_back(p) for p in sorted((tmp_path / "floor").iterdir())])
+    raw = np.stack([read_back(p) for p in sorted((tmp_path / "raw").iterdir())])
+    assert floored.min() == 0 and raw.min() < -0.4 * float(np.percentile(volume, 99.9))
+    np.testing.assert_array_equal(floored == 0, raw <= 0)
+
+
+def test_ct_series_keeps_hu_beyond_the_window(tmp_path):
+    rows, cols = np.mgrid[:40, :40]
+    hu = [np.where((rows - 20) ** 2 + (cols - 20) ** 2 < 100, 2900.0, 40.0) - 5.0 * k for k in range(3)]
+    write_ct_series(tmp_path / "in", hu, "ct-01", "QD", 0.7, [0.0, 1.0, 2.0], generate_uid())
+    bias = 0.1  # x 4096 HU: the bone goes to ~3310 HU, beyond the window's 3072
+    ckpt = make_checkpoint(tmp_path / "ct.ckpt", "ct", bias)
+    restore_paths(ckpt, tmp_path / "in", tmp_path / "out", cache_dir=tmp_path / "cache")
+    for k, name in enumerate(("0001.dcm", "0002.dcm", "0003.dcm")):
+        after = pydicom.dcmread(tmp_path / "out" / name)
+        assert after.pixel_array.dtype == np.int16 and float(after.RescaleIntercept) == -1024  # CT's own kept
+        np.testing.assert_allclose(read_back(tmp_path / "out" / name), hu[k] + bias * 4096, atol=0.51)
+
+
+def test_nifti_in_any_orientation_restores_as_training_reads_it(tmp_path):
+    rng = np.random.default_rng(0)
+    native = rng.uniform(500, 3000, (24, 20, 5)).astype(np.float32)
+    affine = np.array([[-2.0, 0, 0, 40], [0, 2.0, 0, -30], [0, 0, 3.0, 10], [0, 0, 0, 1]])  # LAS
+    for side in ("lq", "hq"):
+        (tmp_path / "data" / side).mkdir(parents=True)
+        nib.save(nib.Nifti1Image(native, affine), tmp_path / "data" / side / "p1.nii.gz")
+    assert nib.aff2axcodes(affine) == ("L", "A", "S")
+    ckpt = make_checkpoint(tmp_path / "pet.ckpt", "pet", bias=None)
+    restore_paths(ckpt, tmp_path / "data" / "lq" / "p1.nii.gz", tmp_path / "out", cache_dir=tmp_path / "cache")
+    out = nib.load(tmp_path / "out" / "p1.nii.gz")
+    np.testing.assert_array_equal(out.affine, affine)
+    assert out.shape == native.shape and out.get_data_dtype() == np.float32
+    # evaluate's route: the DataModule's samples (RAS+, slice_axis 2, per-volume scale), the same network.
+    from ratlit.checkpoint import build_module, load_checkpoint
+
+    run_cfg, state = load_checkpoint(ckpt)
+    module = build_module(run_cfg, state)
+    dm = PETDataModule(root=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), partitioner=GridPartitioner(16))
+    cache = PartitionCache(tmp_path / "cache" / "eval", GridPartitioner(16))
+    scale = float(np.percentile(native, 99.9))
+    canonical = np.asarray(nib.as_closest_canonical(out).get_fdata(dtype=np.float32))
+    samples = dm.samples()
+    assert len(samples) == native.shape[2]
+    for sample in samples:
+        lq, _ = sample.load()
+        with torch.no_grad():
+            restored = module(torch.from_numpy(lq)[None], torch.from_numpy(cache.labels(lq))[None])[0, 0].numpy()
+        index = int(sample.name.split("/")[1])
+        np.testing.assert_allclose(canonical[..., index], np.maximum(restored * scale, 0), rtol=1e-5, atol=1e-3)
+    assert np.abs(np.asarray(out.get_fdata()) - native).mean() > 1.0  # the network did change the values
+
+
+def test_modality_and_format_must_match_the_task(tmp_path, caplog):
+    write_ct_series(tmp_path / "ct", [np.zeros((32, 32))], "ct-01", "QD", 0.7, [0.0], generate_uid())
+    pet = make_checkpoint(tmp_path / "pet.ckpt", "pet")
+    with pytest.raises(ValueError, match=r"has DICOM Modality 'CT', but task pet takes Modality \['PT', 'PET'\]") as err:
+        restore_paths(pet, tmp_path / "ct", tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert str(tmp_path / "ct") in str(err.value) and "force=true" in str(err.value)
+    from ratlit.data.io import write_image
+
+    write_image(tmp_path / "photo.png", np.full((1, 32, 32), 0.5, np.float32))
+    with pytest.raises(ValueError, match=r"photo.png is an image file, but task pet takes \['dicom', 'nifti'\]"):
+        restore_paths(pet, tmp_path / "photo.png", tmp_path / "out", cache_dir=tmp_path / "cache")
+    ct = make_checkpoint(tmp_path / "ct.ckpt", "ct")
+    with pytest.raises(ValueError, match=r"1 channel\(s\); the checkpoint .*ct.ckpt takes|an image file, but task ct"):
+        restore_paths(ct, tmp_path / "photo.png", tmp_path / "out", cache_dir=tmp_path / "cache")
+    with caplog.at_level(logging.WARNING, logger="ratlit.predict"):
+        written = restore_paths(pet, tmp_path / "ct", tmp_path / "forced", cache_dir=tmp_path / "cache", force=True)
+    assert len(written) == 1 and "restoring it anyway (force=true)" in caplog.text
+
+
+def test_nan_input_is_named(tmp_path):
+    volume = np.ones((16, 16, 3), np.float32)
+    volume[3, 4, 1] = np.nan
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "bad.nii")
+    ckpt = make_checkpoint(tmp_path / "pet.ckpt", "pet")
+    with pytest.raises(ValueError, match=r"bad.nii holds 1 NaN or infinite value"):
+        restore_paths(ckpt, tmp_path / "bad.nii", tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "out" / "bad.nii").exists()
+
+
+@pytest.mark.parametrize("name", ["JPEG-LL.dcm", "MR_small_jp2klossless.dcm", "MR_small_RLE.dcm"])
+def test_compressed_dicom_is_restored_and_written_uncompressed(tmp_path, name):
+    from pydicom.data import get_testdata_file
+
+    source = Path(get_testdata_file(name))
+    before = pydicom.dcmread(source)
+    assert before.file_meta.TransferSyntaxUID.is_compressed
+    values = before.pixel_array * float(before.get("RescaleSlope", 1)) + float(before.get("RescaleIntercept", 0))
+    ckpt = make_checkpoint(tmp_path / "ct.ckpt", "ct", bias=0.0)  # the identity on the HU window
+    restore_paths(ckpt, source, tmp_path / "out", cache_dir=tmp_path / "cache", force=True)  # MR / NM, not CT
+    after = pydicom.dcmread(tmp_path / "out" / name)
+    assert after.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert not after["PixelData"].is_undefined_length and len(after.PixelData) == after.Rows * after.Columns * 2
+    assert after.file_meta.MediaStorageSOPInstanceUID == after.SOPInstanceUID
+    np.testing.assert_allclose(read_back(tmp_path / "out" / name), np.clip(values, -1024, 3072), atol=0.51)
+
+
+def test_predict_without_output_says_so_in_one_line(caplog):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("predict", overrides=["ckpt=run.ckpt"])
+    with caplog.at_level(logging.ERROR, logger="ratlit"), pytest.raises(SystemExit) as exit_:
+        predict(cfg)
+    assert exit_.value.code == 2
+    assert "predict needs input=, output=: python -m ratlit.predict ckpt=" in caplog.text
+
+
+@pytest.mark.slow
+def test_cli_missing_output_has_no_traceback(tmp_path):
+    env = {**os.environ, "RATLIT_OUTPUTS": str(tmp_path / "outputs")}
+    result = subprocess.run([sys.executable, "-m", "ratlit.predict", "ckpt=a.ckpt", "input=x"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "predict needs output=" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr and "MissingMandatoryValue" not in result.stderr
