@@ -92,12 +92,14 @@ def read_back(path: Path) -> np.ndarray:
     return ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
 
 
-def test_pet_dicom_series_is_normalised_per_volume_and_never_clipped(tmp_path):
+def test_pet_dicom_series_is_normalised_per_volume_and_never_clipped(tmp_path, caplog):
     volume = pet_volume()
     write_pet_series(tmp_path / "in", volume)
     bias = 0.25
     ckpt = make_checkpoint(tmp_path / "pet.ckpt", "pet", bias)
-    written = restore_paths(ckpt, tmp_path / "in", tmp_path / "out", cache_dir=tmp_path / "cache")
+    with caplog.at_level(logging.INFO, logger="ratlit.predict"):
+        written = restore_paths(ckpt, tmp_path / "in", tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert f"{volume.shape[-1]} slice(s) got a new RescaleSlope" in caplog.text
     assert sorted(p.name for p in written) == sorted(p.name for p in (tmp_path / "in").iterdir())
     slices = sorted((pydicom.dcmread(p) for p in tmp_path.joinpath("in").iterdir()), key=lambda d: d.ImagePositionPatient[2])
     inputs = np.stack([d.pixel_array * float(d.RescaleSlope) for d in slices], axis=-1)
@@ -179,8 +181,9 @@ def test_nifti_in_any_orientation_restores_as_training_reads_it(tmp_path):
 
 
 def test_modality_and_format_must_match_the_task(tmp_path, caplog):
-    write_ct_series(tmp_path / "ct", [np.zeros((32, 32))], "ct-01", "QD", 0.7, [0.0], generate_uid())
-    pet = make_checkpoint(tmp_path / "pet.ckpt", "pet")
+    hu = np.where(np.mgrid[:32, :32][0] < 16, 40.0, 1000.0)
+    write_ct_series(tmp_path / "ct", [hu], "ct-01", "QD", 0.7, [0.0], generate_uid())
+    pet = make_checkpoint(tmp_path / "pet.ckpt", "pet", bias=0.1)
     with pytest.raises(ValueError, match=r"has DICOM Modality 'CT', but task pet takes Modality \['PT', 'PET'\]") as err:
         restore_paths(pet, tmp_path / "ct", tmp_path / "out", cache_dir=tmp_path / "cache")
     assert str(tmp_path / "ct") in str(err.value) and "force=true" in str(err.value)
@@ -195,6 +198,8 @@ def test_modality_and_format_must_match_the_task(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ratlit.predict"):
         written = restore_paths(pet, tmp_path / "ct", tmp_path / "forced", cache_dir=tmp_path / "cache", force=True)
     assert len(written) == 1 and "restoring it anyway (force=true)" in caplog.text
+    # forced past the modality, the intensities still go through the task's map: PET's 99.9th percentile
+    np.testing.assert_allclose(read_back(written[0]), hu + 0.1 * np.percentile(hu, 99.9), atol=0.51)
 
 
 def test_nan_input_is_named(tmp_path):

@@ -114,19 +114,19 @@ def check_finite(values: np.ndarray, source: object) -> None:
 
 
 def check_format(job: Job, kind: str, source: object, modality: str | None = None) -> bool:
-    """Whether ``source`` is what the checkpoint's task takes; raise (or, with force, warn) if not."""
+    """Raise (or, with force, warn) unless ``source``'s format and DICOM modality are what the checkpoint's task
+    takes. Returns whether the format is the task's: only then do its intensities map through the task."""
     dm = type(job.datamodule)
     problem = None
     if kind not in dm.input_formats:
         problem = f"is {KIND_NAMES[kind]}, but task {job.task} takes {list(dm.input_formats)}"
     elif modality is not None and dm.modalities and modality not in dm.modalities:
         problem = f"has DICOM Modality {modality or '(none)'!r}, but task {job.task} takes Modality {list(dm.modalities)}"
-    if problem is None:
-        return True
-    if not job.force:
-        raise ValueError(f"{source} {problem} (checkpoint {job.ckpt}); use a {job.task} input or pass force=true")
-    log.warning("%s %s; restoring it anyway (force=true)", source, problem)
-    return False
+    if problem is not None:
+        if not job.force:
+            raise ValueError(f"{source} {problem} (checkpoint {job.ckpt}); use a {job.task} input or pass force=true")
+        log.warning("%s %s; restoring it anyway (force=true)", source, problem)
+    return kind in dm.input_formats
 
 
 def restore_volume(volume: np.ndarray, mapping: UnitMap, job: Job) -> np.ndarray:
@@ -263,6 +263,11 @@ def restore_paths(
     floor = datamodule.value_floor if nonnegative is None else (0.0 if nonnegative else None)
     job = Job(restorer, datamodule, str(run_cfg.task_name), ckpt, int(run_cfg.model.net.in_channels), axis, floor,
               int(run_cfg.data.get("scale", 4)) if upscale else None, force)
+    if source.is_file() and kind_of(source) == "dicom":
+        siblings = [p for p in source.parent.iterdir() if p != source and p.is_file() and p.suffix.lower() in DICOM_SUFFIXES]
+        if siblings:
+            log.warning("restoring %s alone: it is normalised as a one-slice volume; give its folder %s to restore "
+                        "(and normalise) the whole series as training does", source, source.parent)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for path in files:
