@@ -245,3 +245,33 @@ def test_cli_missing_output_has_no_traceback(tmp_path):
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "predict needs output=" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr and "MissingMandatoryValue" not in result.stderr
+
+
+def test_pathology_image_goes_through_the_task(tmp_path):
+    from ratlit.data.io import read_image, write_image
+
+    image = np.random.default_rng(0).uniform(0, 0.8, (3, 32, 32)).astype(np.float32)
+    write_image(tmp_path / "tile.png", image)
+    source = read_image(tmp_path / "tile.png")
+    ckpt = make_checkpoint(tmp_path / "path.ckpt", "pathology", bias=0.1)
+    restore_paths(ckpt, tmp_path / "tile.png", tmp_path / "out", cache_dir=tmp_path / "cache")
+    np.testing.assert_allclose(read_image(tmp_path / "out" / "tile.png"), np.clip(source + 0.1, 0, 1), atol=0.6 / 255)
+
+
+def test_unit_maps_of_the_three_tasks():
+    from ratlit.data import CTDataModule, PathologyDataModule
+    from ratlit.data.ct import hu_to_unit
+
+    hu = np.array([-2000.0, -1024.0, 40.0, 3500.0], np.float32)
+    ct = CTDataModule(hu_min=-1000.0, hu_max=1000.0).unit_map(hu, "x")
+    np.testing.assert_array_equal(ct.to_unit(hu), hu_to_unit(hu, -1000.0, 1000.0))  # bit for bit, as training
+    np.testing.assert_allclose(ct.from_unit(np.array([0.0, 0.52, 1.2])), [-1000.0, 40.0, 1400.0], rtol=1e-6)
+    activity = np.linspace(0, 1000, 1001, dtype=np.float32)
+    pet = PETDataModule().unit_map(activity, "x")
+    assert pet.scale == pytest.approx(np.percentile(activity, 99.9))
+    np.testing.assert_array_equal(pet.to_unit(activity), activity / pet.scale)
+    assert pet.from_unit(np.array([-0.5]), floor=PETDataModule.value_floor)[0] == 0
+    with pytest.raises(ValueError, match="PET volume empty.nii has no positive activity"):
+        PETDataModule().unit_map(np.zeros((4, 4, 4)), "empty.nii")
+    pathology = PathologyDataModule().unit_map(np.zeros((3, 4, 4)), "x")
+    np.testing.assert_array_equal(pathology.to_unit(np.array([-0.1, 0.5, 1.5])), [0.0, 0.5, 1.0])

@@ -240,15 +240,14 @@ class RestorationDataModule(L.LightningDataModule):
 
     # --- intensities: what predict needs to run the task's network on a new scan ----------------------
 
-    input_formats: ClassVar[tuple[str, ...]] = ("image",)  # what predict accepts: "dicom", "nifti", "image"
+    input_formats: ClassVar[tuple[str, ...]]  # what predict accepts: "dicom", "nifti", "image"
     modalities: ClassVar[tuple[str, ...]] = ()  # DICOM Modality values of the task's scans (none: no check)
     value_floor: ClassVar[float | None] = None  # physical lower bound of restored values (PET: activity >= 0)
 
+    @abstractmethod
     def unit_map(self, volume: np.ndarray, source: str) -> UnitMap:
         """The map of one input ``volume`` (a whole LQ volume or image, in its own units) to network units,
-        exactly as the task's loaders map training data; ``source`` names the file in errors.
-        The default: images whose values are already in [0, 1]."""
-        return UnitMap(clip=(0.0, 1.0))
+        exactly as the task's loaders map training data; ``source`` names the file in errors."""
 
     # --- data locations ---------------------------------------------------------------------------
 

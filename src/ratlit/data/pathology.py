@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ratlit.data.base import RestorationDataModule, Sample, write_splits
+from ratlit.data.base import RestorationDataModule, Sample, UnitMap, write_splits
 from ratlit.data.io import find_images, read_image, write_image
 
 
@@ -58,6 +58,12 @@ class PathologyDataModule(RestorationDataModule):
 
     def build_embedded(self, folder: Path, seed: int) -> None:
         build_embedded_pathology(folder)
+
+    input_formats = ("image",)
+
+    def unit_map(self, volume: np.ndarray, source: str) -> UnitMap:
+        """Pixels in [0, 1] as ``read_image`` gives them, the units the network trains on."""
+        return UnitMap(clip=(0.0, 1.0))
 
 
 EMBEDDED_TILES = {  # name -> (rows, cols) of the 512 x 512 IHC image
