@@ -226,6 +226,7 @@ def test_compressed_dicom_is_restored_and_written_uncompressed(tmp_path, name):
     assert after.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert not after["PixelData"].is_undefined_length and len(after.PixelData) == after.Rows * after.Columns * 2
     assert after.file_meta.MediaStorageSOPInstanceUID == after.SOPInstanceUID
+    assert after.file_meta.MediaStorageSOPClassUID == after.SOPClassUID
     np.testing.assert_allclose(read_back(tmp_path / "out" / name), np.clip(values, -1024, 3072), atol=0.51)
 
 
@@ -275,3 +276,16 @@ def test_unit_maps_of_the_three_tasks():
         PETDataModule().unit_map(np.zeros((4, 4, 4)), "empty.nii")
     pathology = PathologyDataModule().unit_map(np.zeros((3, 4, 4)), "x")
     np.testing.assert_array_equal(pathology.to_unit(np.array([-0.1, 0.5, 1.5])), [0.0, 0.5, 1.0])
+
+
+def test_rescale_holds_every_value_in_16_bits():
+    from ratlit.data.io import rescale_to_hold
+
+    assert rescale_to_hold(np.array([-1000.0, 3000.0]), 1.0, -1024.0, signed=True) == (1.0, -1024.0)  # kept
+    for values, signed in (([0.0, 1e6], True), ([-5e5, 10.0], True), ([-300.5, 7e4], False), ([2.0, 9e9], False)):
+        slope, intercept = rescale_to_hold(np.array(values), 0.5, 0.0, signed)
+        low, high = (-32768, 32767) if signed else (0, 65535)
+        stored = np.round((np.array(values) - intercept) / slope)
+        assert low <= stored.min() and stored.max() <= high
+        assert stored.max() >= 0.99 * high or stored.min() <= 0.99 * low  # the smallest slope: the range is used
+        assert float(pydicom.valuerep.DSfloat(slope, auto_format=True)) == slope  # exact as a DICOM DS string
