@@ -2,9 +2,9 @@
 
 Sweeps: ``python -m ratlit.train -m task=ct attention=msa,wmsa,rmsa loss=l1,fr sweep_name=table4_ct``.
 Resume an interrupted run: ``python -m ratlit.train resume=<run folder>``.
-Each run folder holds ``config.yaml`` (the full resolved config, with the partitioner actually used),
-``checkpoints/`` (best by validation PSNR, and last), ``csv/metrics.csv``, ``panels/``, ``results.json``
-and ``test_results.csv`` (per image).
+Each run folder holds ``config.yaml`` (the full resolved config, with the partitioner actually used and
+the split in ``data.splits``), ``splits.json``, ``checkpoints/`` (best by validation PSNR, and last),
+``csv/metrics.csv``, ``panels/``, ``results.json`` and ``test_results.csv`` (per image).
 """
 
 from __future__ import annotations

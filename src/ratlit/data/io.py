@@ -119,14 +119,15 @@ def dicom_slice_corners(header: Any) -> np.ndarray | None:
     return corners * np.array([-1.0, -1.0, 1.0])  # LPS -> RAS
 
 
-def volume_corners(path: str | os.PathLike) -> np.ndarray | None:
-    """World positions (mm, RAS) of the corner voxels of ``read_volume(path)``'s array, in array order
-    (every slice's corners for a DICOM series), read from the headers only; None when a DICOM series
-    lacks the geometry tags."""
+def volume_geometry(path: str | os.PathLike) -> list[tuple[Path, np.ndarray]] | None:
+    """Where the voxels of ``read_volume(path)``'s array lie, from the headers only: ``[(file, corners)]``,
+    one entry with the 8 corner voxels (mm, RAS, array order) for a NIfTI file, one per slice with its 4
+    corner pixels for a DICOM series; None when a series lacks the geometry tags."""
     path = Path(path)
     if path.is_dir():
-        corners = [dicom_slice_corners(s.header) for s in read_dicom_series(path, pixels=False)]
-        return None if any(c is None for c in corners) else np.concatenate(corners)
+        slices = read_dicom_series(path, pixels=False)
+        corners = [dicom_slice_corners(s.header) for s in slices]
+        return None if any(c is None for c in corners) else [(s.path, c) for s, c in zip(slices, corners)]
     import nibabel as nib
     from nibabel.orientations import inv_ornt_aff, io_orientation
 
@@ -137,7 +138,28 @@ def volume_corners(path: str | os.PathLike) -> np.ndarray | None:
     shape = image.shape[:3]
     ornt = io_orientation(image.affine)  # as read_volume's as_closest_canonical does, without the voxels
     canonical = image.affine @ inv_ornt_aff(ornt, shape)
-    return _corners(canonical, tuple(shape[i] for i in np.argsort(ornt[:, 0])))
+    return [(path, _corners(canonical, tuple(shape[i] for i in np.argsort(ornt[:, 0]))))]
+
+
+def _volume_corners(geometry: list[tuple[Path, np.ndarray]]) -> np.ndarray:
+    """The 8 corners of a volume in array order (a series: first and last slices' corners interleaved)."""
+    if len(geometry) == 1 and len(geometry[0][1]) == 8:
+        return geometry[0][1]
+    first, last = geometry[0][1], geometry[-1][1]
+    return np.stack([c for j in range(4) for c in (first[j], last[j])])
+
+
+def check_volume_pair(a: Path, b: Path, tolerance_mm: float) -> None:
+    """Raise ValueError naming both files (for DICOM series, the first slices that differ) when the voxels
+    of two volumes of the same shape do not lie at the same places within ``tolerance_mm``."""
+    ga, gb = volume_geometry(a), volume_geometry(b)
+    if ga is None or gb is None:
+        return
+    if len(ga) == len(gb) and len(ga) > 1:  # two series: slice by slice
+        for (fa, ca), (fb, cb) in zip(ga, gb):
+            check_same_geometry(fa, ca, fb, cb, tolerance_mm)
+    else:
+        check_same_geometry(a, _volume_corners(ga), b, _volume_corners(gb), tolerance_mm)
 
 
 def check_same_geometry(a: Path, a_corners: np.ndarray | None, b: Path, b_corners: np.ndarray | None,

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ratlit.data.base import RestorationDataModule, Sample, write_splits
-from ratlit.data.io import check_same_geometry, is_nifti, read_volume, volume_corners, write_nifti
+from ratlit.data.io import check_volume_pair, is_nifti, read_volume, write_nifti
 
 PERCENTILE = 99.9
 
@@ -101,8 +101,7 @@ class PETDataModule(RestorationDataModule):
             lq, hq = _cached_volume(lq_path), _cached_volume(hq_path)
             if lq.shape != hq.shape:
                 raise ValueError(f"PET volumes do not pair: {lq_path} is {lq.shape}, {hq_path} is {hq.shape}")
-            check_same_geometry(lq_path, volume_corners(lq_path), hq_path, volume_corners(hq_path),
-                                self.geometry_tolerance_mm)
+            check_volume_pair(lq_path, hq_path, self.geometry_tolerance_mm)
             scale = float(np.percentile(lq, PERCENTILE))
             if not np.isfinite(lq).all() or not np.isfinite(hq).all() or scale <= 0:
                 raise ValueError(f"PET volume {lq_path} or {hq_path} is empty or holds NaN/inf values")
