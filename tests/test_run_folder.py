@@ -192,3 +192,14 @@ def test_evaluate_on_other_data_refuses_training_patients(tmp_path):
     with pytest.raises(ValueError, match="train split"):  # val: only training patients count
         check_not_seen(RUN_SPLIT, "val", ["P2"], "run")
     check_not_seen(RUN_SPLIT, "val", ["P3"], "run")
+
+
+def test_a_wandb_run_gets_an_id_kept_for_resume():
+    from ratlit.runs import wandb_id
+
+    cfg = OmegaConf.create({"logger": {"wandb": {"_target_": "lightning.pytorch.loggers.WandbLogger", "id": None}}})
+    wandb_id(cfg)
+    first = cfg.logger.wandb.id
+    assert len(first) == 8 and first.isalnum() and cfg.logger.wandb.resume == "allow"
+    wandb_id(cfg)  # a resumed run keeps its id
+    assert cfg.logger.wandb.id == first

@@ -6,8 +6,9 @@ validation so that every run has a best checkpoint.
 from __future__ import annotations
 
 import csv
-import logging
 import os
+import secrets
+import string
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-log = logging.getLogger(__name__)
 DATA_PATH_KEYS = ("root", "splits", "cache_dir")
 
 
@@ -113,10 +113,8 @@ def wandb_id(cfg: DictConfig) -> None:
     if node is None or not str(node.get("_target_", "")).endswith("WandbLogger"):
         return
     with open_dict(node):
-        if not node.get("id"):
-            from wandb.util import generate_id
-
-            node.id = generate_id()
+        if not node.get("id"):  # W&B's own form: 8 characters of [a-z0-9]
+            node.id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
         node.resume = "allow"
 
 

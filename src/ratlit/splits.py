@@ -9,7 +9,6 @@ group the model trained on (or was selected on) unless told to.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 from ratlit.data.base import SPLITS
 from ratlit.files import write_text_atomic
 
-log = logging.getLogger(__name__)
 SPLITS_FILE = "splits.json"
 
 

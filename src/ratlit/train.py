@@ -214,7 +214,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for lg in loggers:
             lg.log_hyperparams(resolved)
         callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
-        if made_in is not None and Path(made_in) != run_dir:
+        if made_in is not None and Path(made_in).resolve() != run_dir.resolve():
             callbacks.append(RelocateCheckpointState(made_in, str(run_dir)))
         trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -103,7 +103,8 @@ def split_groups(
             )
         unlisted = [g for g in groups if g not in seen]
         if unlisted:
-            log.warning("%d group(s) of the data are in no split and are left out: %s", len(unlisted), _listing(unlisted))
+            log.warning("%d group(s) of the data are in no split and are left out: %s", len(unlisted),
+                        _listing(unlisted))
         return {name: [g for g in groups if seen.get(g) == name] for name in SPLITS}
     order = list(np.random.default_rng(seed).permutation(len(groups)))
     n_test = max(1, math.floor(len(groups) * test_fraction + 0.5)) if len(groups) >= 3 else 0

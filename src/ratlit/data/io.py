@@ -179,7 +179,6 @@ def check_same_geometry(a: Path, a_corners: np.ndarray | None, b: Path, b_corner
         )
 
 
-
 def read_volume(path: str | os.PathLike) -> np.ndarray:
     """A 3D volume as float32 ``[X, Y, Z]``: a NIfTI file (reoriented to RAS+) or a DICOM series folder
     (``[rows, cols, slices]``, slices ordered along the normal)."""
