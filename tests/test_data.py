@@ -402,3 +402,5 @@ def test_unlisted_groups_are_named_and_bad_names_list_the_valid_ones(caplog):
     assert "1 group(s) of the data are in no split and are left out: P3" in caplog.text
     with pytest.raises(ValueError, match=r"not in the data: \['p1'\]; the data's groups are: P1, P2, P3"):
         split_groups(["P1", "P2", "P3"], {"train": ["p1"]})
+    with pytest.raises(ValueError, match="'train' must be a list of group names, got 'P1'"):
+        read_splits({"train": "P1"})

@@ -66,6 +66,9 @@ def read_splits(source: str | os.PathLike | Mapping | None) -> dict[str, list[st
     unknown = set(source) - set(SPLITS)
     if unknown:
         raise ValueError(f"splits has unknown names {sorted(unknown)}; use {list(SPLITS)}")
+    for name in SPLITS:
+        if isinstance(source.get(name), (str, bytes)) or not isinstance(source.get(name) or [], Sequence):
+            raise ValueError(f"splits: {name!r} must be a list of group names, got {source.get(name)!r}")
     return {name: [str(g) for g in source.get(name) or []] for name in SPLITS}
 
 
