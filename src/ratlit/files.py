@@ -12,9 +12,17 @@ from typing import BinaryIO
 
 def user_mode(directory: bool = False) -> int:
     """The permission bits a plain ``open`` / ``mkdir`` would give under the process's umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return (0o777 if directory else 0o666) & ~mask
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
+def _umask() -> int:
+    try:  # Linux: read it without setting it (os.umask(0) would briefly open up files other threads create)
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o077)
+        os.umask(mask)
+        return mask
 
 
 def make_temp_dir(parent: Path, prefix: str) -> Path:
