@@ -306,3 +306,101 @@ def test_each_stage_loads_only_its_splits_once(tmp_path):
     assert [s.name for s in dm.split_samples("val")] == ["ihc-val"]
     with pytest.raises(ValueError, match="split must be one of"):
         dm.split_samples("training")
+
+
+# --- geometry of the pairs ----------------------------------------------------------------------------
+
+
+def _nifti(path: Path, volume: np.ndarray, affine: np.ndarray) -> None:
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(volume.astype(np.float32), affine), str(path))
+
+
+def test_pet_pairs_must_share_their_geometry(tmp_path):
+    root = tmp_path / "pet"
+    rng = np.random.default_rng(0)
+    hq = rng.uniform(1000, 5000, (12, 10, 4)).astype(np.float32)  # Bq/ml
+    las = np.array([[-2.0, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1]])
+    _nifti(root / "lq" / "P1.nii.gz", hq + 50, las)
+    shifted = las.copy()
+    shifted[0, 3] += 40.0  # HQ 40 mm off, same shape
+    _nifti(root / "hq" / "P1.nii.gz", hq, shifted)
+    with pytest.raises(ValueError, match=r"lq/P1.nii.gz and .*hq/P1.nii.gz do not pair: .*40.00 mm"):
+        _dm(PETDataModule, root, tmp_path).samples()
+    assert _dm(PETDataModule, root, tmp_path, geometry_tolerance_mm=50).samples()  # the tolerance is a key
+    # The same grid stored RAS (x axis flipped, data flipped with it) pairs with the LAS file.
+    ras = las.copy()
+    ras[0, 0], ras[0, 3] = 2.0, 90 - 2.0 * (hq.shape[0] - 1)
+    _nifti(root / "hq" / "P1.nii.gz", hq[::-1], ras)
+    samples = _dm(PETDataModule, root, tmp_path).samples()
+    lq, restored_hq = samples[0].load()
+    np.testing.assert_allclose(lq - restored_hq, 50 / np.percentile(hq + 50, 99.9), rtol=1e-4)
+
+
+def _write_pet_dicom(folder: Path, volume: np.ndarray, origin: tuple[float, float, float], pixel_mm: float = 2.0):
+    """A PET series as scanners write it: int16 pixels with a RescaleSlope chosen per slice."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage, generate_uid
+
+    from ratlit.data.io import write_dicom
+
+    series = generate_uid()
+    for k in range(volume.shape[-1]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = PositronEmissionTomographyImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.PatientID, ds.SeriesInstanceUID, ds.InstanceNumber = "PT", "P1", series, k + 1
+        ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + 2.0 * k]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing = [pixel_mm, pixel_mm]
+        ds.Rows, ds.Columns = volume.shape[:2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        slope = float(volume[..., k].max()) / 32767
+        ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}", 0
+        ds.PixelData = np.round(volume[..., k] / float(ds.RescaleSlope)).astype(np.int16).tobytes()
+        write_dicom(folder / f"{k + 1:04d}.dcm", ds)
+
+
+def test_pet_dicom_pairs_with_per_slice_rescale_and_their_geometry(tmp_path):
+    root = tmp_path / "pet"
+    rng = np.random.default_rng(0)
+    hq = rng.uniform(100, 20000, (16, 16, 3)) * np.array([1.0, 3.0, 0.5])  # each slice its own range
+    _write_pet_dicom(root / "lq" / "P1", hq * 1.1, (-16.0, -16.0, 0.0))
+    _write_pet_dicom(root / "hq" / "P1", hq, (-16.0, -16.0, 0.0))
+    samples = _dm(PETDataModule, root, tmp_path).samples()
+    lq, s_hq = samples[1].load()
+    np.testing.assert_allclose(lq / s_hq, 1.1, rtol=1e-3)  # per-slice slopes applied before pairing
+    _write_pet_dicom(root / "hq" / "P1", hq, (24.0, -16.0, 0.0))  # ImagePositionPatient 40 mm off
+    with pytest.raises(ValueError, match=r"lq/P1/0001.dcm and .*hq/P1/0001.dcm do not pair: .*40.00 mm"):
+        _dm(PETDataModule, root, tmp_path).samples()
+
+
+def test_ct_pairs_must_share_their_in_plane_geometry(tmp_path):
+    import pydicom
+
+    root = tmp_path / "aapm"
+    _write_ct_patient(root, "L001", 2)
+    assert len(_dm(CTDataModule, root, tmp_path).samples()) == 2
+    path = sorted((root / "L001" / "quarter_1mm").iterdir())[1]
+    ds = pydicom.dcmread(path)
+    ds.PixelSpacing = [0.8, 0.8]  # same position along the normal, another field of view
+    ds.save_as(path)
+    with pytest.raises(ValueError, match=rf"{path.name} and .*full_1mm/\d+.dcm do not pair: .*position_tolerance_mm"):
+        _dm(CTDataModule, root, tmp_path).samples()
+
+
+def test_unlisted_groups_are_named_and_bad_names_list_the_valid_ones(caplog):
+    splits = split_groups(["P1", "P2", "P3"], {"train": ["P1"], "test": ["P2"]})
+    assert splits == {"train": ["P1"], "val": [], "test": ["P2"]}
+    assert "1 group(s) of the data are in no split and are left out: P3" in caplog.text
+    with pytest.raises(ValueError, match=r"not in the data: \['p1'\]; the data's groups are: P1, P2, P3"):
+        split_groups(["P1", "P2", "P3"], {"train": ["p1"]})
+    with pytest.raises(ValueError, match="'train' must be a list of group names, got 'P1'"):
+        read_splits({"train": "P1"})

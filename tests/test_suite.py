@@ -1,7 +1,9 @@
 """The experiment suite end to end, through its command lines: train, evaluate, predict, sweeps, report."""
 
+import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import yaml
 
 from ratlit.data.ct import write_ct_series
 from ratlit.data.io import write_nifti
@@ -72,6 +75,11 @@ def test_smoke_train_then_evaluate_and_predict(ct_root, tmp_path):
     assert "| best-" in evaluation.stdout and " ± " in evaluation.stdout
     saved_eval = json.loads((run_dir / "eval" / "eval_test.json").read_text())
     assert saved_eval["psnr"] == pytest.approx(results["test"]["psnr"], abs=1e-3)
+    shutil.copytree(ct_root, tmp_path / "moved")  # HOME is tmp_path: data.root=~/moved, as documented
+    run("ratlit.evaluate", f"ckpt={ckpt}", "data.root=~/moved", "out=moved_eval", cwd=tmp_path)
+    moved_eval = json.loads((tmp_path / "moved_eval" / "eval_test.json").read_text())
+    assert moved_eval["psnr"] == pytest.approx(results["test"]["psnr"], abs=1e-3)
+    assert moved_eval["data"]["root"] == str(tmp_path / "moved")
 
     run("ratlit.predict", f"ckpt={ckpt}", f"input={ct_root / 'P0' / 'quarter_1mm'}", "output=restored", cwd=tmp_path)
     for name in ("0001.dcm", "0002.dcm"):
@@ -108,9 +116,25 @@ def test_sweep_with_wandb_offline_and_report(ct_root, tmp_path):
     assert "± " in report.stdout
 
 
+def _steps(run_dir: Path) -> list[int]:
+    with open(run_dir / "csv" / "metrics.csv", newline="") as f:
+        return sorted({int(row["step"]) for row in csv.DictReader(f)})
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_resume_continues_from_the_last_checkpoint(ct_root, tmp_path):
-    run("ratlit.train", *SMOKE, f"data.root={ct_root}", "test_after_fit=false", cwd=tmp_path)
+    # Shorter than val_check_interval: still validated at the end, so a best checkpoint exists.
+    first = run("ratlit.train", *SMOKE, "trainer.val_check_interval=100", f"data.root={ct_root}",
+                "test_after_fit=false", cwd=tmp_path)
     run_dir = only_run(tmp_path)
+    assert "checkpoint None" not in first.stdout and f"| checkpoint {run_dir}/checkpoints/best-" in first.stdout
+    splits = json.loads((run_dir / "splits.json").read_text())
+    assert sorted(sum(splits.values(), [])) == ["P0", "P1", "P2", "P3"]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["splits"] == splits  # and so the checkpoint
+    steps = _steps(run_dir)
     refused = run("ratlit.train", f"resume={run_dir}", "attention=msa", cwd=tmp_path, check=False)
     assert refused.returncode == 2 and "names no value of the saved run config" in refused.stdout + refused.stderr
     resumed = run("ratlit.train", f"resume={run_dir}", "trainer.max_steps=9", cwd=tmp_path)
@@ -120,6 +144,18 @@ def test_resume_continues_from_the_last_checkpoint(ct_root, tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["steps"] == 9
     assert "max_steps: 9" in (run_dir / "config.yaml").read_text()
+    resumed_steps = _steps(run_dir)
+    assert resumed_steps[: len(steps)] == steps and resumed_steps[-1] > steps[-1]  # history kept, then more
+
+    # A copy of the run folder is a run of its own: it resumes in itself; the original stays byte-identical.
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    before = _snapshot(run_dir)
+    run("ratlit.train", "resume=copy", "trainer.max_steps=12", cwd=tmp_path)
+    assert _snapshot(run_dir) == before
+    copied = json.loads((copy / "results.json").read_text())
+    assert copied["steps"] == 12 and copied["best_checkpoint"].startswith(str(copy))
+    assert _steps(copy)[: len(resumed_steps)] == resumed_steps and f"run_dir: {copy}" in (copy / "config.yaml").read_text()
 
 
 def test_two_process_cpu_ddp(ct_root, tmp_path):

@@ -32,6 +32,29 @@ def instantiate(cfg: DictConfig | dict, **kwargs: Any) -> Any:
         raise
 
 
+def prepare_argv(argv: list[str], open_nodes: tuple[str, ...] = ()) -> list[str]:
+    """Command-line overrides made palatable to Hydra's override lexer, which rejects an unquoted ``~``:
+    a value starting with ``~`` (``data.root=~/scans``) becomes the expanded, quoted absolute path.
+    Keys under ``open_nodes`` (e.g. ``data`` of evaluate, merged into the run's own data config) are set
+    whether or not the node lists them (``++data.root=...``), so ``data.X=...`` works as documented."""
+    import os
+    import re
+
+    out = argv[:1]
+    for arg in argv[1:]:
+        match = re.fullmatch(r"([+~]*)([\w.@/-]+)=(.*)", arg, flags=re.DOTALL)
+        if match is None or arg.startswith("-"):
+            out.append(arg)
+            continue
+        prefix, key, value = match.groups()
+        if value.startswith("~"):
+            value = "'" + os.path.expanduser(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+        if not prefix and key.split(".", 1)[0] in open_nodes and "." in key:
+            prefix = "++"
+        out.append(f"{prefix}{key}={value}")
+    return out
+
+
 def exit_on_user_error(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """Turn bad input (a wrong path, a bad value) into one clear line on stderr and exit status 2."""
 

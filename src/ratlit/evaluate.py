@@ -7,17 +7,24 @@ Prints PSNR and SSIM (mean ± std over images, as the paper's tables) and writes
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ratlit.checkpoint import build_module, load_checkpoint, resolve_path
-from ratlit.config import CONF_DIR, exit_on_user_error, instantiate
+from ratlit.config import CONF_DIR, exit_on_user_error, instantiate, prepare_argv
 from ratlit.files import write_text_atomic
 from ratlit.module import per_image_csv
+from ratlit.runs import absolute_data_paths
+from ratlit.splits import check_not_seen, saved_splits
+
+log = logging.getLogger("ratlit.evaluate")
 
 
 def markdown_table(rows: list[dict[str, str]]) -> str:
@@ -33,9 +40,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ValueError(f"split must be test or val, got {cfg.split!r}")
     ckpt = resolve_path(cfg.ckpt, Path(get_original_cwd()))
     run_cfg, state = load_checkpoint(ckpt)
-    with open_dict(run_cfg):
-        run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.data)
-    datamodule = instantiate(run_cfg.data)
+    datamodule = split_checked_datamodule(run_cfg, cfg, str(ckpt))
     module = build_module(run_cfg, state)
     module.panels = 0
     trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
@@ -64,9 +69,52 @@ def evaluate(cfg: DictConfig) -> dict:
     return result
 
 
+def split_checked_datamodule(run_cfg: DictConfig, cfg: DictConfig, run: str) -> L.LightningDataModule:
+    """The run's DataModule with this call's ``data.*`` overrides, whose ``cfg.split`` holds no group the
+    run trained on (or, for test, selected its checkpoint on) unless ``allow_train_overlap``.
+
+    Same data: the run's recorded split; groups added to the folder since are left out (named), or tested
+    with ``include_new_groups``. Other data (``data.root`` or ``data.splits`` given): that data's own split
+    (the given one, its splits.json, or the seeded split), checked against the run's."""
+    saved = saved_splits(run_cfg)
+    given = OmegaConf.to_container(cfg.data) if cfg.get("data") is not None else {}
+    other_data = "root" in given or "splits" in given
+    with open_dict(run_cfg):
+        if other_data and "splits" not in given:
+            run_cfg.data.splits = None  # the run's split names the run's groups, not the other data's
+        for key, value in given.items():
+            run_cfg.data[key] = value
+        absolute_data_paths(run_cfg.data, Path(get_original_cwd()) if HydraConfig.initialized() else Path.cwd())
+    datamodule = instantiate(run_cfg.data)
+    if saved is None:
+        log.warning("%s records no split (made before splits were saved): cannot check that the %s groups "
+                    "were not used for training", run, cfg.split)
+        return datamodule
+    if not other_data:
+        known = {g for groups in saved.values() for g in groups}
+        new = sorted({s.group for s in datamodule.samples()} - known)
+        if new and cfg.get("include_new_groups"):
+            log.warning("testing also %d group(s) added to the data after the run: %s", len(new), new)
+            datamodule.splits_source = {**saved, "test": saved["test"] + new}
+        elif new:
+            log.warning("%d group(s) in the data are not in the run's split and are left out: %s "
+                        "(include_new_groups=true tests them too)", len(new), new)
+    groups = sorted({s.group for s in datamodule.split_samples(cfg.split)})
+    if not cfg.get("allow_train_overlap"):
+        check_not_seen(saved, cfg.split, groups, run)
+    return datamodule
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     evaluate(cfg)
+
+
+def main() -> None:
+    # data.root=... is merged into the run's data config (set whether or not evaluate.yaml lists the key);
+    # data.root=~/scans: Hydra's lexer rejects an unquoted ~.
+    sys.argv = prepare_argv(sys.argv, open_nodes=("data",))
+    _main()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,29 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+def user_mode(directory: bool = False) -> int:
+    """The permission bits a plain ``open`` / ``mkdir`` would give under the process's umask."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
+def _umask() -> int:
+    try:  # Linux: read it without setting it (os.umask(0) would briefly open up files other threads create)
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o077)
+        os.umask(mask)
+        return mask
+
+
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """``tempfile.mkdtemp`` (mode 0700) widened to the user's umask, so a folder renamed into place is as
+    readable by colleagues as any folder the user creates."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    os.chmod(tmp, user_mode(directory=True))
+    return tmp
+
+
 @contextmanager
 def atomic_output(path: Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (``suffix`` keeps writers that look at the extension happy);
@@ -20,6 +43,8 @@ def atomic_output(path: Path, suffix: str = "") -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        if tmp.exists():  # mkstemp makes it 0600; the result gets the mode a plain open() would give
+            os.chmod(tmp, user_mode())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

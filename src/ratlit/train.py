@@ -2,9 +2,9 @@
 
 Sweeps: ``python -m ratlit.train -m task=ct attention=msa,wmsa,rmsa loss=l1,fr sweep_name=table4_ct``.
 Resume an interrupted run: ``python -m ratlit.train resume=<run folder>``.
-Each run folder holds ``config.yaml`` (the full resolved config, with the partitioner actually used),
-``checkpoints/`` (best by validation PSNR, and last), ``csv/metrics.csv``, ``panels/``, ``results.json``
-and ``test_results.csv`` (per image).
+Each run folder holds ``config.yaml`` (the full resolved config, with the partitioner actually used and
+the split in ``data.splits``), ``splits.json``, ``checkpoints/`` (best by validation PSNR, and last),
+``csv/metrics.csv``, ``panels/``, ``results.json`` and ``test_results.csv`` (per image).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -28,9 +29,11 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from ratlit.config import CONF_DIR, exit_on_user_error, instantiate
+from ratlit.config import CONF_DIR, exit_on_user_error, instantiate, prepare_argv
 from ratlit.files import write_text_atomic
 from ratlit.module import per_image_csv
+from ratlit.runs import AppendingCSVLogger, RelocateCheckpointState, absolute_data_paths, relocate, wandb_id
+from ratlit.splits import groups_by_split, save_run_splits
 
 log = logging.getLogger("ratlit.train")
 _ABSENT = object()
@@ -63,8 +66,9 @@ def check_launch(cfg: DictConfig) -> None:
         )
 
 
-def resumed_config(cfg: DictConfig) -> tuple[DictConfig, str]:
-    """The saved config of the run folder ``cfg.resume`` (with this call's value overrides) and its last checkpoint."""
+def resumed_config(cfg: DictConfig) -> tuple[DictConfig, str, str]:
+    """The saved config of the run folder ``cfg.resume`` (with this call's value overrides, and its paths
+    moved into that folder), its last checkpoint, and the folder the run was made in (differs for a copy)."""
     run_dir = Path(str(cfg.resume)).expanduser()
     if not run_dir.is_absolute() and HydraConfig.initialized():
         run_dir = Path(hydra.utils.get_original_cwd()) / run_dir
@@ -74,6 +78,10 @@ def resumed_config(cfg: DictConfig) -> tuple[DictConfig, str]:
     if not last.is_file():
         raise ValueError(f"resume={run_dir}: no checkpoints/last.ckpt to resume from")
     old = OmegaConf.load(saved)
+    # Paths the saved (resolved) config holds into its own folder follow it: a copied folder resumes in
+    # the copy and never writes into the original.
+    made_in = str(old.get("run_dir") or run_dir)
+    old = relocate(old, made_in, str(run_dir))
     with open_dict(old):
         old.run_dir = str(run_dir)
         old.resume = str(run_dir)
@@ -87,7 +95,7 @@ def resumed_config(cfg: DictConfig) -> tuple[DictConfig, str]:
                 raise ValueError(f"resume: {item!r} names no value of the saved run config; "
                                  f"only existing values (e.g. trainer.max_steps=...) can change on resume")
             OmegaConf.update(old, key, yaml.safe_load(value), merge=True)
-    return old, str(last)
+    return old, str(last), made_in
 
 
 def wandb_online() -> bool:
@@ -127,7 +135,7 @@ def build_loggers(cfg: DictConfig, tags: list[str], config: dict[str, Any]) -> l
             node.update(tags=tags, config=config, name=run_name(cfg))
         loggers.append(instantiate(node, _convert_="all"))  # plain dicts for wandb.init(config=...)
     if not any(isinstance(lg, CSVLogger) for lg in loggers):
-        loggers.append(CSVLogger(save_dir=str(cfg.run_dir), name="csv", version=""))
+        loggers.append(AppendingCSVLogger(save_dir=str(cfg.run_dir), name="csv", version=""))
     return loggers
 
 
@@ -174,14 +182,19 @@ def metric(trainer: L.Trainer, key: str) -> float | None:
 @exit_on_user_error
 def train(cfg: DictConfig) -> dict[str, Any]:
     check_launch(cfg)
-    ckpt_path = None
+    ckpt_path, made_in = None, None
     if cfg.get("resume"):
-        cfg, ckpt_path = resumed_config(cfg)
+        cfg, ckpt_path, made_in = resumed_config(cfg)
     run_dir = Path(str(cfg.run_dir))
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
+    absolute_data_paths(cfg.data, Path(hydra.utils.get_original_cwd()) if HydraConfig.initialized() else Path.cwd())
+    wandb_id(cfg)
 
     datamodule = instantiate(cfg.data)
+    splits = groups_by_split(datamodule)
+    with open_dict(cfg):
+        cfg.data.splits = splits  # the run config (and so every checkpoint) records the split it used
     partition = datamodule.partitioner.spec
     with open_dict(cfg):
         cfg.partition_used = partition
@@ -193,6 +206,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if rank_zero_only.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", module.run_config)
+        save_run_splits(run_dir, splits)
 
     saved_mode = os.environ.get("WANDB_MODE")
     loggers = build_loggers(cfg, run_tags(cfg, partition), resolved)
@@ -200,6 +214,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for lg in loggers:
             lg.log_hyperparams(resolved)
         callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
+        if made_in is not None and Path(made_in).resolve() != run_dir.resolve():
+            callbacks.append(RelocateCheckpointState(made_in, str(run_dir)))
         trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
@@ -228,7 +244,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                    if best_val["psnr"] is not None else "no validation")
                 + (f" | test PSNR {test['psnr']:.4f} ± {test['psnr_std']:.4f}, SSIM {test['ssim']:.4f} ± "
                    f"{test['ssim_std']:.4f}" if test else "")
-                + f" | checkpoint {best} | run {run_dir}"
+                + (f" | checkpoint {best}" if best else f" | last checkpoint {results['last_checkpoint']}")
+                + f" | run {run_dir}"
             )
         return results
     finally:
@@ -236,9 +253,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
+def _main(cfg: DictConfig) -> float | None:
     results = train(cfg)
     return (results.get("test") or {}).get("psnr")
+
+
+def main() -> None:
+    sys.argv = prepare_argv(sys.argv)  # data.root=~/scans: Hydra's lexer rejects an unquoted ~
+    _main()
 
 
 if __name__ == "__main__":

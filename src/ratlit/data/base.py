@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ratlit.files import make_temp_dir, write_text_atomic
 from ratlit.partition import CacheStats, PartitionCache, Partitioner, SlicPartitioner
 
 log = logging.getLogger(__name__)
@@ -88,12 +88,20 @@ def read_splits(source: str | os.PathLike | Mapping | None) -> dict[str, list[st
     unknown = set(source) - set(SPLITS)
     if unknown:
         raise ValueError(f"splits has unknown names {sorted(unknown)}; use {list(SPLITS)}")
+    for name in SPLITS:
+        if isinstance(source.get(name), (str, bytes)) or not isinstance(source.get(name) or [], Sequence):
+            raise ValueError(f"splits: {name!r} must be a list of group names, got {source.get(name)!r}")
     return {name: [str(g) for g in source.get(name) or []] for name in SPLITS}
 
 
 def write_splits(folder: Path, splits: Mapping[str, Sequence[str]]) -> None:
     """Write ``splits.json`` (the default split of a data folder)."""
-    (folder / "splits.json").write_text(json.dumps({k: list(v) for k, v in splits.items()}, indent=2) + "\n")
+    write_text_atomic(folder / "splits.json", json.dumps({k: list(v) for k, v in splits.items()}, indent=2) + "\n")
+
+
+def _listing(names: Sequence[str], limit: int = 50) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def split_groups(
@@ -114,7 +122,14 @@ def split_groups(
                 seen[g] = name
         missing = sorted(set(seen) - set(groups))
         if missing:
-            raise ValueError(f"splits name groups that are not in the data: {missing[:10]}")
+            raise ValueError(
+                f"splits name {len(missing)} group(s) that are not in the data: {missing[:10]}; "
+                f"the data's groups are: {_listing(groups)}"
+            )
+        unlisted = [g for g in groups if g not in seen]
+        if unlisted:
+            log.warning("%d group(s) of the data are in no split and are left out: %s", len(unlisted),
+                        _listing(unlisted))
         return {name: [g for g in groups if seen.get(g) == name] for name in SPLITS}
     order = list(np.random.default_rng(seed).permutation(len(groups)))
     n_test = max(1, math.floor(len(groups) * test_fraction + 0.5)) if len(groups) >= 3 else 0
@@ -272,7 +287,7 @@ class RestorationDataModule(L.LightningDataModule):
             fcntl.flock(lock, fcntl.LOCK_EX)
             if (folder / "COMPLETE").exists():  # built while this process waited
                 return folder
-            tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+            tmp = make_temp_dir(folder.parent, f".{folder.name}.")
             try:
                 start = time.perf_counter()
                 log.info("building the embedded %s data set in %s", self.task, folder)

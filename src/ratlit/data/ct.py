@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ratlit.data.base import RestorationDataModule, Sample, UnitMap, write_splits
-from ratlit.data.io import read_dicom, read_dicom_series, write_dicom
+from ratlit.data.io import check_same_geometry, dicom_slice_corners, read_dicom, read_dicom_series, write_dicom
 
 FULL_DOSE_PATTERNS = ("full*", "*fd*", "*ndct*", "*normal*")
 QUARTER_DOSE_PATTERNS = ("quarter*", "*qd*", "*ldct*", "*low*")
@@ -66,7 +66,10 @@ def pair_ct_series(quarter: Path, full: Path, tolerance_mm: float = 0.5) -> list
         nearest = int(np.argmin(np.abs(f_positions - q.position)))
         if abs(f_positions[nearest] - q.position) > tolerance_mm:
             raise ValueError(f"{q.path} (position {q.position:.2f} mm) has no full-dose slice within {tolerance_mm} mm in {full}")
-        pairs.append((q.path, f_slices[nearest].path, q.position))
+        partner = f_slices[nearest]
+        check_same_geometry(q.path, dicom_slice_corners(q.header), partner.path, dicom_slice_corners(partner.header),
+                            tolerance_mm)  # in-plane too: origin, orientation, pixel spacing
+        pairs.append((q.path, partner.path, q.position))
     if len({p[1] for p in pairs}) != len(pairs):
         raise ValueError(f"slices of {quarter} and {full} do not pair one to one (duplicate positions?)")
     return pairs

@@ -7,6 +7,7 @@ file and renames it, so no half-written file is left behind.
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,87 @@ def write_derived_dicom(
 
 
 # --- volumes (NIfTI or DICOM series) ----------------------------------------------------------------
+
+
+def _corners(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """World positions ``[8, 3]`` (mm) of a grid's corner voxels, in array-index order."""
+    index = np.array(list(itertools.product(*[(0, n - 1) for n in shape[:3]])), dtype=float)
+    return index @ affine[:3, :3].T + affine[:3, 3]
+
+
+def dicom_slice_corners(header: Any) -> np.ndarray | None:
+    """World positions ``[4, 3]`` (mm, RAS like NIfTI) of a DICOM slice's corner pixels, in array order;
+    None when the header lacks ImagePositionPatient / ImageOrientationPatient / PixelSpacing."""
+    if not all(k in header for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")):
+        return None
+    position = np.asarray(header.ImagePositionPatient, dtype=float)
+    orientation = np.asarray(header.ImageOrientationPatient, dtype=float)
+    row_mm, col_mm = (float(v) for v in header.PixelSpacing)
+    rows, cols = int(header.Rows), int(header.Columns)
+    # pixel (r, c) lies at IPP + c * col_mm * (row direction) + r * row_mm * (column direction), in LPS
+    corners = np.array([position + c * col_mm * orientation[:3] + r * row_mm * orientation[3:]
+                        for r in (0, rows - 1) for c in (0, cols - 1)])
+    return corners * np.array([-1.0, -1.0, 1.0])  # LPS -> RAS
+
+
+def volume_geometry(path: str | os.PathLike) -> list[tuple[Path, np.ndarray]] | None:
+    """Where the voxels of ``read_volume(path)``'s array lie, from the headers only: ``[(file, corners)]``,
+    one entry with the 8 corner voxels (mm, RAS, array order) for a NIfTI file, one per slice with its 4
+    corner pixels for a DICOM series; None when a series lacks the geometry tags."""
+    path = Path(path)
+    if path.is_dir():
+        slices = read_dicom_series(path, pixels=False)
+        corners = [dicom_slice_corners(s.header) for s in slices]
+        return None if any(c is None for c in corners) else [(s.path, c) for s, c in zip(slices, corners)]
+    import nibabel as nib
+    from nibabel.orientations import inv_ornt_aff, io_orientation
+
+    try:
+        image = nib.load(str(path))
+    except Exception as err:
+        raise ValueError(f"cannot read NIfTI file {path}: {err}") from err
+    shape = image.shape[:3]
+    ornt = io_orientation(image.affine)  # as read_volume's as_closest_canonical does, without the voxels
+    canonical = image.affine @ inv_ornt_aff(ornt, shape)
+    return [(path, _corners(canonical, tuple(shape[i] for i in np.argsort(ornt[:, 0]))))]
+
+
+def _volume_corners(geometry: list[tuple[Path, np.ndarray]]) -> np.ndarray:
+    """The 8 corners of a volume in array order (a series: first and last slices' corners interleaved)."""
+    if len(geometry) == 1 and len(geometry[0][1]) == 8:
+        return geometry[0][1]
+    first, last = geometry[0][1], geometry[-1][1]
+    return np.stack([c for j in range(4) for c in (first[j], last[j])])
+
+
+def check_volume_pair(a: Path, b: Path, tolerance_mm: float) -> None:
+    """Raise ValueError naming both files (for DICOM series, the first slices that differ) when the voxels
+    of two volumes of the same shape do not lie at the same places within ``tolerance_mm``."""
+    ga, gb = volume_geometry(a), volume_geometry(b)
+    if ga is None or gb is None:
+        return
+    if len(ga) == len(gb) and len(ga) > 1:  # two series: slice by slice
+        for (fa, ca), (fb, cb) in zip(ga, gb):
+            check_same_geometry(fa, ca, fb, cb, tolerance_mm)
+    else:
+        check_same_geometry(a, _volume_corners(ga), b, _volume_corners(gb), tolerance_mm)
+
+
+def check_same_geometry(a: Path, a_corners: np.ndarray | None, b: Path, b_corners: np.ndarray | None,
+                        tolerance_mm: float) -> None:
+    """Raise ValueError naming both files when their voxels do not lie at the same places (within
+    ``tolerance_mm``); nothing to compare when either lacks geometry."""
+    if a_corners is None or b_corners is None:
+        return
+    if a_corners.shape != b_corners.shape:
+        raise ValueError(f"{a} and {b} do not pair: their grids differ ({len(a_corners)} vs {len(b_corners)} corners)")
+    distance = float(np.linalg.norm(a_corners - b_corners, axis=-1).max())
+    if distance > tolerance_mm:
+        raise ValueError(
+            f"{a} and {b} do not pair: the same voxel lies up to {distance:.2f} mm apart (affine / "
+            f"ImagePositionPatient / ImageOrientationPatient / PixelSpacing differ; tolerance {tolerance_mm} mm, "
+            f"data.geometry_tolerance_mm for PET, data.position_tolerance_mm for CT)"
+        )
 
 
 def read_volume(path: str | os.PathLike) -> np.ndarray:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ratlit.data.base import RestorationDataModule, Sample, UnitMap, write_splits
-from ratlit.data.io import is_nifti, read_volume, write_nifti
+from ratlit.data.io import check_volume_pair, is_nifti, read_volume, write_nifti
 
 PERCENTILE = 99.9
 
@@ -84,6 +84,7 @@ class PETDataModule(RestorationDataModule):
         air_threshold: float = 0.01,
         min_foreground_fraction: float = 0.01,
         dose_reduction: float = 12.0,
+        geometry_tolerance_mm: float = 0.5,
         **kwargs,
     ) -> None:
         kwargs.setdefault("patch_size", 192)
@@ -92,6 +93,7 @@ class PETDataModule(RestorationDataModule):
             raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
         self.slice_axis, self.air_threshold = slice_axis, air_threshold
         self.min_foreground_fraction, self.dose_reduction = min_foreground_fraction, dose_reduction
+        self.geometry_tolerance_mm = geometry_tolerance_mm
 
     def list_samples(self, root: Path) -> list[Sample]:
         samples = []
@@ -99,6 +101,7 @@ class PETDataModule(RestorationDataModule):
             lq, hq = _cached_volume(lq_path), _cached_volume(hq_path)
             if lq.shape != hq.shape:
                 raise ValueError(f"PET volumes do not pair: {lq_path} is {lq.shape}, {hq_path} is {hq.shape}")
+            check_volume_pair(lq_path, hq_path, self.geometry_tolerance_mm)
             scale = float(np.percentile(lq, PERCENTILE))
             if not np.isfinite(lq).all() or not np.isfinite(hq).all() or scale <= 0:
                 raise ValueError(f"PET volume {lq_path} or {hq_path} is empty or holds NaN/inf values")

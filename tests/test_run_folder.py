@@ -1,0 +1,205 @@
+"""Run folders keep their history: files follow the umask, paths are stored absolute, command-line paths
+may start with ~, a resumed CSV log appends, a copied run folder resumes in itself, a short run is still
+validated, and evaluate never scores a group the run trained on unless told to."""
+
+import csv
+import os
+import stat
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import OmegaConf
+
+from ratlit.config import prepare_argv
+from ratlit.evaluate import split_checked_datamodule
+from ratlit.files import make_temp_dir, write_text_atomic
+from ratlit.runs import AppendingCSVLogger, RelocateCheckpointState, ValidateAtEnd, absolute_data_paths, relocate
+from ratlit.splits import check_not_seen, saved_splits
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_atomic_files_and_temp_folders_follow_the_umask(tmp_path, umask_022):
+    write_text_atomic(tmp_path / "results.json", "{}")
+    assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE(make_temp_dir(tmp_path, ".build.").stat().st_mode) == 0o755
+    os.umask(0o077)
+    write_text_atomic(tmp_path / "private.json", "{}")
+    assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
+
+
+def test_tilde_paths_and_open_data_keys_pass_hydras_lexer():
+    parser = OverridesParser.create()
+    with pytest.raises(Exception, match="token recognition error"):
+        parser.parse_override("data.root=~/scans")
+    argv = prepare_argv(["prog", "data.root=~/my scans", "ckpt=a.ckpt", "attention=msa,rmsa", "-m"], open_nodes=("data",))
+    assert argv[0] == "prog" and argv[-1] == "-m" and argv[2] == "ckpt=a.ckpt"
+    root = parser.parse_override(argv[1])
+    assert argv[1].startswith("++data.root=") and root.value() == os.path.expanduser("~/my scans")
+    assert prepare_argv(["prog", "data.root=~/x"]) == ["prog", f"data.root='{os.path.expanduser('~/x')}'"]
+
+
+def test_relative_data_paths_are_stored_absolute(tmp_path):
+    data = OmegaConf.create({"root": "scans", "splits": "~/s.json", "cache_dir": "/abs/cache", "patch_size": 8})
+    absolute_data_paths(data, tmp_path)
+    assert data.root == str(tmp_path / "scans") and data.cache_dir == "/abs/cache"
+    assert data.splits == os.path.expanduser("~/s.json") and data.patch_size == 8
+    data = OmegaConf.create({"root": None, "splits": {"train": ["P1"]}})
+    absolute_data_paths(data, tmp_path)
+    assert data.root is None and data.splits.train == ["P1"]
+
+
+def test_a_copied_run_config_points_into_the_copy():
+    saved = OmegaConf.create({"run_dir": "/runs/a", "logger": {"csv": {"save_dir": "/runs/a"}},
+                              "callbacks": {"ckpt": {"dirpath": "/runs/a/checkpoints"}},
+                              "data": {"root": "/runs/ab", "list": ["/runs/a/x", 3]}})
+    moved = relocate(saved, "/runs/a", "/copies/b")
+    assert moved.run_dir == "/copies/b" and moved.logger.csv.save_dir == "/copies/b"
+    assert moved.callbacks.ckpt.dirpath == "/copies/b/checkpoints"
+    assert moved.data.root == "/runs/ab" and list(moved.data.list) == ["/copies/b/x", 3]  # only paths inside
+    state = {"callbacks": {"ModelCheckpoint{...}": {"dirpath": "/runs/a/checkpoints",
+                                                    "best_k_models": {"/runs/a/checkpoints/best.ckpt": 1.0}}}}
+    RelocateCheckpointState("/runs/a", "/copies/b").on_load_checkpoint(None, None, state)
+    ckpt_state = state["callbacks"]["ModelCheckpoint{...}"]
+    assert ckpt_state == {"dirpath": "/copies/b/checkpoints", "best_k_models": {"/copies/b/checkpoints/best.ckpt": 1.0}}
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_resumed_csv_log_appends(tmp_path):
+    first = AppendingCSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    for step in range(3):
+        first.log_metrics({"train/loss": 1.0 - step / 10}, step=step)
+    first.save()
+    second = AppendingCSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    second.log_metrics({"train/loss": 0.5}, step=3)
+    second.save()
+    second.log_metrics({"val/psnr": 30.0}, step=4)  # a new column: the file is rewritten, rows kept
+    second.save()
+    rows = _rows(tmp_path / "csv" / "metrics.csv")
+    assert [r["step"] for r in rows] == ["0", "1", "2", "3", "4"]
+    assert rows[0]["train/loss"] == "1.0" and rows[4]["val/psnr"] == "30.0" and rows[0]["val/psnr"] == ""
+
+
+class _Tiny(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.validated_at: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/psnr", -self.layer(batch[0]).pow(2).mean())
+
+    def on_validation_epoch_end(self):
+        if not self.trainer.sanity_checking:
+            self.validated_at.append(self.global_step)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("max_steps, interval, expected", [(3, 100, [3]), (5, 2, [2, 4, 5]), (4, 2, [2, 4])])
+def test_the_last_step_is_validated_once(tmp_path, max_steps, interval, expected):
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=2)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val/psnr", mode="max", save_top_k=1)
+    trainer = L.Trainer(max_steps=max_steps, val_check_interval=interval, check_val_every_n_epoch=None,
+                        callbacks=[checkpoint, ValidateAtEnd()], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu")
+    module = _Tiny()
+    trainer.fit(module, train_dataloaders=data, val_dataloaders=data)
+    assert module.validated_at == expected and trainer.global_step == max_steps
+    assert checkpoint.best_model_path and Path(checkpoint.best_model_path).is_file()
+
+
+# --- evaluate against the run's recorded split -------------------------------------------------------
+
+
+def _pet_patient(root: Path, patient: str) -> None:
+    """One patient as scanners write it: LAS NIfTI volumes of activity."""
+    import nibabel as nib
+
+    hq = np.random.default_rng(int(patient[1:])).uniform(1000, 5000, (12, 12, 3)).astype(np.float32)
+    las = np.diag([-2.0, 2.0, 2.0, 1.0])
+    for side, volume in (("lq", hq + 100), ("hq", hq)):
+        (root / side).mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(volume, las), root / side / f"{patient}.nii.gz")
+
+
+def _run_cfg(root: Path, tmp_path: Path, splits) -> OmegaConf:
+    return OmegaConf.create({"data": {
+        "_target_": "ratlit.data.PETDataModule", "root": str(root), "cache_dir": str(tmp_path / "cache"),
+        "partitioner": {"_target_": "ratlit.partition.GridPartitioner", "cell_size": 4}, "patch_size": 8,
+        "splits": splits, "val_fraction": 0.25, "test_fraction": 0.25,
+    }})
+
+
+def _eval_cfg(**kw):
+    return OmegaConf.create({"split": "test", "data": {}, "allow_train_overlap": False, "include_new_groups": False,
+                             **kw})
+
+
+RUN_SPLIT = {"train": ["P1", "P2"], "val": ["P3"], "test": ["P4"]}
+
+
+def test_evaluate_uses_the_run_split_and_names_new_patients(tmp_path, caplog):
+    root = tmp_path / "pet"
+    for p in ("P1", "P2", "P3", "P4"):
+        _pet_patient(root, p)
+    run_cfg = _run_cfg(root, tmp_path, RUN_SPLIT)
+    assert saved_splits(run_cfg) == RUN_SPLIT
+    dm = split_checked_datamodule(run_cfg.copy(), _eval_cfg(), "run")
+    assert {s.group for s in dm.split_samples("test")} == {"P4"}
+    _pet_patient(root, "P5")  # a patient added after training
+    dm = split_checked_datamodule(run_cfg.copy(), _eval_cfg(), "run")
+    assert {s.group for s in dm.split_samples("test")} == {"P4"}
+    assert "left out: ['P5']" in caplog.text
+    dm = split_checked_datamodule(run_cfg.copy(), _eval_cfg(include_new_groups=True), "run")
+    assert {s.group for s in dm.split_samples("test")} == {"P4", "P5"}
+
+
+def test_evaluate_on_other_data_refuses_training_patients(tmp_path):
+    other = tmp_path / "other"
+    for p in ("P1", "P2", "P3", "P4"):
+        _pet_patient(other, p)
+    leaky = tmp_path / "leaky.json"
+    leaky.write_text('{"train": ["P4"], "test": ["P1", "P3"]}')
+    run_cfg = _run_cfg(tmp_path / "gone", tmp_path, RUN_SPLIT)
+    given = {"root": str(other), "splits": str(leaky)}
+    with pytest.raises(ValueError, match=r"1 in its train split: \['P1'\]; 1 in its val split: \['P3'\]"):
+        split_checked_datamodule(run_cfg.copy(), _eval_cfg(data=given), "run")
+    dm = split_checked_datamodule(run_cfg.copy(), _eval_cfg(data=given, allow_train_overlap=True), "run")
+    assert {s.group for s in dm.split_samples("test")} == {"P1", "P3"}
+    clean = tmp_path / "clean.json"
+    clean.write_text('{"train": ["P1", "P2", "P3"], "test": ["P4"]}')
+    dm = split_checked_datamodule(run_cfg.copy(), _eval_cfg(data={"root": str(other), "splits": str(clean)}), "run")
+    assert {s.group for s in dm.split_samples("test")} == {"P4"}
+    with pytest.raises(ValueError, match="train split"):  # val: only training patients count
+        check_not_seen(RUN_SPLIT, "val", ["P2"], "run")
+    check_not_seen(RUN_SPLIT, "val", ["P3"], "run")
+
+
+def test_a_wandb_run_gets_an_id_kept_for_resume():
+    from ratlit.runs import wandb_id
+
+    cfg = OmegaConf.create({"logger": {"wandb": {"_target_": "lightning.pytorch.loggers.WandbLogger", "id": None}}})
+    wandb_id(cfg)
+    first = cfg.logger.wandb.id
+    assert len(first) == 8 and first.isalnum() and cfg.logger.wandb.resume == "allow"
+    wandb_id(cfg)  # a resumed run keeps its id
+    assert cfg.logger.wandb.id == first
