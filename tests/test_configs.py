@@ -19,7 +19,7 @@ GROUPS = {
     "model": ["rat", "nafnet", "cnn", "redcnn", "edcnn", "srcnn", "edsr", "rcan", "swinir", "dcnn", "unet"],
     "attention": ["rmsa", "wmsa", "msa", "none"],
     "loss": ["fr", "l1", "mse", "charbonnier", "edcnn"],
-    "partition": ["sam", "sam_or_slic", "slic", "felzenszwalb", "grid", "single"],
+    "partition": ["sam", "sam_or_slic", "sam_or_litemedsam", "litemedsam", "slic", "felzenszwalb", "grid", "single"],
     "trainer": ["default", "cpu", "gpu", "ddp"],
     "logger": ["csv", "wandb", "tensorboard", "all"],
     "experiment": ["smoke", "cpu_ablation", "paper_ct", "paper_pet", "paper_pathology"],

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -152,21 +151,20 @@ class SamPartitioner(Partitioner):
         return {**super().spec, "checkpoint": str(self.checkpoint)}
 
 
-def build_sam_partitioner(fallback: Partitioner | None = None, **sam_kwargs: Any) -> Partitioner:
+def build_sam_partitioner(
+    fallback: Partitioner | Callable[[], Partitioner] | None = None, **sam_kwargs: Any
+) -> Partitioner:
     """``SamPartitioner(**sam_kwargs)``; without a checkpoint, ``fallback`` (loudly) if one is configured.
 
-    Only a *missing* checkpoint falls back; an unreadable or mismatched one is always an error.
+    ``fallback`` is a partitioner or a builder of one (Hydra ``_partial_``), so a chain (SAM, else
+    LiteMedSAM, else SLIC) loads only what runs. Only a *missing* checkpoint falls back; an unreadable or
+    mismatched one is always an error.
     """
+    from ratlit.partition.litemedsam import stand_in
+
     try:
         return SamPartitioner(**sam_kwargs)
     except SamCheckpointNotFoundError as err:
         if fallback is None:
             raise
-        message = (
-            f"SAM PARTITIONER NOT AVAILABLE, USING {fallback.name.upper()} INSTEAD: {err} "
-            f"The run records partition={fallback.name} (requested: sam); do not compare it with SAM runs."
-        )
-        warnings.warn(message, stacklevel=2)
-        log.warning(message)
-        fallback.requested = "sam"
-        return fallback
+        return stand_in(fallback, "sam", str(err))
