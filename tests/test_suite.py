@@ -145,6 +145,7 @@ def test_resume_continues_from_the_last_checkpoint(ct_root, tmp_path):
     assert results["steps"] == 9
     assert "max_steps: 9" in (run_dir / "config.yaml").read_text()
     resumed_steps = _steps(run_dir)
+    assert only_run(tmp_path) == run_dir and list((run_dir / ".hydra").glob("resume-*"))  # no new dated folder
     assert resumed_steps[: len(steps)] == steps and resumed_steps[-1] > steps[-1]  # history kept, then more
 
     # A copy of the run folder is a run of its own: it resumes in itself; the original stays byte-identical.

@@ -9,12 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 # conf/ sits at the repository root; hydra.main finds it relative to this file (editable install).
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, TypeError)
 log = logging.getLogger("ratlit")
+
+# conf/train.yaml: a resumed run's Hydra job (its train.log, and its .hydra/ record under resume-<date>/)
+# lives in the folder given to resume=, not in a new dated folder.
+if not OmegaConf.has_resolver("ratlit.if"):
+    OmegaConf.register_new_resolver("ratlit.if", lambda condition, then, otherwise: then if condition else otherwise)
 
 
 def instantiate(cfg: DictConfig | dict, **kwargs: Any) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from ratlit.config import CONF_DIR, exit_on_user_error, instantiate
+from ratlit.config import CONF_DIR, exit_on_user_error, instantiate, prepare_argv
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="precompute", version_base="1.3")
@@ -26,4 +26,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    sys.argv = prepare_argv(sys.argv)  # data.root=~/scans: Hydra's lexer rejects an unquoted ~
     main()

@@ -14,7 +14,7 @@ import numpy as np
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig
 
-from ratlit.config import CONF_DIR, exit_on_user_error, instantiate
+from ratlit.config import CONF_DIR, exit_on_user_error, instantiate, prepare_argv
 from ratlit.files import atomic_output
 from ratlit.partition import Partitioner
 from ratlit.partition.base import as_channels_last, to_unit_range
@@ -89,4 +89,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    sys.argv = prepare_argv(sys.argv)  # data.root=~/scans: Hydra's lexer rejects an unquoted ~
     main()
