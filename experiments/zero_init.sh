@@ -5,9 +5,10 @@
 set -euo pipefail
 steps_list=("${@:-500 2000}")
 out="${RATLIT_OUTPUTS:-outputs}/zero_init_ct"
+# Paired order (both settings per seed), so an interrupted grid still compares like with like.
 for steps in ${steps_list[@]}; do
-  for zero in true false; do
-    for seed in 0 1 2; do
+  for seed in 0 1 2; do
+    for zero in true false; do
       run="$out/steps${steps}_zero${zero}_seed${seed}"
       [ -f "$run/results.json" ] && continue
       python -m ratlit.train experiment=smoke task=ct seed="$seed" model.net.zero_init_last="$zero" \
