@@ -188,7 +188,7 @@ def per_image_csv(rows: list[dict[str, Any]]) -> str:
     return text.getvalue()
 
 
-class TestResults(Callback):
+class PerImageScores(Callback):
     """Per-image test scores (restored and input): ``path`` as CSV, and a ``wandb.Table`` (``test/per_image``)
     in every W&B run. ``rows`` holds them after a test (this process's images; the CSV is written only when
     one process saw every image)."""
@@ -283,8 +283,10 @@ def find_callback(trainer: L.Trainer, kind: type) -> Any:
 
 
 class WandbSummaries(Callback):
-    """Tells W&B what each run's summary holds, for comparing runs: the max of val PSNR / SSIM (and the best
-    values with their step, ``val/best_*``), the test mean and std (last value), the input's scores."""
+    """Tells W&B what each run's summary holds, for comparing runs: val PSNR / SSIM keep their max and last
+    value; everything else its last value: the best validation with its step (``val/best_psnr``,
+    ``val/best_ssim``, ``val/best_step``), test mean and std (``test/psnr``, ``test/psnr_std``, ...) and the
+    input's scores (``test/input_psnr``, ...)."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for logger in trainer.loggers:
@@ -293,8 +295,6 @@ class WandbSummaries(Callback):
                 run.define_metric("trainer/global_step")
                 for key in ("val/psnr", "val/ssim"):
                     run.define_metric(key, step_metric="trainer/global_step", summary="max,last")
-                for key in ("val/best_*", "test/*", "val/input_*"):
-                    run.define_metric(key, summary="last")
                 run.define_metric("train/loss", step_metric="trainer/global_step", summary="min,last")
 
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ratlit.checkpoint import build_module, load_checkpoint, resolve_path
 from ratlit.config import CONF_DIR, exit_on_user_error, instantiate
 from ratlit.files import write_text_atomic
-from ratlit.callbacks import TestResults, per_image_csv, quiet_unactionable_messages
+from ratlit.callbacks import PerImageScores, per_image_csv, quiet_unactionable_messages
 
 
 def markdown_table(rows: list[dict[str, str]]) -> str:
@@ -39,7 +39,7 @@ def evaluate(cfg: DictConfig) -> dict:
         run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.data)
     datamodule = instantiate(run_cfg.data)
     module = build_module(run_cfg, state)
-    per_image = TestResults()
+    per_image = PerImageScores()
     trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
                         default_root_dir=str(Path.cwd()), callbacks=[per_image])
     loader = datamodule.test_dataloader() if cfg.split == "test" else datamodule.val_dataloader()
