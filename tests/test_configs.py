@@ -22,7 +22,7 @@ GROUPS = {
     "partition": ["sam", "sam_or_slic", "slic", "felzenszwalb", "grid", "single"],
     "trainer": ["default", "cpu", "gpu", "ddp"],
     "logger": ["csv", "wandb", "tensorboard", "all"],
-    "experiment": ["smoke", "cpu_ablation", "paper_ct", "paper_pet", "paper_pathology"],
+    "experiment": ["smoke", "cpu_ablation", "cpu_ct", "paper_ct", "paper_pet", "paper_pathology"],
     "optimizer": ["adam"],
     "size": ["full", "small", "tiny"],
 }
