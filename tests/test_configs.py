@@ -22,8 +22,11 @@ GROUPS = {
     "partition": ["sam", "sam_or_slic", "sam_or_litemedsam", "litemedsam", "slic", "felzenszwalb", "grid", "single"],
     "trainer": ["default", "cpu", "gpu", "ddp"],
     "logger": ["csv", "wandb", "tensorboard", "all"],
-    "experiment": ["smoke", "cpu_ablation", "paper_ct", "paper_pet", "paper_pathology"],
+    "experiment": ["smoke", "cpu_ablation", "cpu_ct", "paper_ct", "paper_pet", "paper_pathology"],
+    "optimizer": ["adam"],
+    "size": ["full", "small", "tiny"],
 }
+PRESET_SIZES = {"smoke": "tiny", "cpu_ablation": "small"}
 
 
 def _compose(*overrides):
@@ -55,7 +58,8 @@ def test_default_config_is_the_paper_network():
     net = instantiate(cfg.model.net)
     assert isinstance(net, RAT)
     assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in RAT().parameters())
-    assert cfg.model.lr == 2e-4 and list(cfg.model.betas) == [0.5, 0.999] and cfg.model.eta_min == 1e-6
+    assert cfg.model.optimizer.lr == 2e-4 and list(cfg.model.optimizer.betas) == [0.5, 0.999]
+    assert cfg.model.scheduler.eta_min == 1e-6
     assert cfg.data.patch_size == 256 and cfg.data.batch_size == 8 and cfg.trainer.max_steps == 200000
 
 
@@ -118,3 +122,38 @@ def test_slurm_preset_keeps_tasks_and_devices_in_step():
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert launcher["_target_"].endswith("SlurmLauncher")
     assert launcher["tasks_per_node"] == launcher["gpus_per_node"] == 4 and launcher["nodes"] == 1
+
+
+def test_model_yamls_hold_only_their_network():
+    """Module, optimiser and scheduler come from one shared place; channels and range from the task."""
+    for path in (CONF_DIR / "model").glob("*.yaml"):
+        node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        node = node.get("model", node)
+        assert set(node) == {"net"}, path.name
+        assert node["net"]["in_channels"] == "${in_channels}", path.name
+    cfg = _compose("task=pathology", "model=edsr")
+    assert cfg.model.net.in_channels == 3 and cfg.model.data_range == cfg.data_range == 1.0
+    module = instantiate(cfg.model)
+    optimizer = module.optimizer_factory(module.parameters())
+    assert isinstance(optimizer, torch.optim.Adam) and tuple(optimizer.defaults["betas"]) == (0.5, 0.999)
+    assert type(optimizer.defaults["betas"]) in (tuple, list)  # plain types: checkpoints load with weights_only
+
+
+@pytest.mark.parametrize("experiment", sorted(PRESET_SIZES))
+@pytest.mark.parametrize("task", GROUPS["task"])
+def test_cpu_presets_work_for_every_model(experiment, task):
+    """Each model states its own small sizes (conf/model_size/<model>_<size>.yaml); one forward / backward."""
+    for model in GROUPS["model"]:
+        cfg = _compose(f"model={model}", f"task={task}", f"experiment={experiment}")
+        assert (CONF_DIR / "model_size" / f"{model}_{PRESET_SIZES[experiment]}.yaml").is_file(), model
+        module = instantiate(cfg.model)
+        full = _compose(f"model={model}", f"task={task}").model.net
+        assert cfg.model.net != full, model  # the preset really changed the size
+        channels, size = cfg.in_channels, 32
+        lq = torch.rand(2, channels, size, size)
+        regions = (torch.arange(size)[:, None] // 8 * 4 + torch.arange(size)[None, :] // 8).expand(2, size, size)
+        pred = module(lq, regions)
+        loss = module.loss(pred, torch.rand_like(lq), regions)
+        loss.backward()
+        assert pred.shape == lq.shape and torch.isfinite(loss), model
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()), model

@@ -64,6 +64,9 @@ def test_smoke_train_then_evaluate_and_predict(ct_root, tmp_path):
     assert results["test"]["psnr"] > 0 and results["best_checkpoint"].endswith(".ckpt")
     assert results["best_val"]["ssim"] is not None and results["best_val"]["step"] in (3, 6)
     assert f"/ SSIM {results['best_val']['ssim']:.4f}" in train.stdout
+    gain = results["test"]["psnr"] - results["input"]["psnr"]
+    assert results["gain"]["psnr"] == pytest.approx(gain) and f"(input {results['input']['psnr']:.2f}, " in train.stdout
+    assert "LeafSpec" not in train.stderr and "Tip:" not in train.stdout + train.stderr
     saved = (run_dir / "config.yaml").read_text()
     assert "partition_used:" in saved and "_target_: ratlit.data.CTDataModule" in saved
     assert (run_dir / "checkpoints" / "last.ckpt").exists() and (run_dir / "csv" / "metrics.csv").exists()
@@ -110,8 +113,9 @@ def test_sweep_with_wandb_offline_and_report(ct_root, tmp_path):
     assert len({o[0].name for o in offline}) == 3
     report = run("ratlit.report", str(sweep), cwd=tmp_path)
     lines = (sweep / "report.md").read_text().splitlines()
-    assert lines[0].startswith("| run | attention |") and len(lines) == 2 + 3
-    assert {"msa", "wmsa", "rmsa"} == {line.split("|")[2].strip() for line in lines[2:]}
+    assert lines[0].startswith("| run | attention |") and len(lines) == 2 + 1 + 3
+    assert lines[2].startswith("| input |")  # the input's own score first
+    assert {"msa", "wmsa", "rmsa"} == {line.split("|")[2].strip() for line in lines[3:]}
     assert (sweep / "report.png").read_bytes()[:4] == b"\x89PNG" and (sweep / "report.csv").exists()
     assert "± " in report.stdout
 

@@ -4,7 +4,8 @@ Sweeps: ``python -m ratlit.train -m task=ct attention=msa,wmsa,rmsa loss=l1,fr s
 Resume an interrupted run: ``python -m ratlit.train resume=<run folder>``.
 Each run folder holds ``config.yaml`` (the full resolved config, with the partitioner actually used and
 the split in ``data.splits``), ``splits.json``, ``checkpoints/`` (best by validation PSNR, and last),
-``csv/metrics.csv``, ``panels/``, ``results.json`` and ``test_results.csv`` (per image).
+``csv/metrics.csv``, ``panels/``, ``results.json`` (test scores beside the input's own) and
+``test_results.csv`` (per image, restored and input).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from ratlit.config import CONF_DIR, exit_on_user_error, instantiate, prepare_argv
 from ratlit.files import write_text_atomic
-from ratlit.module import per_image_csv
+from ratlit.callbacks import (BestValidation, RunConfigInCheckpoint, comparison_columns, find_callback,
+                              quiet_unactionable_messages)
 from ratlit.runs import AppendingCSVLogger, RelocateCheckpointState, absolute_data_paths, relocate, wandb_id
 from ratlit.splits import groups_by_split, save_run_splits
 
@@ -168,10 +170,48 @@ def overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def write_results(run_dir: Path, results: dict[str, Any], names: list[str], values: dict[str, list[float]]) -> None:
+def write_results(run_dir: Path, results: dict[str, Any]) -> None:
     write_text_atomic(run_dir / "results.json", json.dumps(results, indent=2))
-    if names and all(len(v) == len(names) for v in values.values()):  # DDP ranks keep only their own names
-        write_text_atomic(run_dir / "test_results.csv", per_image_csv(names, values))
+
+
+def test_scores(trainer: L.Trainer) -> dict[str, Any]:
+    """``test``, ``input`` (LQ against HQ on the same images) and ``gain`` entries of results.json."""
+    keys = ("psnr", "psnr_std", "ssim", "ssim_std")
+    test = {k: metric(trainer, f"test/{k}") for k in keys}
+    scores: dict[str, Any] = {"test": test}
+    given = {k: metric(trainer, f"test/input_{k}") for k in keys}
+    if given["psnr"] is not None:
+        scores["input"] = given
+        scores["gain"] = {k: test[k] - given[k] for k in ("psnr", "ssim") if test[k] is not None}
+    return scores
+
+
+def summary_line(cfg: DictConfig, results: dict[str, Any]) -> str:
+    """One line: best validation, test mean ± std beside the input's score and the gain, where things are."""
+    best_val, test = results.get("best_val") or {}, results.get("test") or {}
+    given, gain = results.get("input") or {}, results.get("gain") or {}
+    text = (f"[ratlit] {cfg.task_name} {results['attention']}/{results['loss']} partition={results['partition']['name']}: "
+            + (f"best val PSNR {best_val['psnr']:.4f} / SSIM {best_val['ssim']:.4f} (step {best_val['step']})"
+               if best_val.get("psnr") is not None else "no validation"))
+    if test.get("psnr") is not None:
+        text += f" | test PSNR {test['psnr']:.2f} ± {test['psnr_std']:.2f}"
+        if given:
+            text += f" (input {given['psnr']:.2f}, {gain['psnr']:+.2f} dB)"
+        text += f", SSIM {test['ssim']:.4f} ± {test['ssim_std']:.4f}"
+        if given:
+            text += f" (input {given['ssim']:.4f}, {gain['ssim']:+.4f})"
+    best = results.get("best_checkpoint")
+    where = f"checkpoint {best}" if best else f"last checkpoint {results['last_checkpoint']}"
+    return text + f" | {where} | run {results['run_dir']}"
+
+
+def model_name(cfg: DictConfig) -> str:
+    """The model group's choice (e.g. rat, redcnn), else the network's class name."""
+    if HydraConfig.initialized() and not cfg.get("resume"):
+        choice = HydraConfig.get().runtime.choices.get("model")
+        if choice:
+            return str(choice)
+    return str(cfg.model.net._target_).rsplit(".", 1)[-1].lower()
 
 
 def metric(trainer: L.Trainer, key: str) -> float | None:
@@ -181,6 +221,7 @@ def metric(trainer: L.Trainer, key: str) -> float | None:
 
 @exit_on_user_error
 def train(cfg: DictConfig) -> dict[str, Any]:
+    quiet_unactionable_messages()
     check_launch(cfg)
     ckpt_path, made_in = None, None
     if cfg.get("resume"):
@@ -200,26 +241,31 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.partition_used = partition
     log.info("partitioner: %s", partition)
     module = instantiate(cfg.model)
-    module.panel_dir = str(run_dir / "panels")
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    module.run_config = OmegaConf.to_yaml(resolved)
+    run_config = OmegaConf.to_yaml(resolved)
     if rank_zero_only.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "config.yaml", module.run_config)
+        write_text_atomic(run_dir / "config.yaml", run_config)
         save_run_splits(run_dir, splits)
 
     saved_mode = os.environ.get("WANDB_MODE")
-    loggers = build_loggers(cfg, run_tags(cfg, partition), resolved)
+    columns = comparison_columns(str(cfg.task_name), model_name(cfg), cfg.model.net.get("attention"),
+                                 str(cfg.model.loss._target_).rsplit(".", 1)[-1], str(partition["name"]))
+    # W&B: the comparison columns at the top level, the whole config below them under `cfg`.
+    loggers = build_loggers(cfg, run_tags(cfg, partition), {**columns, "cfg": resolved})
     try:
         for lg in loggers:
-            lg.log_hyperparams(resolved)
+            if not isinstance(lg, WandbLogger):
+                lg.log_hyperparams(resolved)
         callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
         if made_in is not None and Path(made_in).resolve() != run_dir.resolve():
             callbacks.append(RelocateCheckpointState(made_in, str(run_dir)))
+        callbacks.append(RunConfigInCheckpoint(run_config))
         trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
         best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+        best_validation = find_callback(trainer, BestValidation)
         results: dict[str, Any] = {
             "task": cfg.task_name,
             "attention": cfg.model.net.get("attention"),
@@ -229,24 +275,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "steps": trainer.global_step,
             "best_checkpoint": best,
             "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
-            "best_val": dict(module.best_val),
+            "best_val": dict(best_validation.best) if best_validation else {"psnr": None, "ssim": None, "step": None},
+            "columns": columns,
+            "sweep_name": cfg.get("sweep_name"),
+            "run_dir": str(run_dir),
         }
         if cfg.get("test_after_fit", True):
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
-            results["test"] = {k.split("/", 1)[1]: metric(trainer, k) for k in
-                               ("test/psnr", "test/psnr_std", "test/ssim", "test/ssim_std")}
+            results.update(test_scores(trainer))
         if trainer.is_global_zero:
-            write_results(run_dir, results, module.test_names, module.test_values)
-            test, best_val = results.get("test") or {}, results["best_val"]
-            print(
-                f"[ratlit] {cfg.task_name} {results['attention']}/{results['loss']} partition={partition['name']}: "
-                + (f"best val PSNR {best_val['psnr']:.4f} / SSIM {best_val['ssim']:.4f} (step {best_val['step']})"
-                   if best_val["psnr"] is not None else "no validation")
-                + (f" | test PSNR {test['psnr']:.4f} ± {test['psnr_std']:.4f}, SSIM {test['ssim']:.4f} ± "
-                   f"{test['ssim_std']:.4f}" if test else "")
-                + (f" | checkpoint {best}" if best else f" | last checkpoint {results['last_checkpoint']}")
-                + f" | run {run_dir}"
-            )
+            write_results(run_dir, results)
+            print(summary_line(cfg, results))
         return results
     finally:
         finish_wandb(loggers, saved_mode)

@@ -92,3 +92,11 @@ class Upsample(nn.Sequential):
 
     def __init__(self, channels: int) -> None:
         super().__init__(nn.Conv2d(channels, 2 * channels, 1, bias=False), nn.PixelShuffle(2))
+
+
+def zero_init_(layer: nn.Module) -> nn.Module:
+    """Zero a layer's weight and bias in place: the last layer of a residual path, so ``x + f(x)`` starts as ``x``."""
+    nn.init.zeros_(layer.weight)
+    if getattr(layer, "bias", None) is not None:
+        nn.init.zeros_(layer.bias)
+    return layer

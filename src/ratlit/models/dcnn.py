@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ratlit.models.blocks import zero_init_
 from ratlit.validation import check_image
 
 
 class ResidualDCNN(nn.Module):
     """``[B, C, H, W] -> [B, C, H, W]``: ``depth`` conv layers of ``features`` channels; output = input - noise."""
 
-    def __init__(self, in_channels: int = 1, features: int = 64, depth: int = 12) -> None:
+    def __init__(self, in_channels: int = 1, features: int = 64, depth: int = 12, zero_init_last: bool = True) -> None:
         super().__init__()
         if depth < 2:
             raise ValueError(f"depth must be >= 2, got {depth}")
@@ -23,6 +24,8 @@ class ResidualDCNN(nn.Module):
                        nn.ReLU(inplace=True)]
         layers.append(nn.Conv2d(features, in_channels, 3, padding=1))
         self.body = nn.Sequential(*layers)
+        if zero_init_last:  # an untrained network returns its input: training starts from the input's score
+            zero_init_(self.body[-1])
 
     def forward(self, lq: Tensor, regions: Tensor | None = None) -> Tensor:
         check_image("lq", lq, self.in_channels)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ratlit.models.blocks import zero_init_
 from ratlit.validation import check_image
 
 _SOBEL = torch.tensor(
@@ -41,7 +42,8 @@ class SobelConv2d(nn.Module):
 class EDCNN(nn.Module):
     """``[B, C, H, W] -> [B, C, H, W]``: edges (32 ch) + input -> 8 dense blocks (1x1 + 3x3 conv, 32 ch) -> residual."""
 
-    def __init__(self, in_channels: int = 1, edge_channels: int = 32, features: int = 32, blocks: int = 8) -> None:
+    def __init__(self, in_channels: int = 1, edge_channels: int = 32, features: int = 32, blocks: int = 8,
+                 zero_init_last: bool = True) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.edges = SobelConv2d(in_channels, edge_channels)
@@ -54,6 +56,8 @@ class EDCNN(nn.Module):
                 nn.Conv2d(features, in_channels if last else features, 3, padding=1),
                 *([] if last else [nn.LeakyReLU(inplace=True)]),
             ))
+        if zero_init_last:  # an untrained network returns its input (>= 0): training starts from the input (>= 0)'s score
+            zero_init_(self.blocks[-1][2])
 
     def forward(self, lq: Tensor, regions: Tensor | None = None) -> Tensor:
         check_image("lq", lq, self.in_channels)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ratlit.models.attention import ATTENTION_MODES, MultiHeadSelfAttention
-from ratlit.models.blocks import Downsample, Upsample, nafblocks
+from ratlit.models.blocks import Downsample, Upsample, nafblocks, zero_init_
 from ratlit.validation import check_image, check_labels
 
 LABEL_DOWNSAMPLING = ("nearest", "majority")
@@ -89,7 +89,8 @@ class RAT(nn.Module):
     (4 groups of 3, as in the public code), 8 heads, window 4, MLP ratio 2, attention scaled by 1/sqrt(heads).
     ``mask_value`` is the paper's lambda; it is used literally by ``region_impl="dense"``. The sparse and flex
     kernels compute its -inf limit, identical in float32 to lambda = -1000 unless scores in one row differ by
-    more than about 900.
+    more than about 900. ``zero_init_last`` zero-initialises the last conv, so an untrained network returns
+    ``lq`` unchanged and training starts from the input's own score.
     """
 
     def __init__(
@@ -110,6 +111,7 @@ class RAT(nn.Module):
         region_impl: str = "auto",
         mask_value: float = -1000.0,
         layer_scale_init: float = 0.0,
+        zero_init_last: bool = True,
     ) -> None:
         super().__init__()
         if attention not in ATTENTION_MODES:
@@ -154,6 +156,8 @@ class RAT(nn.Module):
             channels //= 2
             self.decoders.append(nafblocks(channels, count, layer_scale_init))
         self.ending = nn.Conv2d(width, in_channels, 3, padding=1)
+        if zero_init_last:  # start as the identity: lq + 0 (else the random residual costs ~12 dB on CT)
+            zero_init_(self.ending)
 
     @property
     def needs_regions(self) -> bool:

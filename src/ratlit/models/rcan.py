@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ratlit.models.blocks import zero_init_
 from ratlit.validation import check_image
 
 
@@ -51,13 +52,15 @@ class RCAN(nn.Module):
     """``[B, C, H, W] -> [B, C, H, W]``: head, ``groups`` residual groups + conv with a long skip, tail."""
 
     def __init__(self, in_channels: int = 3, features: int = 64, groups: int = 4, blocks: int = 8,
-                 reduction: int = 16) -> None:
+                 reduction: int = 16, zero_init_last: bool = True) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.head = nn.Conv2d(in_channels, features, 3, padding=1)
         self.body = nn.Sequential(*(ResidualGroup(features, blocks, reduction) for _ in range(groups)),
                                   nn.Conv2d(features, features, 3, padding=1))
         self.tail = nn.Conv2d(features, in_channels, 3, padding=1)
+        if zero_init_last:  # an untrained network returns its input: training starts from the input's score
+            zero_init_(self.tail)
 
     def forward(self, lq: Tensor, regions: Tensor | None = None) -> Tensor:
         check_image("lq", lq, self.in_channels)

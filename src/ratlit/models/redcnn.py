@@ -7,13 +7,14 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ratlit.models.blocks import zero_init_
 from ratlit.validation import check_image
 
 
 class REDCNN(nn.Module):
     """``[B, C, H, W] -> [B, C, H, W]``; needs H, W >= 21 (five unpadded 5x5 convolutions)."""
 
-    def __init__(self, in_channels: int = 1, features: int = 96, kernel: int = 5) -> None:
+    def __init__(self, in_channels: int = 1, features: int = 96, kernel: int = 5, zero_init_last: bool = True) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.min_size = 5 * (kernel - 1) + 1
@@ -23,6 +24,8 @@ class REDCNN(nn.Module):
         self.deconvs = nn.ModuleList(
             [nn.ConvTranspose2d(features, in_channels if i == 4 else features, kernel) for i in range(5)]
         )
+        if zero_init_last:  # an untrained network returns its input (>= 0): training starts from the input (>= 0)'s score
+            zero_init_(self.deconvs[4])
 
     def forward(self, lq: Tensor, regions: Tensor | None = None) -> Tensor:
         check_image("lq", lq, self.in_channels)

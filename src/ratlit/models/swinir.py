@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ratlit.models.attention import window_partition, window_reverse
+from ratlit.models.blocks import zero_init_
 from ratlit.validation import check_image
 
 
@@ -99,7 +100,8 @@ class SwinIR(nn.Module):
     """``[B, C, H, W] -> [B, C, H, W]`` for any H, W (reflect-padded to a multiple of the window, cropped)."""
 
     def __init__(self, in_channels: int = 3, embed_dim: int = 60, depths: tuple[int, ...] | list[int] = (4, 4, 4, 4),
-                 num_heads: tuple[int, ...] | list[int] = (6, 6, 6, 6), window_size: int = 8, mlp_ratio: float = 2.0) -> None:
+                 num_heads: tuple[int, ...] | list[int] = (6, 6, 6, 6), window_size: int = 8, mlp_ratio: float = 2.0,
+                 zero_init_last: bool = True) -> None:
         super().__init__()
         if len(depths) != len(num_heads):
             raise ValueError(f"depths and num_heads need one entry per RSTB, got {depths} and {num_heads}")
@@ -111,6 +113,8 @@ class SwinIR(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, padding=1)
         self.conv_last = nn.Conv2d(embed_dim, in_channels, 3, padding=1)
+        if zero_init_last:  # an untrained network returns its input: training starts from the input's score
+            zero_init_(self.conv_last)
 
     def forward(self, lq: Tensor, regions: Tensor | None = None) -> Tensor:
         check_image("lq", lq, self.in_channels)

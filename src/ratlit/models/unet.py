@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ratlit.models.blocks import zero_init_
 from ratlit.validation import check_image
 
 
@@ -23,7 +24,7 @@ def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
 class UNet(nn.Module):
     """``[B, C, H, W] -> [B, C, H, W]`` for any H, W (padded to a multiple of ``2**levels``, cropped back)."""
 
-    def __init__(self, in_channels: int = 1, features: int = 32, levels: int = 4) -> None:
+    def __init__(self, in_channels: int = 1, features: int = 32, levels: int = 4, zero_init_last: bool = True) -> None:
         super().__init__()
         self.in_channels, self.levels = in_channels, levels
         widths = [features * 2**i for i in range(levels + 1)]
@@ -32,6 +33,8 @@ class UNet(nn.Module):
         self.ups = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(levels)))
         self.merges = nn.ModuleList(double_conv(2 * widths[i], widths[i]) for i in reversed(range(levels)))
         self.out = nn.Conv2d(widths[0], in_channels, 1)
+        if zero_init_last:  # an untrained network returns its input: training starts from the input's score
+            zero_init_(self.out)
 
     def forward(self, lq: Tensor, regions: Tensor | None = None) -> Tensor:
         check_image("lq", lq, self.in_channels)
