@@ -36,6 +36,26 @@ def input_score(run: Path) -> tuple[float, float, float, float, int]:
     return p.mean().item(), p.std(unbiased=False).item(), s.mean().item(), s.std(unbiased=False).item(), len(p)
 
 
+def untrained_scores(run: Path, zero: bool, seeds: tuple[int, ...] = (0, 1, 2)) -> list[float]:
+    """Test PSNR of the untrained network (step 0) of the run's config, per seed."""
+    import lightning as L
+
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.model.net.zero_init_last = zero
+    datamodule = instantiate(cfg.data)
+    scores = []
+    for seed in seeds:
+        L.seed_everything(seed, verbose=False)
+        net = instantiate(cfg.model.net).eval()
+        psnr = []
+        with torch.no_grad():
+            for batch in datamodule.test_dataloader():
+                p, _ = image_metrics(net(batch["lq"], batch["regions"]).float(), batch["hq"].float(), 1.0)
+                psnr.append(p)
+        scores.append(torch.cat(psnr).mean().item())
+    return scores
+
+
 def main(folder: Path) -> None:
     groups: dict[tuple[int, str], list[dict]] = {}
     for path in sorted(folder.glob("*/results.json")):
@@ -44,12 +64,18 @@ def main(folder: Path) -> None:
             groups.setdefault((int(match[1]), match[2]), []).append(json.loads(path.read_text()))
     first = next(iter(sorted(folder.glob("*/config.yaml"))))
     ip, ips, iss, isss, count = input_score(first.parent)
+    recorded = [r["input"]["psnr"] for runs in groups.values() for r in runs if r.get("input")]
+    assert all(abs(v - ip) < 1e-3 for v in recorded), (recorded, ip)  # every run saw the same test images
     print("# Zero-initialised last layer vs random: smoke-size RAT, embedded CT\n")
     print(f"Test split: {count} whole 512x512 slices. Each cell: mean ± std over seeds of the run's test mean "
           "(in brackets: the mean over seeds of the std over images).\n")
     print("| steps | zero_init_last | seeds | test PSNR (dB) | gain over input (dB) | test SSIM |")
     print("|---|---|---|---|---|---|")
     print(f"| 0 | input (LQ vs HQ) | - | {ip:.2f} [{ips:.2f}] | 0 | {iss:.4f} [{isss:.4f}] |")
+    for zero in ("true", "false"):
+        scores = untrained_scores(first.parent, zero == "true")
+        print(f"| 0 (untrained) | {zero} | {len(scores)} | {statistics.mean(scores):.2f} ± {statistics.pstdev(scores):.2f} | "
+              f"{statistics.mean(scores) - ip:+.2f} | - |")
     for (steps, zero), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "true")):
         psnr = [r["test"]["psnr"] for r in runs]
         ssim = [r["test"]["ssim"] for r in runs]

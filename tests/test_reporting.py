@@ -85,8 +85,16 @@ def test_callbacks_report_scores_beside_the_input(tmp_path):
     trainer = _trainer(tmp_path, [best, panels, per_image, StepProgressBar()])
     module = _module()
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=DataLoader(data, batch_size=1))
-    assert best.best["step"] in (2, 4) and best.best["psnr"] == pytest.approx(
-        max(float(v) for v in [best.best["psnr"]]))
+    bar = trainer.progress_bar_callback.train_progress_bar  # one bar over both epochs, counting steps
+    assert isinstance(trainer.progress_bar_callback, StepProgressBar) and (bar.n, bar.total) == (4, 4)
+    logged = [r for r in csv.DictReader((tmp_path / "csv" / "metrics.csv").open()) if r.get("val/psnr")]
+    assert len(logged) == 2  # the sanity check is not a validation
+    top = max(logged, key=lambda r: float(r["val/psnr"]))
+    assert best.best["psnr"] == pytest.approx(float(top["val/psnr"]))
+    assert best.best["ssim"] == pytest.approx(float(top["val/ssim"]))
+    assert best.best["step"] == 2 * (logged.index(top) + 1)  # validations at steps 2 and 4
+    assert {float(r["val/best_psnr"]) for r in csv.DictReader((tmp_path / "csv" / "metrics.csv").open())
+            if r.get("val/best_psnr")} <= {float(r["val/psnr"]) for r in logged}
     assert sorted(p.name for p in (tmp_path / "panels").glob("*.png")) == ["val_step0000002.png", "val_step0000004.png"]
 
     trainer.test(module, dataloaders=DataLoader(data, batch_size=2))

@@ -310,16 +310,16 @@ class StepProgressBar(TQDMProgressBar):
     """A training bar that counts optimiser steps toward ``max_steps`` across epochs (runs are step-based:
     ``max_epochs`` is unbounded, so an epoch bar would read 'Epoch 13/-2')."""
 
-    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
-        if self._leave:
-            self.train_progress_bar = self.init_train_tqdm()
-        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
         bar = self.train_progress_bar
-        bar.reset(total=total)
-        bar.initial = 0
-        bar.n = trainer.global_step
-        bar.set_description(f"Step (epoch {trainer.current_epoch})")
+        bar.reset(total=trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None)
+        bar.initial = bar.n = bar.last_print_n = trainer.global_step  # a resumed run starts where it stopped
         bar.refresh()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        # One bar for the whole run (the parent class starts one per epoch).
+        self.train_progress_bar.set_description(f"Step (epoch {trainer.current_epoch})")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
