@@ -63,7 +63,8 @@ def test_ct_datamodule_reads_compressed_slices(tmp_path, encoding, compressed, r
     # The reference is uncompressed, so it can be rewritten: give it its twin's position to pair by.
     twin = pydicom.dcmread(compressed, stop_before_pixels=True)
     full = pydicom.dcmread(reference)
-    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "SliceLocation", "InstanceNumber"):
+    keywords = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceLocation", "InstanceNumber")
+    for keyword in keywords:
         if keyword in twin:
             setattr(full, keyword, twin.data_element(keyword).value)
     full.save_as(patient / "full_1mm" / "0001.dcm")

@@ -154,6 +154,8 @@ def test_shipped_weights_segment_a_real_ct_slice(lite, ct_small, tmp_path):
 
     rebuilt = partitioner_from_spec(spec)  # as predict rebuilds a run's partitioner
     assert rebuilt.fingerprint == lite.fingerprint
+    moved = partitioner_from_spec({**spec, "weights": "/elsewhere/lite_medsam.pth"})  # run made on another machine
+    assert moved.weights == lms.installed_weights() and moved.fingerprint == lite.fingerprint
     assert partitioner_from_spec({**spec, "box_sizes": [256]}).fingerprint != lite.fingerprint  # knobs key the cache
     with pytest.raises(ValueError, match="not the ones the run used"):
         partitioner_from_spec({**spec, "weights_sha256": "0" * 16})

@@ -1,5 +1,7 @@
 """Region partitioning: SAM and LiteMedSAM (Eq. 1), classical partitioners, and the per-dataset label-map cache."""
 
+from pathlib import Path
+
 from ratlit.partition.base import Partitioner, to_uint8_rgb, to_unit_range
 from ratlit.partition.cache import CacheStats, PartitionCache
 from ratlit.partition.classical import FelzenszwalbPartitioner, GridPartitioner, SinglePartitioner, SlicPartitioner
@@ -51,6 +53,8 @@ def partitioner_from_spec(spec: dict) -> Partitioner:
         return partitioner
     if name == "litemedsam":
         digest = spec.pop("weights_sha256", None)
+        if spec.get("weights") and not Path(spec["weights"]).is_file():
+            spec["weights"] = None  # another machine: its installed package's file, checked by digest below
         partitioner = LiteMedSamPartitioner(**spec)
         if digest and partitioner.weights_digest != digest:
             raise ValueError(

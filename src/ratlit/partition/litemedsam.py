@@ -78,21 +78,18 @@ def resolve_weights(weights: str | os.PathLike | None) -> Path:
 
 def build_litemedsam() -> nn.Module:
     """segment_anything's ``Sam`` laid out as LiteMedSAM, untrained; inputs in [0, 255] scaled to [0, 1]."""
-    sam = import_segment_anything()
-    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    del sam  # imported above for its torchvision stand-in; the classes come from its submodule
-    return Sam(
+    modeling = import_segment_anything().modeling  # imported with the torchvision stand-in where needed
+    return modeling.Sam(
         image_encoder=TinyViT(
             img_size=INPUT_SIZE, embed_dims=(64, 128, 160, 320), depths=(2, 2, 6, 2),
             num_heads=(2, 4, 5, 10), window_sizes=(7, 7, 14, 7),
         ),
-        prompt_encoder=PromptEncoder(
+        prompt_encoder=modeling.PromptEncoder(
             embed_dim=256, image_embedding_size=(64, 64), input_image_size=(INPUT_SIZE, INPUT_SIZE), mask_in_chans=16
         ),
-        mask_decoder=MaskDecoder(
+        mask_decoder=modeling.MaskDecoder(
             num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+            transformer=modeling.TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
             transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
         ),
         pixel_mean=[0.0, 0.0, 0.0],  # LiteMedSAM was trained on [0, 1] images, not ImageNet-normalised ones
