@@ -30,6 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from ratlit.config import CONF_DIR, exit_on_user_error, instantiate
 from ratlit.files import write_text_atomic
+from ratlit.launch import pin_parallel_job
 from ratlit.module import per_image_csv
 
 log = logging.getLogger("ratlit.train")
@@ -171,9 +172,22 @@ def metric(trainer: L.Trainer, key: str) -> float | None:
     return None if value is None else float(value)
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def set_matmul_precision(cfg: DictConfig) -> None:
+    """``float32_matmul_precision`` (TF32 on Ampere+ GPUs at ``high``), set before the trainer exists."""
+    precision = str(cfg.get("float32_matmul_precision", "high"))
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"float32_matmul_precision must be one of {MATMUL_PRECISIONS}, got {precision!r}")
+    torch.set_float32_matmul_precision(precision)
+
+
 @exit_on_user_error
 def train(cfg: DictConfig) -> dict[str, Any]:
     check_launch(cfg)
+    pin_parallel_job(cfg)  # before anything starts CUDA
+    set_matmul_precision(cfg)
     ckpt_path = None
     if cfg.get("resume"):
         cfg, ckpt_path = resumed_config(cfg)
