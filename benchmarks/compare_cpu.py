@@ -8,8 +8,9 @@ faster of ``--repeats`` runs counts (the least disturbed by other load). Cases: 
 step at 256x256 and whole-image inference at 512x512 (bench_rat.py), and one R-MSA forward + backward at
 64x64 tokens (bench_attention.py) on SLIC / Felzenszwalb / one-region / one-token-per-region partitions,
 beside global SDPA. Both sides run the same case code through the public API of both versions
-(``RAT``, ``FocalRegionLoss``, ``region_attention``); the row "shared layout" exists only in the new code
-and is what each R-MSA layer of RAT costs there (layout built once per forward, tokens already in order).
+(``RAT``, ``FocalRegionLoss``, ``region_attention``); the rows "layout:..." exist only in the new code
+and are what each R-MSA layer of RAT costs there (the layout is built once per forward for all 12 layers and
+not timed here, tokens already in layout order).
 """
 
 from __future__ import annotations
@@ -62,9 +63,10 @@ def run_case(case: str, repeats: int) -> dict:
         shape = (BATCH, HEADS, TOKENS_SIDE * TOKENS_SIDE, CHANNELS // HEADS)
         q, k, v = (torch.randn(shape, requires_grad=True) for _ in range(3))
         scale = HEADS**-0.5
-        if impl == "layout":
+        if impl == "layout":  # as each R-MSA layer of RAT: the layout is built once per forward for all 12
             n = BATCH * TOKENS_SIDE * TOKENS_SIDE
             qkv = torch.randn(n, 3, HEADS, CHANNELS // HEADS, requires_grad=True)
+            layout = attn.build_region_layout(labels)
 
         def step() -> None:
             if impl == "dense":
@@ -72,7 +74,6 @@ def run_case(case: str, repeats: int) -> dict:
             elif impl == "msa":
                 out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
             elif impl == "layout":
-                layout = attn.build_region_layout(labels)
                 qs, ks, vs = qkv.unbind(1)
                 out = attn.region_attention_tokens(qs, ks, vs, layout, scale, "sparse", qkv=qkv)
             else:
