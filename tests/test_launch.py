@@ -9,6 +9,11 @@ from hydra import compose, initialize_config_dir
 from ratlit.config import CONF_DIR
 from ratlit.launch import claim_gpu, gpu_count
 
+try:
+    from test_suite import ct_root  # noqa: F401  (the tiny CT set fixture, for the slow sweep below)
+except ImportError:  # run from elsewhere than tests/
+    ct_root = None
+
 
 def _claim(slot_dir, slots, barrier, queue):
     try:
@@ -78,3 +83,18 @@ def test_matmul_precision_key(value):
         torch.set_float32_matmul_precision(before)
     with pytest.raises(ValueError, match="float32_matmul_precision must be one of"):
         set_matmul_precision(OmegaConf.create({"float32_matmul_precision": "tf32"}))
+
+
+@pytest.mark.slow
+def test_local_gpus_sweep_pins_each_job(ct_root, tmp_path):
+    import re
+
+    from test_suite import SMOKE, run
+
+    run("ratlit.train", "-m", *SMOKE, f"data.root={ct_root}", "trainer=cpu", "hydra/launcher=local_gpus",
+        "seed=1,2", "sweep_name=pin", "test_after_fit=false", cwd=tmp_path, env_extra={"CUDA_VISIBLE_DEVICES": "4,6"})
+    sweep = next((tmp_path / "outputs" / "sweeps" / "pin").iterdir())
+    logs = sorted(sweep.glob("*/train.log"))
+    assert len(logs) == 2 and all((log.parent / "results.json").exists() for log in logs)
+    gpus = [re.search(r"sweep job \d+: GPU (\d+)", log.read_text()).group(1) for log in logs]
+    assert set(gpus) <= {"4", "6"}  # each job pinned to one of the machine's GPUs (distinct: see above)
