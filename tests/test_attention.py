@@ -170,3 +170,77 @@ def test_flex_block_mask_covers_exactly_the_needed_blocks(case):
         assert len(listed) <= len(needed) + n_blocks  # sparse: at most the run ends' extra blocks
     if case == "every token its own":
         assert (mask.kv_num_blocks == 1).all()
+
+
+@pytest.mark.parametrize("case", list(_awkward_labels()))
+@pytest.mark.parametrize("block_size", [1, 7, 64, 128])
+def test_prebuilt_layout_is_exact_in_float64(case, block_size):
+    from ratlit.models.attention import build_region_layout
+
+    labels = _awkward_labels()[case]
+    layout = build_region_layout(labels, block_size)
+    q, k, v = _qkv(2, 3, labels.shape[1], 8)
+    out = region_attention(q, k, v, layout, 0.37, impl="sparse")
+    ref = dense_region_attention(q, k, v, labels, 0.37)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    grad_out = torch.randn_like(out)
+    for g, g_ref in zip(torch.autograd.grad(out, (q, k, v), grad_out), torch.autograd.grad(ref, (q, k, v), grad_out)):
+        torch.testing.assert_close(g, g_ref, atol=1e-12, rtol=1e-12)
+    # The layout is a permutation whose regions are contiguous runs, small ones first, each once.
+    assert torch.equal(layout.order[layout.inverse], torch.arange(labels.numel()))
+    assert (layout.run_id.diff() >= 0).all()
+    flat = (labels + 0 * labels).flatten()
+    item = torch.arange(labels.numel()) // labels.shape[1]
+    keys = torch.stack([item[layout.order], flat[layout.order]], 1)
+    runs = torch.unique_consecutive(keys, dim=0)
+    assert runs.shape[0] == int(layout.run_id[-1]) + 1  # no region split in two runs
+
+
+def test_layout_reused_across_calls_and_labels_rejected_when_mismatched():
+    from ratlit.models.attention import build_region_layout
+
+    labels = torch.randint(0, 9, (2, 40))
+    layout = build_region_layout(labels)
+    q, k, v = (torch.randn(2, 2, 40, 4) for _ in range(3))
+    torch.testing.assert_close(region_attention(q, k, v, layout), region_attention(q, k, v, labels))
+    with pytest.raises(ValueError, match="labels must have shape"):
+        region_attention(torch.randn(2, 2, 41, 4), torch.randn(2, 2, 41, 4), torch.randn(2, 2, 41, 4), layout)
+    with pytest.raises(ValueError, match="block_size"):
+        build_region_layout(labels, 0)
+
+
+def test_module_accepts_a_prebuilt_layout():
+    from ratlit.models.attention import build_region_layout
+
+    attn = MultiHeadSelfAttention(16, num_heads=2, mode="rmsa", region_impl="sparse").double()
+    x = torch.randn(2, 6, 5, 16, dtype=torch.float64)
+    labels = torch.randint(0, 4, (2, 6, 5))
+    dense = MultiHeadSelfAttention(16, num_heads=2, mode="rmsa", region_impl="dense", mask_value=float("-inf")).double()
+    dense.load_state_dict(attn.state_dict())
+    layout = build_region_layout(labels.reshape(2, -1))
+    torch.testing.assert_close(attn(x, layout), dense(x, labels), atol=1e-12, rtol=1e-12)
+
+
+def test_auto_impl_by_device_and_precision():
+    from ratlit.models.attention import auto_region_impl
+
+    assert auto_region_impl(torch.device("cpu"), torch.bfloat16) == "sparse"
+    assert auto_region_impl(torch.device("cpu"), torch.float32) == "sparse"
+    assert auto_region_impl(torch.device("cuda"), torch.float32) == "sparse"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_flex_matches_dense_on_cuda_forward_and_backward(dtype):
+    from ratlit.models.attention import auto_region_impl
+
+    labels = _awkward_labels()["different per item"].cuda()
+    q, k, v = (torch.randn(2, 2, labels.shape[1], 32, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+    out = region_attention(q, k, v, labels, 0.3, impl="flex")
+    ref = dense_region_attention(q, k, v, labels, 0.3)
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
+    grad_out = torch.randn_like(out)
+    for g, g_ref in zip(torch.autograd.grad(out, (q, k, v), grad_out), torch.autograd.grad(ref, (q, k, v), grad_out)):
+        torch.testing.assert_close(g, g_ref, atol=5 * tol, rtol=5 * tol)
+    assert auto_region_impl(q.device, torch.bfloat16) == "flex"

@@ -173,3 +173,72 @@ def test_bad_constructor_arguments(kwargs, match):
     args = {**TINY, **kwargs}
     with pytest.raises(ValueError, match=match):
         RAT(**args)
+
+
+def _float64_pair(**kwargs):
+    torch.manual_seed(0)
+    sparse = RAT(layer_scale_init=0.5, region_impl="sparse", **TINY, **kwargs).double()
+    dense = RAT(layer_scale_init=0.5, region_impl="dense", mask_value=float("-inf"), **TINY, **kwargs).double()
+    dense.load_state_dict(sparse.state_dict())
+    return sparse, dense
+
+
+@pytest.mark.parametrize("size", [(24, 40), (19, 21)])
+def test_sparse_network_equals_dense_reference_in_float64(size):
+    # One layout per forward and tokens moved once per sub-layer change nothing, forward or backward.
+    sparse, dense = _float64_pair()
+    lq, regions = torch.randn(2, 1, *size, dtype=torch.float64), _regions(2, *size)
+    out_s, out_d = sparse(lq, regions), dense(lq, regions)
+    torch.testing.assert_close(out_s, out_d, atol=1e-10, rtol=1e-10)
+    grad = torch.randn_like(out_s)
+    out_s.backward(grad)
+    out_d.backward(grad)
+    for (name, a), b in zip(sparse.named_parameters(), dense.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-10, rtol=1e-10, msg=name)
+
+
+def test_activation_checkpointing_gives_identical_gradients():
+    def grads(checkpointing):
+        torch.manual_seed(0)
+        model = RAT(layer_scale_init=0.5, activation_checkpointing=checkpointing, **TINY)
+        lq = torch.randn(2, 1, 16, 20)
+        out = model(lq, _regions(2, 16, 20))
+        out.square().mean().backward()
+        return out.detach(), [p.grad for p in model.parameters()]
+
+    out_a, grads_a = grads(False)
+    out_b, grads_b = grads(True)
+    assert torch.equal(out_a, out_b)
+    for a, b in zip(grads_a, grads_b):
+        assert torch.equal(a, b)
+
+
+def test_nan_input_error_can_be_deferred():
+    from ratlit.validation import finite_checks
+
+    model = RAT(**TINY)
+    lq = torch.randn(1, 1, 16, 16)
+    lq[0, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="lq contains NaN"):
+        model(lq, _regions(1, 16, 16))
+    with finite_checks(False):  # the training step: no host sync, checked once per step instead
+        assert torch.isnan(model(lq, _regions(1, 16, 16))).any()
+    with pytest.raises(ValueError, match="lq contains NaN"):  # switched back on after the block
+        model(lq, _regions(1, 16, 16))
+
+
+@pytest.mark.slow  # dynamo tracing of the network: about a minute on 2 busy cores
+def test_compiled_network_matches_eager_and_does_not_recompile_per_partition():
+    torch._dynamo.reset()
+    model = RAT(layer_scale_init=0.5, **TINY)
+    compiled = torch.compile(model, backend="aot_eager")
+    lq = torch.randn(2, 1, 16, 16)
+    first = _regions(2, 16, 16, 3)
+    torch.testing.assert_close(compiled(lq, first), model(lq, first), atol=1e-5, rtol=1e-5)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for n in (2, 7, 40):  # other partitions, same size: the layout is built eagerly, nothing recompiles
+            regions = _regions(2, 16, 16, n)
+            out = compiled(lq, regions)
+            out.mean().backward()
+            torch.testing.assert_close(out, model(lq, regions), atol=1e-5, rtol=1e-5)
+    torch._dynamo.reset()

@@ -15,6 +15,8 @@ from torch import Tensor, nn
 from torchmetrics import CatMetric
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from ratlit.validation import DeferredFiniteCheck, finite_checks
+
 log = logging.getLogger(__name__)
 
 # Scores kept per image: of the restored image, and of the input (LQ) itself against the same HQ.
@@ -56,21 +58,39 @@ class RestorationModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] = default_optimizer,
         scheduler: Callable[..., Any] | None = default_scheduler,
         data_range: float = 1.0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.data_range = data_range
         self.metrics = nn.ModuleDict({f"{stage}_{name}": CatMetric() for stage in ("val", "test") for name in SCORES})
+        # torch.compile of the network for the training step only: validation and test run whole images of
+        # several sizes, which would recompile (see README, "Compiled training").
+        self.compile_net = compile  # not `self.compile`: that is nn.Module.compile
+        self._train_net: nn.Module | None = None
+        self._finite = DeferredFiniteCheck()
 
     def forward(self, lq: Tensor, regions: Tensor | None = None) -> Tensor:
         return self.net(lq, regions)
 
+    def configure_model(self) -> None:
+        if self.compile_net and self._train_net is None:
+            # Not a registered submodule: the checkpoint keeps the plain network's keys.
+            object.__setattr__(self, "_train_net", torch.compile(self.net))
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        pred = self(batch["lq"], batch["regions"])
-        loss = self.loss(pred, batch["hq"], batch["regions"])
+        # No host sync for NaN / inf inside the step: lq, hq and the loss are checked once, without waiting,
+        # and a bad value stops the run at the next step with a message naming it.
+        with finite_checks(False):
+            pred = (self.net if self._train_net is None else self._train_net)(batch["lq"], batch["regions"])
+            loss = self.loss(pred, batch["hq"], batch["regions"])
+        self._finite.update(self.global_step, lq=batch["lq"], hq=batch["hq"], loss=loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["lq"].shape[0])
         return loss
+
+    def on_train_end(self) -> None:
+        self._finite.flush()
 
     def _evaluate(self, batch: dict[str, Any], stage: str) -> dict[str, Any]:
         pred = self(batch["lq"], batch["regions"])

@@ -36,6 +36,7 @@ from ratlit.callbacks import (BestValidation, RunConfigInCheckpoint, comparison_
                               quiet_unactionable_messages)
 from ratlit.runs import AppendingCSVLogger, RelocateCheckpointState, absolute_data_paths, relocate, wandb_id
 from ratlit.splits import groups_by_split, save_run_splits
+from ratlit.launch import pin_parallel_job
 
 log = logging.getLogger("ratlit.train")
 _ABSENT = object()
@@ -219,10 +220,23 @@ def metric(trainer: L.Trainer, key: str) -> float | None:
     return None if value is None else float(value)
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def set_matmul_precision(cfg: DictConfig) -> None:
+    """``float32_matmul_precision`` (TF32 on Ampere+ GPUs at ``high``), set before the trainer exists."""
+    precision = str(cfg.get("float32_matmul_precision", "high"))
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"float32_matmul_precision must be one of {MATMUL_PRECISIONS}, got {precision!r}")
+    torch.set_float32_matmul_precision(precision)
+
+
 @exit_on_user_error
 def train(cfg: DictConfig) -> dict[str, Any]:
     quiet_unactionable_messages()
     check_launch(cfg)
+    pin_parallel_job(cfg)  # before anything starts CUDA
+    set_matmul_precision(cfg)
     ckpt_path, made_in = None, None
     if cfg.get("resume"):
         cfg, ckpt_path, made_in = resumed_config(cfg)

@@ -10,14 +10,19 @@ ever forming an N x N mask or score matrix:
 * each larger region runs as one unmasked SDPA call over exactly its own tokens.
 
 Work is ``sum(min(n_i, block) * ...)`` instead of ``N^2``, memory is linear in N, and the fused
-SDPA kernels (flash / memory-efficient on CPU and CUDA) do the arithmetic. On CUDA,
+SDPA kernels (flash / memory-efficient on CPU and CUDA) do the arithmetic. On CUDA in 16-bit precision,
 FlexAttention with a block mask over the region-sorted tokens is used when available.
+
+The sort, the packing and the masks depend only on the label map: a :class:`RegionLayout` holds them, built
+once per network forward and shared by every R-MSA layer, and a layer moves its input tokens ``x [B*N, C]``
+into layout order once (norm, qkv, projection and MLP are per token) instead of gathering q, k and v.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
@@ -58,11 +63,170 @@ def dense_region_attention(
     return torch.matmul(scores.softmax(dim=-1), v)
 
 
+class _GatherRows(torch.autograd.Function):
+    """``x.index_select(0, index)`` whose backward is a gather too: ``back[i]`` is the one output row whose
+    gradient row ``i`` of ``x`` receives (``len(index)``: none, gradient 0).
+
+    Exact where every other output row reading row ``i`` has a zero gradient; index_select's own backward
+    (a scatter-add into zeros) costs several times more on the CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor, back: Tensor, pad: bool) -> Tensor:
+        ctx.save_for_backward(back)
+        ctx.pad = pad
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (back,) = ctx.saved_tensors
+        if ctx.pad:
+            grad = torch.cat([grad, grad.new_zeros(1, *grad.shape[1:])])
+        return grad.index_select(0, back), None, None, None
+
+
+def gather_rows(x: Tensor, index: Tensor, back: Tensor, pad: bool = False) -> Tensor:
+    """Rows ``index`` of ``x`` (see :class:`_GatherRows`); ``pad``: ``back`` may point one past the end (zero)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _GatherRows.apply(x, index, back, pad)
+    return x.index_select(0, index)
+
+
+@dataclass(eq=False)
+class RegionLayout:
+    """Where every token goes for region attention, computed once per label map and shared by all R-MSA layers.
+
+    Tokens of the batch are flattened (``B*N``) and reordered so that every region is one contiguous run:
+    first the regions of at most ``block_size`` tokens (packed next-fit into blocks of ``block_size``
+    rows, each block a contiguous range of rows), then the larger regions grouped by length, so a group of
+    ``g`` regions of ``n`` tokens is a contiguous ``[g * n]`` slice that needs no gather.
+    """
+
+    labels: Tensor  # [B, N] the label map it was built from (the dense reference uses it)
+    order: Tensor  # [B*N] layout row -> flat token index
+    inverse: Tensor  # [B*N] flat token index -> layout row
+    run_id: Tensor  # [B*N] region of each layout row, non-decreasing (ids unique across items)
+    block_size: int
+    small_rows: int  # rows [0, small_rows) hold the packed small regions
+    block_index: Tensor | None  # [n_blocks * block_size] layout row read by each block slot
+    block_mask: Tensor | None  # [n_blocks, 1, block_size, block_size] same-region mask of the slots
+    slot_of_row: Tensor | None  # [small_rows] block slot of each small-region row
+    row_of_slot: Tensor | None  # [n_blocks * block_size] small row of each slot, small_rows for filler slots
+    block_back: Tensor | None  # [B*N] slot of each small row, n_slots for the large-region rows
+    groups: tuple[tuple[int, int, int], ...]  # (first row, regions, tokens per region) of the large regions
+    _flex_mask: object = field(default=None, repr=False)
+
+    @property
+    def batch(self) -> int:
+        return self.labels.shape[0]
+
+    @property
+    def tokens(self) -> int:
+        return self.labels.shape[1]
+
+    def flex_mask(self):
+        """FlexAttention ``BlockMask`` over the layout rows (one sequence of ``B*N``), built on first use."""
+        if self._flex_mask is None:
+            self._flex_mask = region_block_mask(self.run_id[None])
+        return self._flex_mask
+
+    def to_layout(self, x: Tensor) -> Tensor:
+        """``[B*N, ...]`` tokens in image order -> layout order (a permutation: its backward is a gather too)."""
+        return gather_rows(x, self.order, self.inverse)
+
+    def from_layout(self, x: Tensor) -> Tensor:
+        """``[B*N, ...]`` tokens in layout order -> image order."""
+        return gather_rows(x, self.inverse, self.order)
+
+
+@torch.compiler.disable  # Python loops over the regions: eager, so a compiled network never recompiles per partition
+def build_region_layout(labels: Tensor, block_size: int = 128) -> RegionLayout:
+    """The :class:`RegionLayout` of a token label map ``[B, N]`` (arbitrary integer ids, compared per item).
+
+    One host synchronisation (the region lengths); everything else stays on the labels' device.
+    """
+    if not isinstance(labels, Tensor) or labels.ndim != 2:
+        raise ValueError(f"labels must be a [B, N] integer tensor, got {getattr(labels, 'shape', labels)}")
+    check_labels("labels", labels, tuple(labels.shape))
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    batch, n = labels.shape
+    device = labels.device
+    total = batch * n
+    sorted_labels, order = labels.sort(dim=1, stable=True)
+    is_start = torch.ones_like(sorted_labels, dtype=torch.bool)
+    is_start[:, 1:] = sorted_labels[:, 1:] != sorted_labels[:, :-1]
+    flat_order = (order + torch.arange(batch, device=device)[:, None] * n).flatten()
+    starts = is_start.flatten().nonzero().squeeze(1)
+    lengths = torch.diff(starts, append=starts.new_tensor([total]))
+    lengths_list = lengths.tolist()
+
+    small = [r for r, length in enumerate(lengths_list) if length <= block_size]
+    by_length: dict[int, list[int]] = {}
+    for r, length in enumerate(lengths_list):
+        if length > block_size:
+            by_length.setdefault(length, []).append(r)
+    sequence = small + [r for length in sorted(by_length) for r in by_length[length]]
+    if len(sequence) == len(lengths_list) and sequence == list(range(len(sequence))):
+        layout_order = flat_order  # already small-first (e.g. no large region)
+        run_len = lengths
+    else:
+        seq = torch.tensor(sequence, device=device)
+        run_len = lengths[seq]
+        new_start = torch.cumsum(run_len, 0) - run_len
+        shift = torch.repeat_interleave(starts[seq] - new_start, run_len, output_size=total)
+        layout_order = flat_order[torch.arange(total, device=device) + shift]
+    inverse = torch.empty_like(layout_order)
+    inverse[layout_order] = torch.arange(total, device=device)
+    run_id = torch.repeat_interleave(torch.arange(len(sequence), device=device), run_len, output_size=total)
+
+    # Next-fit packing of the small regions: a block is a contiguous range of rows holding whole regions.
+    block_first, block_fill = [], []
+    fill, row = block_size, 0
+    for r in small:
+        length = lengths_list[r]
+        if fill + length > block_size:
+            block_first.append(row)
+            block_fill.append(0)
+            fill = 0
+        block_fill[-1] += length
+        fill += length
+        row += length
+    small_rows = row
+    block_index = block_mask = slot_of_row = row_of_slot = block_back = None
+    if block_first:
+        n_blocks = len(block_first)
+        first = torch.tensor(block_first, device=device)
+        fills = torch.tensor(block_fill, device=device)
+        offsets = torch.arange(block_size, device=device)
+        rows = first[:, None] + offsets  # [n_blocks, T]
+        valid = offsets < fills[:, None]
+        block_index = rows.clamp(max=total - 1).flatten()
+        # Slots past a block's own regions read some row but get unique ids: they attend only to themselves.
+        slot_ids = torch.where(valid.flatten(), run_id[block_index], -1 - torch.arange(n_blocks * block_size, device=device))
+        ids = slot_ids.view(n_blocks, 1, block_size)
+        block_mask = ids.unsqueeze(-1) == ids.unsqueeze(-2)
+        block_of_row = torch.repeat_interleave(torch.arange(n_blocks, device=device), fills, output_size=small_rows)
+        slot_of_row = block_of_row * block_size + torch.arange(small_rows, device=device) - first[block_of_row]
+        n_slots = n_blocks * block_size
+        row_of_slot = torch.full((n_slots,), small_rows, dtype=torch.long, device=device)
+        row_of_slot[slot_of_row] = torch.arange(small_rows, device=device)
+        block_back = torch.cat([slot_of_row, slot_of_row.new_full((total - small_rows,), n_slots)])
+    groups = []
+    row = small_rows
+    for length in sorted(by_length):
+        count = len(by_length[length])
+        groups.append((row, count, length))
+        row += count * length
+    return RegionLayout(labels, layout_order, inverse, run_id, block_size, small_rows, block_index, block_mask,
+                        slot_of_row, row_of_slot, block_back, tuple(groups))
+
+
 def region_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    labels: Tensor,
+    labels: Tensor | RegionLayout,
     scale: float | None = None,
     *,
     block_size: int = 128,
@@ -72,121 +236,93 @@ def region_attention(
 
     Returns ``softmax(q k^T * scale + M) v`` with ``M = 0`` within a region and ``-inf`` across regions,
     ``scale=None`` meaning ``d ** -0.5``. Label ids are arbitrary integers, compared per batch item.
+    ``labels`` may also be a prebuilt :class:`RegionLayout` (its ``block_size`` then applies).
     ``impl``: ``"sparse"`` (packed block-sparse SDPA), ``"flex"`` (FlexAttention block mask),
-    ``"dense"`` (reference), ``"auto"`` (flex on CUDA when it works, otherwise sparse).
+    ``"dense"`` (reference), ``"auto"`` (on CUDA: flex in half precision, sparse in float32, where
+    bench_gpu.py measured each faster; sparse on CPU).
     """
     if impl not in REGION_IMPLS:
         raise ValueError(f"impl must be one of {REGION_IMPLS}, got {impl!r}")
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
-    _check_qkv(q, k, v, labels)
-    labels = labels.to(q.device)
+    layout = labels if isinstance(labels, RegionLayout) else None
+    _check_qkv(q, k, v, layout.labels if layout is not None else labels)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if impl == "dense":
-        return dense_region_attention(q, k, v, labels, scale)
-    if impl == "flex" or (impl == "auto" and q.is_cuda and _flex_usable(q.device.type)):
+        return dense_region_attention(q, k, v, layout.labels if layout is not None else labels, scale)
+    if layout is None:
+        layout = build_region_layout(labels.to(q.device), block_size)
+    batch, heads, n, _ = q.shape
+
+    def tokens(t: Tensor) -> Tensor:  # [B, heads, N, d] -> [B*N, heads, d] in layout order
+        return layout.to_layout(t.transpose(1, 2).reshape(batch * n, heads, t.shape[-1]))
+
+    out = region_attention_tokens(tokens(q), tokens(k), tokens(v), layout, scale, impl)
+    return layout.from_layout(out).view(batch, n, heads, -1).transpose(1, 2)
+
+
+def auto_region_impl(device: torch.device, dtype: torch.dtype) -> str:
+    """What ``impl="auto"`` runs: FlexAttention on CUDA in 16-bit precision, the packed SDPA kernels otherwise.
+
+    On an H200 (issue 10's table) flex beats the packed path in bf16 and loses to it in float32.
+    """
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and _flex_usable("cuda"):
+        return "flex"
+    return "sparse"
+
+
+@torch.compiler.disable  # data-dependent shapes: run eagerly inside a compiled network, never recompile per partition
+def region_attention_tokens(
+    q: Tensor, k: Tensor, v: Tensor, layout: RegionLayout, scale: float, impl: str = "auto", qkv: Tensor | None = None
+) -> Tensor:
+    """Region attention on tokens already in layout order: ``q, k [B*N, heads, d], v [B*N, heads, d_v] -> [B*N, heads, d_v]``.
+
+    ``qkv [B*N, 3, heads, d]``, when q, k, v are its slices, lets the packed path gather once instead of three times.
+    """
+    chosen = auto_region_impl(q.device, q.dtype) if impl == "auto" else impl
+    if chosen == "flex":
         try:
-            return _flex_region_attention(q, k, v, labels, scale)
+            return _flex_tokens(q, k, v, layout, scale)
         except Exception as err:  # compilation can fail on exotic set-ups; the sparse path is always exact
             if impl == "flex":
                 raise
             _disable_flex(q.device.type, err)
-    return _packed_region_attention(q, k, v, labels, scale, block_size)
+    return _packed_tokens(q, k, v, layout, scale, qkv)
 
 
-def _region_runs(labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Sort tokens by (item, label); returns flat token order, run starts and run lengths."""
-    batch, n = labels.shape
-    sorted_labels, order = labels.sort(dim=1, stable=True)
-    is_start = torch.ones_like(sorted_labels, dtype=torch.bool)
-    is_start[:, 1:] = sorted_labels[:, 1:] != sorted_labels[:, :-1]
-    flat_order = (order + torch.arange(batch, device=labels.device)[:, None] * n).flatten()
-    starts = is_start.flatten().nonzero().squeeze(1)
-    lengths = torch.diff(starts, append=starts.new_tensor([batch * n]))
-    return flat_order, starts, lengths
+def _packed_tokens(q: Tensor, k: Tensor, v: Tensor, layout: RegionLayout, scale: float, qkv: Tensor | None) -> Tensor:
+    heads, value_dim = q.shape[1], v.shape[-1]
+    parts: list[Tensor] = []
+    if layout.block_index is not None:
+        t = layout.block_size
+        n_blocks = layout.block_index.numel() // t
+        # Filler slots (past a block's own regions) attend only to themselves and are dropped, so their
+        # gradient is exactly zero and each row's gradient comes from its own slot alone.
+        def blocks(x: Tensor) -> Tensor:
+            return gather_rows(x, layout.block_index, layout.block_back, pad=True)
+
+        if qkv is not None:
+            qb, kb, vb = blocks(qkv).unbind(1)
+        else:
+            qb, kb, vb = (blocks(x) for x in (q, k, v))
+        qb, kb, vb = (x.view(n_blocks, t, heads, x.shape[-1]).transpose(1, 2) for x in (qb, kb, vb))
+        out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=layout.block_mask, scale=scale)
+        out = out.transpose(1, 2).reshape(n_blocks * t, heads, value_dim)
+        parts.append(gather_rows(out, layout.slot_of_row, layout.row_of_slot, pad=True))
+    for first, count, length in layout.groups:
+        # A group of equally long regions is a contiguous slice: one batched, unmasked SDPA call, no gather.
+        qg, kg, vg = (x[first : first + count * length].view(count, length, heads, x.shape[-1]).transpose(1, 2)
+                      for x in (q, k, v))
+        out = F.scaled_dot_product_attention(qg, kg, vg, scale=scale)
+        parts.append(out.transpose(1, 2).reshape(count * length, heads, value_dim))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def _pack_regions(lengths: list[int], block_size: int) -> tuple[list[int], list[int], list[int], int]:
-    """Next-fit packing of regions no longer than a block; returns (region, block, offset) lists and block count."""
-    small, block_of, offset_of = [], [], []
-    block, fill = -1, block_size
-    for region, length in enumerate(lengths):
-        if length > block_size:
-            continue
-        if fill + length > block_size:
-            block, fill = block + 1, 0
-        small.append(region)
-        block_of.append(block)
-        offset_of.append(fill)
-        fill += length
-    return small, block_of, offset_of, block + 1
-
-
-def _packed_region_attention(q: Tensor, k: Tensor, v: Tensor, labels: Tensor, scale: float, block_size: int) -> Tensor:
-    batch, heads, n, dim = q.shape
-    device = q.device
-    flat_order, starts, lengths = _region_runs(labels)
-    lengths_list = lengths.tolist()
-    small, block_of, offset_of, n_blocks = _pack_regions(lengths_list, block_size)
-
-    # Token-major views [B*N (+1 zero row for block padding), heads, d].
-    def tokens(t: Tensor) -> Tensor:
-        return t.transpose(1, 2).reshape(batch * n, heads, t.shape[-1])
-
-    qt, kt, vt = tokens(q), tokens(k), tokens(v)
-    out_parts: list[Tensor] = []
-    token_parts: list[Tensor] = []
-
-    if small:
-        region_of_pos = torch.repeat_interleave(torch.arange(len(lengths_list), device=device), lengths)
-        small_t = torch.tensor(small, device=device)
-        is_small = torch.zeros(len(lengths_list), dtype=torch.bool, device=device)
-        is_small[small_t] = True
-        slot_base = torch.zeros(len(lengths_list), dtype=torch.long, device=device)
-        slot_base[small_t] = torch.tensor(block_of, device=device) * block_size + torch.tensor(offset_of, device=device)
-        pos = is_small[region_of_pos].nonzero().squeeze(1)
-        region = region_of_pos[pos]
-        slots = slot_base[region] + (pos - starts[region])
-        n_slots = n_blocks * block_size
-        # Padding slots read a zero token and get unique negative ids: they only attend to themselves.
-        slot_token = torch.full((n_slots,), batch * n, dtype=torch.long, device=device)
-        slot_token[slots] = flat_order[pos]
-        slot_region = -1 - torch.arange(n_slots, device=device)
-        slot_region[slots] = region
-
-        def blocks(t: Tensor) -> Tensor:
-            padded = torch.cat([t, t.new_zeros(1, heads, t.shape[-1])])
-            return padded[slot_token].view(n_blocks, block_size, heads, t.shape[-1]).transpose(1, 2)
-
-        ids = slot_region.view(n_blocks, 1, block_size)
-        mask = (ids.unsqueeze(-1) == ids.unsqueeze(-2))  # [blocks, 1, T, T], block-diagonal
-        out_blocks = F.scaled_dot_product_attention(blocks(qt), blocks(kt), blocks(vt), attn_mask=mask, scale=scale)
-        out_parts.append(out_blocks.transpose(1, 2).reshape(n_slots, heads, -1)[slots])
-        token_parts.append(flat_order[pos])
-
-    # Regions larger than a block: one unmasked SDPA call per group of equally long regions (a whole-image
-    # region per item, as with partition=single, runs as a single batched call).
-    starts_list = starts.tolist()
-    by_length: dict[int, list[int]] = {}
-    for region, length in enumerate(lengths_list):
-        if length > block_size:
-            by_length.setdefault(length, []).append(starts_list[region])
-    for length, run_starts in by_length.items():
-        offsets = torch.arange(length, device=device)
-        idx = flat_order[torch.tensor(run_starts, device=device)[:, None] + offsets]  # [g, n_i]
-
-        def run(t: Tensor) -> Tensor:
-            return t[idx].transpose(1, 2)  # [g, heads, n_i, d]
-
-        out = F.scaled_dot_product_attention(run(qt), run(kt), run(vt), scale=scale)
-        out_parts.append(out.transpose(1, 2).reshape(-1, heads, out.shape[-1]))
-        token_parts.append(idx.reshape(-1))
-
-    token_order = torch.cat(token_parts)
-    inverse = torch.empty_like(token_order)
-    inverse[token_order] = torch.arange(token_order.numel(), device=device)
-    out = torch.cat(out_parts)[inverse]  # [B*N, heads, d_v]
-    return out.view(batch, n, heads, -1).transpose(1, 2)
+def _flex_tokens(q: Tensor, k: Tensor, v: Tensor, layout: RegionLayout, scale: float) -> Tensor:
+    # The whole batch is one sequence of B*N rows; regions never span two items, so the block mask keeps them apart.
+    qs, ks, vs = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
+    out = _compiled_flex(q.device.type)(qs, ks, vs, block_mask=layout.flex_mask(), scale=scale)
+    return out.squeeze(0).transpose(0, 1)
 
 
 _FLEX_BROKEN: set[str] = set()
@@ -212,7 +348,9 @@ def _compiled_flex(device_type: str):
     from torch.nn.attention.flex_attention import flex_attention
 
     # Without compile, flex_attention materialises the full score matrix; compile only where it pays off.
-    return torch.compile(flex_attention, dynamic=False) if device_type == "cuda" else flex_attention
+    # dynamic=True: one kernel for every sequence length, so whole images of any size (validation, test,
+    # predict) never exceed the recompile limit and never fall back to the eager, dense-memory path.
+    return torch.compile(flex_attention, dynamic=True) if device_type == "cuda" else flex_attention
 
 
 def region_block_mask(sorted_labels: Tensor, block: int = FLEX_BLOCK):
@@ -244,17 +382,6 @@ def region_block_mask(sorted_labels: Tensor, block: int = FLEX_BLOCK):
 
     return BlockMask.from_kv_blocks(counts[:, None], indices[:, None].to(torch.int32), BLOCK_SIZE=block,
                                     mask_mod=mask_mod, seq_lengths=(n, n))
-
-
-def _flex_region_attention(q: Tensor, k: Tensor, v: Tensor, labels: Tensor, scale: float) -> Tensor:
-    heads = q.shape[1]
-    # Sorting by region makes the block mask as sparse as the partition allows.
-    sorted_labels, order = labels.sort(dim=1, stable=True)
-    gather = order[:, None, :, None]
-    block_mask = region_block_mask(sorted_labels)
-    qs, ks, vs = (t.gather(2, gather.expand(-1, heads, -1, t.shape[-1])) for t in (q, k, v))
-    out_sorted = _compiled_flex(q.device.type)(qs, ks, vs, block_mask=block_mask, scale=scale)
-    return torch.empty_like(out_sorted).scatter(2, gather.expand(-1, heads, -1, out_sorted.shape[-1]), out_sorted)
 
 
 def attention_scale(dim: int, num_heads: int, scale_by: str) -> float:
@@ -293,27 +420,43 @@ class MultiHeadSelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, labels: Tensor | RegionLayout | None = None) -> Tensor:
         batch, height, width, channels = x.shape
-        qkv = self.qkv(x)
         if self.mode == "wmsa":
-            qkv = window_partition(qkv, self.window_size)
-        qkv = qkv.reshape(qkv.shape[0], -1, 3, self.num_heads, channels // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B', heads, N', d]
-        if self.mode == "rmsa":
-            if labels is None:
-                raise ValueError("R-MSA needs a region label map (labels), got None")
-            flat = labels.reshape(batch, height * width)
-            if self.region_impl == "dense":
-                out = dense_region_attention(q, k, v, flat, self.scale, self.mask_value)
-            else:
-                out = region_attention(q, k, v, flat, self.scale, impl=self.region_impl)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        out = out.transpose(1, 2).reshape(out.shape[0], -1, channels)
-        if self.mode == "wmsa":
-            out = window_reverse(out, self.window_size, batch, height, width)
-        return self.proj(out.reshape(batch, height, width, channels))
+            windows = self.window_tokens(window_partition(x, self.window_size))
+            return window_reverse(windows, self.window_size, batch, height, width)
+        if self.mode == "msa":
+            return self.window_tokens(x.reshape(batch, height * width, channels)).view(x.shape)
+        if labels is None:
+            raise ValueError("R-MSA needs a region label map (labels), got None")
+        if self.region_impl == "dense":
+            flat = labels.labels if isinstance(labels, RegionLayout) else labels.reshape(batch, height * width)
+            qkv = self.qkv(x).reshape(batch, -1, 3, self.num_heads, channels // self.num_heads)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            out = dense_region_attention(q, k, v, flat, self.scale, self.mask_value)
+            return self.proj(out.transpose(1, 2).reshape(x.shape))
+        layout = labels if isinstance(labels, RegionLayout) else build_region_layout(
+            labels.reshape(batch, height * width).to(x.device))
+        if layout.order.numel() != batch * height * width:
+            raise ValueError(f"the region layout covers {layout.order.numel()} tokens, x has {batch * height * width}")
+        out = self.region_tokens(layout.to_layout(x.reshape(-1, channels)), layout)
+        return layout.from_layout(out).view(x.shape)
+
+    def region_tokens(self, x: Tensor, layout: RegionLayout) -> Tensor:
+        """R-MSA on tokens already in layout order: ``[B*N, C] -> [B*N, C]`` (qkv and proj are per token)."""
+        tokens, channels = x.shape
+        qkv = self.qkv(x).view(tokens, 3, self.num_heads, channels // self.num_heads)
+        q, k, v = qkv.unbind(1)
+        out = region_attention_tokens(q, k, v, layout, self.scale, self.region_impl, qkv=qkv)
+        return self.proj(out.reshape(tokens, channels))
+
+    def window_tokens(self, x: Tensor) -> Tensor:
+        """Unmasked attention within each row of ``[B', T, C] -> [B', T, C]`` (windows for W-MSA, images for MSA)."""
+        groups, tokens, channels = x.shape
+        qkv = self.qkv(x).view(groups, tokens, 3, self.num_heads, channels // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.proj(out.transpose(1, 2).reshape(groups, tokens, channels))
 
 
 def window_partition(x: Tensor, window_size: int) -> Tensor:

@@ -1,0 +1,249 @@
+"""Region attention and paper-size RAT on one GPU: one command, a few minutes, tables + JSON.
+
+    python benchmarks/bench_gpu.py [--json bench_gpu.json] [--no-compile]
+    python benchmarks/bench_gpu.py --device cpu --tiny      # the same logic at toy sizes (tests, no GPU)
+
+Table 1, R-MSA forward + backward of one layer as RAT runs it (region layout built once per forward and
+reused, tokens already in region order; the layout's own cost is its own row): dense Eq. 3-4 / global SDPA /
+packed sparse / FlexAttention, fp32 and bf16, on SLIC and Felzenszwalb partitions of scikit-image's camera
+image, at 64x64 tokens (B=8, 8 heads x 32) and 128x128 tokens (B=2).
+Table 2, paper-size RAT: one training step (forward, loss, backward, Adam) at batch 4, 256x256, and
+512x512 whole-image inference, for region_impl dense / sparse / auto and attention msa / wmsa, fp32 and
+bf16-mixed, eager and (for auto) torch.compile'd; peak memory from torch.cuda.max_memory_allocated.
+Cases that run out of memory are reported as OOM. Every figure is a median over timed repeats after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+FULL = {"attn_sizes": [(64, 8), (128, 2)], "heads": 8, "head_dim": 32, "train": (4, 256), "infer": 512,
+        "rat": {}, "warmup": 2, "repeats": 6}
+TINY = {"attn_sizes": [(16, 2)], "heads": 2, "head_dim": 8, "train": (1, 32), "infer": 48,
+        "rat": dict(width=8, num_groups=1, layers_per_group=1, num_heads=2), "warmup": 1, "repeats": 2}
+
+
+def camera_partition(kind: str, side: int) -> np.ndarray:
+    """A real-image partition at 4x the token grid, sampled to ``side x side`` tokens (as RAT does)."""
+    from skimage import data, segmentation, transform
+
+    image = transform.resize(data.camera(), (4 * side, 4 * side), anti_aliasing=True)
+    if kind == "slic":
+        labels = segmentation.slic(image, n_segments=100 * (side // 64) ** 2 or 100, compactness=0.1,
+                                   channel_axis=None, start_label=0)
+    else:
+        labels = segmentation.felzenszwalb(image, scale=400, sigma=0.8, min_size=200)
+    return labels[::4, ::4].astype(np.int64)
+
+
+def measure(fn, device: torch.device, warmup: int, repeats: int) -> dict:
+    """Median milliseconds and peak memory (GPU: allocated bytes above the start) of ``fn()``."""
+    cuda = device.type == "cuda"
+    try:
+        for _ in range(warmup):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - start) * 1e3)
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else None
+        return {"ms": statistics.median(times), "peak_mb": peak}
+    except torch.OutOfMemoryError:
+        return {"ms": None, "peak_mb": None, "error": "OOM"}
+    finally:
+        if cuda:
+            torch.cuda.empty_cache()
+
+
+def attention_table(cfg: dict, device: torch.device) -> list[dict]:
+    from ratlit.models import attention as attn
+
+    rows = []
+    heads, dim = cfg["heads"], cfg["head_dim"]
+    for side, batch in cfg["attn_sizes"]:
+        for kind in ("slic", "felzenszwalb"):
+            labels = torch.from_numpy(camera_partition(kind, side)).reshape(1, -1).repeat(batch, 1).to(device)
+            n = side * side
+            _, counts = torch.unique(labels[0], return_counts=True)
+            work = float((counts.double() ** 2).sum() / n**2)
+            layout = attn.build_region_layout(labels)
+            for dtype in (torch.float32, torch.bfloat16):
+                scale = heads**-0.5
+                qkv = torch.randn(batch * n, 3, heads, dim, device=device, dtype=dtype, requires_grad=True)
+                dense_qkv = torch.randn(3, batch, heads, n, dim, device=device, dtype=dtype, requires_grad=True)
+
+                def run(method: str):
+                    def step() -> None:
+                        if method == "dense":
+                            q, k, v = dense_qkv.unbind(0)
+                            out = attn.dense_region_attention(q, k, v, labels, scale, mask_value=-1000.0)
+                        elif method == "global SDPA":
+                            q, k, v = dense_qkv.unbind(0)
+                            out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+                        elif method == "layout":
+                            built = attn.build_region_layout(labels)
+                            if device.type == "cuda":
+                                built.flex_mask()
+                            return
+                        else:
+                            q, k, v = qkv.unbind(1)
+                            out = attn.region_attention_tokens(q, k, v, layout, scale, method, qkv=qkv)
+                        out.sum().backward()
+                    return step
+
+                for method in ("dense", "global SDPA", "sparse", "flex", "layout"):
+                    if method == "layout" and dtype != torch.float32:
+                        continue
+                    if method == "flex" and device.type != "cuda":
+                        r = {"ms": None, "peak_mb": None, "error": "no CPU backward"}  # FlexAttention's limit
+                    else:
+                        r = measure(run(method), device, cfg["warmup"], cfg["repeats"])
+                    rows.append({"tokens": f"{side}x{side}", "batch": batch, "partition": kind,
+                                 "regions": int(counts.numel()), "work": work, "dtype": str(dtype).split(".")[-1],
+                                 "method": method, **r})
+                    qkv.grad = dense_qkv.grad = None
+    return rows
+
+
+def network_table(cfg: dict, device: torch.device, compile_backend: str | None) -> list[dict]:
+    from bench_rat import slic_regions
+
+    from ratlit.losses import FocalRegionLoss
+    from ratlit.models import RAT
+    from ratlit.validation import finite_checks
+
+    rows = []
+    batch, side = cfg["train"]
+    regions, image = slic_regions(max(side, 256))
+    if side < 256:
+        regions, image = regions[:, :side, :side], image[..., :side, :side].contiguous()
+    regions, image = regions.repeat(batch, 1, 1).to(device), image.repeat(batch, 1, 1, 1).to(device)
+    big_regions, big_image = slic_regions(max(cfg["infer"], 512))
+    big_regions = big_regions[:, : cfg["infer"], : cfg["infer"]].to(device)
+    big_image = big_image[..., : cfg["infer"], : cfg["infer"]].contiguous().to(device)
+    variants = [("rmsa", impl) for impl in ("dense", "sparse", "auto")] + [("wmsa", "auto"), ("msa", "auto")]
+    loss_fn = FocalRegionLoss()
+    for attention, impl in variants:
+        for precision in ("fp32", "bf16-mixed"):
+            compiled_options = [False] + ([True] if compile_backend and impl == "auto" and attention == "rmsa" else [])
+            for compiled in compiled_options:
+                torch.manual_seed(0)
+                model = RAT(attention=attention, region_impl=impl, **cfg["rat"]).to(device)
+                net = torch.compile(model, backend=compile_backend) if compiled else model
+                optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+                autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed"
+                            else contextlib.nullcontext())
+
+                def train_step() -> None:
+                    with autocast, finite_checks(False):  # as RestorationModule's training step
+                        loss = loss_fn(net(image, regions), image, regions)
+                    loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+
+                def infer() -> None:
+                    with torch.inference_mode(), autocast:
+                        model.eval()(big_image, big_regions)
+                    model.train()
+
+                name = {"attention": attention, "region_impl": impl, "precision": precision, "compiled": compiled}
+                start = time.perf_counter()
+                first = measure(train_step, device, 0, 1)  # includes compilation when compiled
+                first_s = time.perf_counter() - start
+                timed = first if first.get("error") else measure(train_step, device, cfg["warmup"], cfg["repeats"])
+                rows.append({**name, "case": f"train b{batch} {side}x{side}",
+                             "first_step_s": None if first.get("error") else first_s, **timed})
+                print(f"  {rows[-1]}", file=sys.stderr, flush=True)
+                if not compiled:  # validation / inference run eagerly (README: compiled training)
+                    rows.append({**name, "case": f"infer {cfg['infer']}x{cfg['infer']}",
+                                 **measure(infer, device, 1, max(2, cfg["repeats"] // 2))})
+                del model, net, optimizer
+    return rows
+
+
+def fmt(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_tables(attn_rows: list[dict], net_rows: list[dict], device_name: str) -> None:
+    print(f"\nR-MSA forward + backward, one layer as RAT runs it ({device_name})")
+    print("| tokens | B | partition | regions | sum n_i^2/N^2 | dtype | dense | global SDPA | sparse | flex | layout (once per forward) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    keys = sorted({(r["tokens"], r["batch"], r["partition"], r["dtype"]) for r in attn_rows},
+                  key=lambda k: (k[0], k[2], k[3] != "float32"))
+    for key in keys:
+        cells = {r["method"]: r for r in attn_rows if (r["tokens"], r["batch"], r["partition"], r["dtype"]) == key}
+        any_row = next(iter(cells.values()))
+
+        def cell(method: str) -> str:
+            r = cells.get(method)
+            if r is None:
+                return "-"
+            if r.get("error"):
+                return r["error"]
+            return f"{r['ms']:.2f} ms" + (f" / {r['peak_mb']:.0f} MB" if r["peak_mb"] is not None else "")
+
+        layout = next((r for r in attn_rows if (r["tokens"], r["batch"], r["partition"]) == key[:3]
+                       and r["method"] == "layout"), None)
+        print(f"| {key[0]} | {key[1]} | {key[2]} | {any_row['regions']} | {any_row['work']:.3f} | {key[3]} | "
+              f"{cell('dense')} | {cell('global SDPA')} | {cell('sparse')} | {cell('flex')} | "
+              f"{fmt(layout['ms']) + ' ms' if layout and layout['ms'] is not None else '-'} |")
+    print(f"\nPaper-size RAT ({device_name})")
+    print("| case | attention | region_impl | precision | compiled | time (ms) | peak (GB) | first step (s) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in net_rows:
+        time_cell = r.get("error") or fmt(r["ms"], 1)
+        peak = fmt(r["peak_mb"] / 1024 if r["peak_mb"] is not None else None)
+        print(f"| {r['case']} | {r['attention']} | {r['region_impl']} | {r['precision']} | {r['compiled']} | "
+              f"{time_cell} | {peak} | {fmt(r.get('first_step_s'), 1)} |")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (with --tiny, to test the script)")
+    parser.add_argument("--tiny", action="store_true", help="toy sizes: checks the logic in seconds")
+    parser.add_argument("--json", default="bench_gpu.json", help="where to write all figures")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--compile-backend", default="inductor")
+    parser.add_argument("--skip", default="", help="comma-separated: attention,network")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run on a GPU, or use --device cpu --tiny to check the script")
+    torch.set_float32_matmul_precision("high")  # what a training run sets (float32_matmul_precision)
+    cfg = TINY if args.tiny else FULL
+    skip = set(filter(None, args.skip.split(",")))
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    started = time.perf_counter()
+    attn_rows = [] if "attention" in skip else attention_table(cfg, device)
+    net_rows = [] if "network" in skip else network_table(cfg, device, None if args.no_compile else args.compile_backend)
+    print_tables(attn_rows, net_rows, device_name)
+    result = {"device": device_name, "torch": torch.__version__, "tiny": args.tiny, "attention": attn_rows,
+              "network": net_rows, "seconds": time.perf_counter() - started}
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    print(f"\n{time.perf_counter() - started:.0f} s; figures in {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
