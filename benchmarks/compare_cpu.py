@@ -2,8 +2,8 @@
 
     python benchmarks/compare_cpu.py --old 8736dde [--repeats 2] [--threads 2] [--with-dense]
 
-The old commit is checked out once into a git worktree (``/tmp/ratlit-bench-<commit>``, reused later) and
-imported through PYTHONPATH; every measurement runs in a fresh subprocess, old and new alternating, and the
+The old commit's ``src/`` is exported once (``git archive`` into ``/tmp/ratlit-bench-<commit>``, reused later)
+and imported through PYTHONPATH; every measurement runs in a fresh subprocess, old and new alternating, and the
 faster of ``--repeats`` runs counts (the least disturbed by other load). Cases: the paper-size RAT training
 step at 256x256 and whole-image inference at 512x512 (bench_rat.py), and one R-MSA forward + backward at
 64x64 tokens (bench_attention.py) on SLIC / Felzenszwalb / one-region / one-token-per-region partitions,
@@ -93,13 +93,14 @@ def run_case(case: str, repeats: int) -> dict:
 
 
 def old_checkout(commit: str) -> Path:
-    """A worktree of ``commit`` under /tmp, created on first use."""
+    """The ``src/`` tree of ``commit`` exported under /tmp on first use (git archive: no worktree to clean up)."""
     sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", commit], capture_output=True, text=True,
                          check=True).stdout.strip()
     path = Path(f"/tmp/ratlit-bench-{sha}")
     if not (path / "src" / "ratlit").is_dir():
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), sha], check=True,
-                       capture_output=True)
+        path.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", sha, "src"], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(path)], input=archive.stdout, check=True)
     return path
 
 
