@@ -28,10 +28,10 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from ratlit.config import CONF_DIR, exit_on_user_error, instantiate
-from ratlit.files import write_text_atomic
 from ratlit.callbacks import (BestValidation, RunConfigInCheckpoint, comparison_columns, find_callback,
                               quiet_unactionable_messages)
+from ratlit.config import CONF_DIR, exit_on_user_error, instantiate
+from ratlit.files import write_text_atomic
 
 log = logging.getLogger("ratlit.train")
 _ABSENT = object()
