@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 
 import lightning as L
 import numpy as np

@@ -91,7 +91,7 @@ def config(records: list[Any]) -> dict[str, Any]:
     return result
 
 
-def read_finished_run(folder: Path, timeout: float = 30.0) -> list[Any]:
+def read_finished_run(folder: Path, timeout: float = 120.0) -> list[Any]:
     """The records of the one offline run under ``folder``, once its ``exit`` record is on disk (wandb-core
     writes the file in its own process, and may still be flushing when ``wandb.finish()`` returns)."""
     import time

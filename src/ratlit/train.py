@@ -30,13 +30,13 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from ratlit.config import CONF_DIR, exit_on_user_error, instantiate, prepare_argv
-from ratlit.files import write_text_atomic
 from ratlit.callbacks import (BestValidation, RunConfigInCheckpoint, comparison_columns, find_callback,
                               quiet_unactionable_messages)
+from ratlit.config import CONF_DIR, exit_on_user_error, instantiate, prepare_argv
+from ratlit.files import write_text_atomic
+from ratlit.launch import pin_parallel_job
 from ratlit.runs import AppendingCSVLogger, RelocateCheckpointState, absolute_data_paths, relocate, wandb_id
 from ratlit.splits import groups_by_split, save_run_splits
-from ratlit.launch import pin_parallel_job
 
 log = logging.getLogger("ratlit.train")
 _ABSENT = object()
