@@ -17,4 +17,4 @@ for steps in ${steps_list[@]}; do
     done
   done
 done
-python experiments/zero_init_table.py "$out" > experiments/results/zero_init_ct/README.md
+python experiments/zero_init_table.py "$out" > experiments/results/zero_init_ct/table.md  # README.md holds the reading of it

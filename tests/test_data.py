@@ -13,6 +13,7 @@ from ratlit.data.pathology import build_embedded_pathology
 from ratlit.data.pet import build_embedded_pet
 from ratlit.data.simulation import simulate_ct_scan, simulate_pet_pair
 from ratlit.partition import GridPartitioner
+from scans import write_pet_series
 
 
 def _dm(cls, root, tmp_path, **kw):
@@ -339,45 +340,16 @@ def test_pet_pairs_must_share_their_geometry(tmp_path):
     np.testing.assert_allclose(lq - restored_hq, 50 / np.percentile(hq + 50, 99.9), rtol=1e-4)
 
 
-def _write_pet_dicom(folder: Path, volume: np.ndarray, origin: tuple[float, float, float], pixel_mm: float = 2.0):
-    """A PET series as scanners write it: int16 pixels with a RescaleSlope chosen per slice."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage, generate_uid
-
-    from ratlit.data.io import write_dicom
-
-    series = generate_uid()
-    for k in range(volume.shape[-1]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = PositronEmissionTomographyImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.PatientID, ds.SeriesInstanceUID, ds.InstanceNumber = "PT", "P1", series, k + 1
-        ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + 2.0 * k]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing = [pixel_mm, pixel_mm]
-        ds.Rows, ds.Columns = volume.shape[:2]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        slope = float(volume[..., k].max()) / 32767
-        ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}", 0
-        ds.PixelData = np.round(volume[..., k] / float(ds.RescaleSlope)).astype(np.int16).tobytes()
-        write_dicom(folder / f"{k + 1:04d}.dcm", ds)
-
-
 def test_pet_dicom_pairs_with_per_slice_rescale_and_their_geometry(tmp_path):
     root = tmp_path / "pet"
     rng = np.random.default_rng(0)
     hq = rng.uniform(100, 20000, (16, 16, 3)) * np.array([1.0, 3.0, 0.5])  # each slice its own range
-    _write_pet_dicom(root / "lq" / "P1", hq * 1.1, (-16.0, -16.0, 0.0))
-    _write_pet_dicom(root / "hq" / "P1", hq, (-16.0, -16.0, 0.0))
+    write_pet_series(root / "lq" / "P1", hq * 1.1, origin=(-16.0, -16.0, 0.0))
+    write_pet_series(root / "hq" / "P1", hq, origin=(-16.0, -16.0, 0.0))
     samples = _dm(PETDataModule, root, tmp_path).samples()
     lq, s_hq = samples[1].load()
     np.testing.assert_allclose(lq / s_hq, 1.1, rtol=1e-3)  # per-slice slopes applied before pairing
-    _write_pet_dicom(root / "hq" / "P1", hq, (24.0, -16.0, 0.0))  # ImagePositionPatient 40 mm off
+    write_pet_series(root / "hq" / "P1", hq, origin=(24.0, -16.0, 0.0))  # ImagePositionPatient 40 mm off
     with pytest.raises(ValueError, match=r"lq/P1/0001.dcm and .*hq/P1/0001.dcm do not pair: .*40.00 mm"):
         _dm(PETDataModule, root, tmp_path).samples()
 

@@ -18,15 +18,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ratlit.config import CONF_DIR, instantiate
 from ratlit.data import PETDataModule
 from ratlit.data.ct import write_ct_series
-from ratlit.data.io import write_dicom
 from ratlit.partition import GridPartitioner, PartitionCache
 from ratlit.predict import predict, restore_paths
+from scans import write_pet_series
 
 
 def make_checkpoint(path: Path, task: str, bias: float | None = 0.0, seed: int = 0) -> Path:
@@ -46,33 +45,6 @@ def make_checkpoint(path: Path, task: str, bias: float | None = 0.0, seed: int =
     resolved["partition_used"] = instantiate(cfg.partition).spec
     torch.save({"state_dict": module.state_dict(), "ratlit_config": OmegaConf.to_yaml(resolved)}, path)
     return path
-
-
-def write_pet_series(folder: Path, volume: np.ndarray, modality: str = "PT") -> None:
-    """Bq/ml slices ``volume[..., k]`` as a scanner writes them: int16, a RescaleSlope per slice (max -> 32767)."""
-    series, study = generate_uid(), generate_uid()
-    for k in range(volume.shape[-1]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = PositronEmissionTomographyImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.PatientID, ds.Units = modality, "pet-01", "BQML"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = study, series, k + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY"]
-        ds.ImagePositionPatient = [0.0, 0.0, 2.0 * k]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing, ds.SliceThickness = [2.0, 2.0], 2.0
-        ds.Rows, ds.Columns = volume.shape[:2]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        slope = float(pydicom.valuerep.format_number_as_ds(float(volume[..., k].max()) / 32767))
-        ds.RescaleSlope, ds.RescaleIntercept = slope, 0
-        ds.PixelData = np.round(volume[..., k] / slope).astype(np.int16).tobytes()
-        # written in reverse order of position: predict must sort the series along the normal
-        write_dicom(folder / f"IM{volume.shape[-1] - k:03d}.dcm", ds)
 
 
 def pet_volume(shape=(32, 32, 4), seed=0) -> np.ndarray:

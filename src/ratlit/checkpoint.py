@@ -30,5 +30,4 @@ def build_module(cfg: DictConfig, state_dict: dict[str, Any]) -> Any:
     """The run's RestorationModule with the checkpoint's weights, in eval mode."""
     module = instantiate(cfg.model)
     module.load_state_dict(state_dict)
-    module.run_config = OmegaConf.to_yaml(cfg)
     return module.eval()

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ratlit.models.blocks import LayerNorm2d
+
 
 class ConvBN(nn.Sequential):
     """Conv2d without bias + BatchNorm2d. ``[B, C_in, H, W] -> [B, C_out, H', W']``."""
@@ -150,21 +152,6 @@ class Stage(nn.Module):
         if x.ndim == 3:  # tokens -> feature map for the convolutions
             x = x.transpose(1, 2).reshape(x.shape[0], -1, self.resolution, self.resolution)
         return self.downsample(x)
-
-
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channels of a feature map. ``[B, C, H, W] -> [B, C, H, W]``."""
-
-    def __init__(self, channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        return self.weight[:, None, None] * (x - mean) / torch.sqrt(var + self.eps) + self.bias[:, None, None]
 
 
 class TinyViT(nn.Module):
