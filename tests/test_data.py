@@ -350,7 +350,7 @@ def test_pet_dicom_pairs_with_per_slice_rescale_and_their_geometry(tmp_path):
     lq, s_hq = samples[1].load()
     np.testing.assert_allclose(lq / s_hq, 1.1, rtol=1e-3)  # per-slice slopes applied before pairing
     write_pet_series(root / "hq" / "P1", hq, origin=(24.0, -16.0, 0.0))  # ImagePositionPatient 40 mm off
-    with pytest.raises(ValueError, match=r"lq/P1/0001.dcm and .*hq/P1/0001.dcm do not pair: .*40.00 mm"):
+    with pytest.raises(ValueError, match=r"lq/P1/IM\d+.dcm and .*hq/P1/IM\d+.dcm do not pair: .*40.00 mm"):
         _dm(PETDataModule, root, tmp_path).samples()
 
 
