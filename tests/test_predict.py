@@ -233,11 +233,10 @@ def test_pathology_image_goes_through_the_task(tmp_path):
 
 def test_unit_maps_of_the_three_tasks():
     from ratlit.data import CTDataModule, PathologyDataModule
-    from ratlit.data.ct import hu_to_unit
 
     hu = np.array([-2000.0, -1024.0, 40.0, 3500.0], np.float32)
     ct = CTDataModule(hu_min=-1000.0, hu_max=1000.0).unit_map(hu, "x")
-    np.testing.assert_array_equal(ct.to_unit(hu), hu_to_unit(hu, -1000.0, 1000.0))  # bit for bit, as training
+    np.testing.assert_array_equal(ct.to_unit(hu), np.clip((hu + 1000.0) / 2000.0, 0, 1))  # the HU window, bit for bit
     np.testing.assert_allclose(ct.from_unit(np.array([0.0, 0.52, 1.2])), [-1000.0, 40.0, 1400.0], rtol=1e-6)
     activity = np.linspace(0, 1000, 1001, dtype=np.float32)
     pet = PETDataModule().unit_map(activity, "x")

@@ -27,19 +27,11 @@ FULL_DOSE_PATTERNS = ("full*", "*fd*", "*ndct*", "*normal*")
 QUARTER_DOSE_PATTERNS = ("quarter*", "*qd*", "*ldct*", "*low*")
 
 
-def hu_to_unit(hu: np.ndarray, hu_min: float, hu_max: float) -> np.ndarray:
-    return np.clip((hu - hu_min) / (hu_max - hu_min), 0.0, 1.0).astype(np.float32)
-
-
-def unit_to_hu(x: np.ndarray, hu_min: float, hu_max: float) -> np.ndarray:
-    return (np.asarray(x, dtype=np.float64) * (hu_max - hu_min) + hu_min).astype(np.float32)
-
-
-def _load_ct_pair(lq_path: Path, hq_path: Path, hu_min: float, hu_max: float) -> tuple[np.ndarray, np.ndarray]:
+def _load_ct_pair(lq_path: Path, hq_path: Path, window: UnitMap) -> tuple[np.ndarray, np.ndarray]:
     lq, hq = read_dicom(lq_path).pixels, read_dicom(hq_path).pixels
     if lq.shape != hq.shape:
         raise ValueError(f"quarter-dose {lq_path} is {lq.shape} but full-dose {hq_path} is {hq.shape}")
-    return hu_to_unit(lq, hu_min, hu_max)[None], hu_to_unit(hq, hu_min, hu_max)[None]
+    return window.to_unit(lq)[None], window.to_unit(hq)[None]
 
 
 def _find_series(patient: Path, patterns: tuple[str, ...]) -> list[Path]:
@@ -112,22 +104,27 @@ class CTDataModule(RestorationDataModule):
                     f"quarter={[str(q) for q in quarter]}"
                 )
             for lq_path, hq_path, position in pair_ct_series(quarter[0], full[0], self.position_tolerance_mm):
-                load = partial(_load_ct_pair, lq_path, hq_path, self.hu_min, self.hu_max)
+                load = partial(_load_ct_pair, lq_path, hq_path, self.window)
                 samples.append(Sample(f"{patient.name}/{lq_path.stem}", patient.name, load))
         return samples
 
     def build_embedded(self, folder: Path, seed: int) -> None:
         build_embedded_ct(folder, seed, photons=self.photons)
 
+    @property
+    def window(self) -> UnitMap:
+        """HU -> [0, 1]: ``(HU - hu_min) / (hu_max - hu_min)`` clipped, the same for every slice and volume."""
+        return UnitMap(scale=self.hu_max - self.hu_min, offset=self.hu_min, clip=(0.0, 1.0))
+
     def to_hu(self, x: np.ndarray) -> np.ndarray:
-        return unit_to_hu(x, self.hu_min, self.hu_max)
+        return self.window.from_unit(x)
 
     input_formats = ("dicom", "nifti")
     modalities = ("CT",)
 
     def unit_map(self, volume: np.ndarray, source: str) -> UnitMap:
-        """The HU window, as ``hu_to_unit``: the same for every slice and volume."""
-        return UnitMap(scale=self.hu_max - self.hu_min, offset=self.hu_min, clip=(0.0, 1.0))
+        """The HU window the loaders use (:attr:`window`)."""
+        return self.window
 
 
 def write_ct_series(folder: Path, slices_hu: list[np.ndarray], patient_id: str, description: str,

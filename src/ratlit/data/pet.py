@@ -38,9 +38,9 @@ def _read_volume_version(path: Path, mtime_ns: int, size: int) -> np.ndarray:
     return read_volume(path)
 
 
-def _load_pet_slice(lq_path: Path, hq_path: Path, axis: int, index: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    lq = np.take(_cached_volume(lq_path), index, axis=axis) / scale
-    hq = np.take(_cached_volume(hq_path), index, axis=axis) / scale
+def _load_pet_slice(lq_path: Path, hq_path: Path, axis: int, index: int, units: UnitMap) -> tuple[np.ndarray, np.ndarray]:
+    lq = units.to_unit(np.take(_cached_volume(lq_path), index, axis=axis))
+    hq = units.to_unit(np.take(_cached_volume(hq_path), index, axis=axis))
     return lq[None].astype(np.float32), hq[None].astype(np.float32)
 
 
@@ -102,14 +102,14 @@ class PETDataModule(RestorationDataModule):
             if lq.shape != hq.shape:
                 raise ValueError(f"PET volumes do not pair: {lq_path} is {lq.shape}, {hq_path} is {hq.shape}")
             check_volume_pair(lq_path, hq_path, self.geometry_tolerance_mm)
-            scale = float(np.percentile(lq, PERCENTILE))
-            if not np.isfinite(lq).all() or not np.isfinite(hq).all() or scale <= 0:
-                raise ValueError(f"PET volume {lq_path} or {hq_path} is empty or holds NaN/inf values")
+            if not np.isfinite(lq).all() or not np.isfinite(hq).all():
+                raise ValueError(f"PET volume {lq_path} or {hq_path} holds NaN/inf values")
+            units = self.unit_map(lq, str(lq_path))  # the map predict uses too; refuses a volume without activity
             hq_level = float(np.percentile(hq, PERCENTILE))
             moved = np.moveaxis(hq, self.slice_axis, 0).reshape(hq.shape[self.slice_axis], -1)
             foreground = (moved > self.air_threshold * hq_level).mean(axis=1)
             for index in np.flatnonzero(foreground >= self.min_foreground_fraction):
-                load = partial(_load_pet_slice, lq_path, hq_path, self.slice_axis, int(index), scale)
+                load = partial(_load_pet_slice, lq_path, hq_path, self.slice_axis, int(index), units)
                 samples.append(Sample(f"{patient}/{index:04d}", patient, load))
         return samples
 
@@ -121,7 +121,7 @@ class PETDataModule(RestorationDataModule):
     value_floor = 0.0  # activity concentration is never negative
 
     def unit_map(self, volume: np.ndarray, source: str) -> UnitMap:
-        """The whole LQ volume divided by its 99.9th percentile, as ``list_samples`` does."""
+        """The whole LQ volume divided by its 99.9th percentile (``list_samples`` maps training pairs with it)."""
         scale = float(np.percentile(volume, PERCENTILE))
         if not np.isfinite(scale) or scale <= 0:
             raise ValueError(f"PET volume {source} has no positive activity (99.9th percentile {scale})")
