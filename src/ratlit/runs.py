@@ -16,7 +16,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 DATA_PATH_KEYS = ("root", "splits", "cache_dir")
 
@@ -43,25 +43,11 @@ def relocate(cfg: DictConfig, old_dir: str, new_dir: str) -> DictConfig:
     old, new = str(old_dir).rstrip("/"), str(new_dir).rstrip("/")
     if old == new:
         return cfg
-
-    def move(node: Any) -> Any:
-        if isinstance(node, DictConfig):
-            for key in list(node.keys()):
-                node[key] = move(node[key])  # a saved run config is resolved: plain values
-            return node
-        if isinstance(node, ListConfig):
-            for i in range(len(node)):
-                node[i] = move(node[i])
-            return node
-        if isinstance(node, str) and (node == old or node.startswith(old + "/")):
-            return new + node[len(old):]
-        return node
-
-    with open_dict(cfg):
-        return move(cfg)
+    return OmegaConf.create(_moved(OmegaConf.to_container(cfg), old, new))  # a saved run config is resolved
 
 
 def _moved(value: Any, old: str, new: str) -> Any:
+    """``value`` (plain containers) with strings equal to ``old`` or below it moved below ``new``."""
     if isinstance(value, str) and (value == old or value.startswith(old + "/")):
         return new + value[len(old):]
     if isinstance(value, dict):
