@@ -18,6 +18,7 @@ checked against the checkpoint's task; ``force=true`` runs anyway.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 
 from ratlit.checkpoint import build_module, load_checkpoint, resolve_path
-from ratlit.config import CONF_DIR, exit_on_user_error, instantiate
+from ratlit.config import CONF_DIR, exit_on_user_error, instantiate, prepare_argv
 from ratlit.data.base import RestorationDataModule, UnitMap
 from ratlit.data.io import (
     DICOM_SUFFIXES,
@@ -39,6 +40,7 @@ from ratlit.data.io import (
     read_dicom,
     read_image,
     read_volume,
+    stack_series,
     write_derived_dicom,
     write_image,
 )
@@ -163,10 +165,7 @@ def restore_dicom_series(slices: list[DicomSlice], out: Path, job: Job) -> list[
     first = slices[0].path
     source = first.parent if len(slices) > 1 else first
     matches = check_format(job, "dicom", source, str(slices[0].header.get("Modality", "")))
-    shapes = {s.pixels.shape for s in slices}
-    if len(shapes) != 1:
-        raise ValueError(f"DICOM series in {source} mixes slice shapes {sorted(shapes)}")
-    volume = np.stack([s.pixels for s in slices], axis=-1)  # as read_volume stacks a series for training
+    volume = stack_series(slices, source)  # as read_volume stacks a series for training
     restored = restore_volume(volume, volume_map(job, volume, source, matches), job)
     series_uid, written, rescaled, outside = generate_uid(), [], 0, 0
     for index, dicom in enumerate(slices):
@@ -305,8 +304,13 @@ def predict(cfg: DictConfig) -> list[Path]:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="predict", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     predict(cfg)
+
+
+def main() -> None:
+    sys.argv = prepare_argv(sys.argv)  # input=~/scans: Hydra's lexer rejects an unquoted ~
+    _main()
 
 
 if __name__ == "__main__":

@@ -248,16 +248,20 @@ def check_same_geometry(a: Path, a_corners: np.ndarray | None, b: Path, b_corner
         )
 
 
+def stack_series(slices: list[DicomSlice], source: object) -> np.ndarray:
+    """The slices of one series (sorted along the normal) as a volume ``[rows, cols, slices]``."""
+    shapes = {s.pixels.shape for s in slices}
+    if len(shapes) != 1:
+        raise ValueError(f"DICOM series {source} mixes slice shapes {sorted(shapes)}")
+    return np.stack([s.pixels for s in slices], axis=-1)
+
+
 def read_volume(path: str | os.PathLike) -> np.ndarray:
     """A 3D volume as float32 ``[X, Y, Z]``: a NIfTI file (reoriented to RAS+) or a DICOM series folder
     (``[rows, cols, slices]``, slices ordered along the normal)."""
     path = Path(path)
     if path.is_dir():
-        slices = read_dicom_series(path)
-        shapes = {s.pixels.shape for s in slices}
-        if len(shapes) != 1:
-            raise ValueError(f"DICOM series {path} mixes slice shapes {sorted(shapes)}")
-        return np.stack([s.pixels for s in slices], axis=-1)
+        return stack_series(read_dicom_series(path), path)
     if not is_nifti(path):
         raise ValueError(f"{path} is neither a NIfTI file (.nii, .nii.gz) nor a DICOM series folder")
     import nibabel as nib
