@@ -21,6 +21,7 @@ import json
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +31,9 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-FULL = {"attn_sizes": [(64, 8), (128, 2)], "heads": 8, "head_dim": 32, "train": (4, 256), "infer": 512,
-        "rat": {}, "warmup": 2, "repeats": 6}
-TINY = {"attn_sizes": [(16, 2)], "heads": 2, "head_dim": 8, "train": (1, 32), "infer": 48,
+FULL = {"attn_sizes": [(64, 8), (128, 2)], "heads": 8, "head_dim": 32, "train": (4, 256), "large_batch": 16,
+        "infer": 512, "rat": {}, "warmup": 3, "repeats": 10}
+TINY = {"attn_sizes": [(16, 2)], "heads": 2, "head_dim": 8, "train": (1, 32), "large_batch": 2, "infer": 48,
         "rat": dict(width=8, num_groups=1, layers_per_group=1, num_heads=2), "warmup": 1, "repeats": 2}
 
 
@@ -70,12 +71,33 @@ def measure(fn, device: torch.device, warmup: int, repeats: int) -> dict:
         return {"ms": statistics.median(times), "peak_mb": peak}
     except torch.OutOfMemoryError:
         return {"ms": None, "peak_mb": None, "error": "OOM"}
+    except Exception as err:  # e.g. a kernel that does not compile here: recorded, the other cases still run
+        traceback.print_exc()
+        return {"ms": None, "peak_mb": None, "error": type(err).__name__}
     finally:
         if cuda:
             torch.cuda.empty_cache()
 
 
-def attention_table(cfg: dict, device: torch.device) -> list[dict]:
+FLEX_METHODS = {"flex": 128, "flex64": 64}  # FlexAttention with a block mask of 128 / 64 tokens
+ATTENTION_METHODS = ("dense", "global SDPA", "sparse", *FLEX_METHODS, "layout packed",
+                     *(f"layout sorted {m}" for m in FLEX_METHODS))
+
+
+@contextlib.contextmanager
+def flex_block(block: int | None):
+    """Run the flex path with a block mask of ``block`` tokens (None: the default)."""
+    from ratlit.models import attention as attn
+
+    saved = attn.FLEX_BLOCK
+    attn.FLEX_BLOCK = block or saved
+    try:
+        yield
+    finally:
+        attn.FLEX_BLOCK = saved
+
+
+def attention_table(cfg: dict, device: torch.device, record) -> list[dict]:
     from ratlit.models import attention as attn
 
     rows = []
@@ -86,7 +108,7 @@ def attention_table(cfg: dict, device: torch.device) -> list[dict]:
             n = side * side
             _, counts = torch.unique(labels[0], return_counts=True)
             work = float((counts.double() ** 2).sum() / n**2)
-            layout = attn.build_region_layout(labels)
+            layouts = {True: attn.build_region_layout(labels), False: attn.build_region_layout(labels, packed=False)}
             for dtype in (torch.float32, torch.bfloat16):
                 scale = heads**-0.5
                 qkv = torch.randn(batch * n, 3, heads, dim, device=device, dtype=dtype, requires_grad=True)
@@ -100,34 +122,62 @@ def attention_table(cfg: dict, device: torch.device) -> list[dict]:
                         elif method == "global SDPA":
                             q, k, v = dense_qkv.unbind(0)
                             out = F.scaled_dot_product_attention(q, k, v, scale=scale)
-                        elif method == "layout":
-                            built = attn.build_region_layout(labels)
-                            if device.type == "cuda":
-                                built.flex_mask()
+                        elif method == "layout packed":
+                            attn.build_region_layout(labels)
+                            return
+                        elif method.startswith("layout sorted"):  # what the flex path builds per forward
+                            attn.build_region_layout(labels, packed=False).flex_mask(FLEX_METHODS.get(method[7:]))
                             return
                         else:
                             q, k, v = qkv.unbind(1)
-                            out = attn.region_attention_tokens(q, k, v, layout, scale, method, qkv=qkv)
+                            impl = "flex" if method in FLEX_METHODS else method
+                            layout = layouts[impl != "flex"]
+                            with flex_block(FLEX_METHODS.get(method)):
+                                out = attn.region_attention_tokens(q, k, v, layout, scale, impl, qkv=qkv)
                         out.sum().backward()
                     return step
 
-                for method in ("dense", "global SDPA", "sparse", "flex", "layout"):
-                    if method == "layout" and dtype != torch.float32:
+                for method in ATTENTION_METHODS:
+                    if method.startswith("layout") and dtype != torch.float32:
                         continue
-                    if method == "flex" and device.type != "cuda":
+                    if method.startswith("layout sorted") and device.type != "cuda":
+                        continue  # flex_mask on the CPU: no kernel to feed
+                    if method in FLEX_METHODS and device.type != "cuda":
                         r = {"ms": None, "peak_mb": None, "error": "no CPU backward"}  # FlexAttention's limit
                     else:
                         r = measure(run(method), device, cfg["warmup"], cfg["repeats"])
                     rows.append({"tokens": f"{side}x{side}", "batch": batch, "partition": kind,
                                  "regions": int(counts.numel()), "work": work, "dtype": str(dtype).split(".")[-1],
                                  "method": method, **r})
+                    record(rows[-1])
                     qkv.grad = dense_qkv.grad = None
     return rows
 
 
-def network_table(cfg: dict, device: torch.device, compile_backend: str | None) -> list[dict]:
+def network_cases(compile_backend: str | None) -> list[dict]:
+    """The paper-size RAT cases: region_impl / attention / precision, compiled blocks, activation checkpointing."""
+    cases = []
+    for precision in ("fp32", "bf16-mixed"):
+        for attention, impl in [("rmsa", "dense"), ("rmsa", "sparse"), *(("rmsa", m) for m in FLEX_METHODS),
+                                ("rmsa", "auto"), ("wmsa", "auto"), ("msa", "auto")]:
+            cases.append(dict(attention=attention, region_impl=impl, precision=precision, compiled=False,
+                              checkpointing=False, batch=None, infer=True))
+        if compile_backend:
+            for attention, impl in [("rmsa", "auto"), *(("rmsa", m) for m in FLEX_METHODS if m != "flex"),
+                                    ("msa", "auto")]:
+                cases.append(dict(attention=attention, region_impl=impl, precision=precision, compiled=True,
+                                  checkpointing=False, batch=None, infer=False))
+        for batch in (None, "large"):  # memory with and without activation checkpointing
+            for checkpointing in ([True] if batch is None else [False, True]):
+                cases.append(dict(attention="rmsa", region_impl="auto", precision=precision, compiled=False,
+                                  checkpointing=checkpointing, batch=batch, infer=False))
+    return cases
+
+
+def network_table(cfg: dict, device: torch.device, compile_backend: str | None, record) -> list[dict]:
     from bench_rat import slic_regions
 
+    from ratlit.compiling import compile_repeated_blocks
     from ratlit.losses import FocalRegionLoss
     from ratlit.models import RAT
     from ratlit.validation import finite_checks
@@ -137,47 +187,59 @@ def network_table(cfg: dict, device: torch.device, compile_backend: str | None) 
     regions, image = slic_regions(max(side, 256))
     if side < 256:
         regions, image = regions[:, :side, :side], image[..., :side, :side].contiguous()
-    regions, image = regions.repeat(batch, 1, 1).to(device), image.repeat(batch, 1, 1, 1).to(device)
+    regions, image = regions.to(device), image.to(device)
     big_regions, big_image = slic_regions(max(cfg["infer"], 512))
     big_regions = big_regions[:, : cfg["infer"], : cfg["infer"]].to(device)
     big_image = big_image[..., : cfg["infer"], : cfg["infer"]].contiguous().to(device)
-    variants = [("rmsa", impl) for impl in ("dense", "sparse", "auto")] + [("wmsa", "auto"), ("msa", "auto")]
     loss_fn = FocalRegionLoss()
-    for attention, impl in variants:
-        for precision in ("fp32", "bf16-mixed"):
-            compiled_options = [False] + ([True] if compile_backend and impl == "auto" and attention == "rmsa" else [])
-            for compiled in compiled_options:
-                torch.manual_seed(0)
-                model = RAT(attention=attention, region_impl=impl, **cfg["rat"]).to(device)
-                net = torch.compile(model, backend=compile_backend) if compiled else model
-                optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-                autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed"
-                            else contextlib.nullcontext())
+    for case in network_cases(compile_backend):
+        size = cfg["large_batch"] if case["batch"] == "large" else batch
+        lq, lq_regions = image.repeat(size, 1, 1, 1), regions.repeat(size, 1, 1)
+        torch.manual_seed(0)
+        if case["compiled"]:
+            torch._dynamo.reset()  # each compiled case pays its own compilation (the on-disk caches stay)
+        impl = "flex" if case["region_impl"] in FLEX_METHODS else case["region_impl"]
+        model = RAT(attention=case["attention"], region_impl=impl,
+                    activation_checkpointing=case["checkpointing"], **cfg["rat"]).to(device)
+        if case["compiled"]:
+            compile_repeated_blocks(model, backend=compile_backend)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as conf/optimizer/adam.yaml
+        autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if case["precision"] == "bf16-mixed"
+                    else contextlib.nullcontext())
 
-                def train_step() -> None:
-                    with autocast, finite_checks(False):  # as RestorationModule's training step
-                        loss = loss_fn(net(image, regions), image, regions)
-                    loss.backward()
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+        block = FLEX_METHODS.get(case["region_impl"])
 
-                def infer() -> None:
-                    with torch.inference_mode(), autocast:
-                        model.eval()(big_image, big_regions)
-                    model.train()
+        def train_step() -> None:
+            with flex_block(block):
+                with autocast, finite_checks(False):  # as RestorationModule's training step
+                    loss = loss_fn(model(lq, lq_regions), lq, lq_regions)
+                loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
-                name = {"attention": attention, "region_impl": impl, "precision": precision, "compiled": compiled}
-                start = time.perf_counter()
-                first = measure(train_step, device, 0, 1)  # includes compilation when compiled
-                first_s = time.perf_counter() - start
-                timed = first if first.get("error") else measure(train_step, device, cfg["warmup"], cfg["repeats"])
-                rows.append({**name, "case": f"train b{batch} {side}x{side}",
-                             "first_step_s": None if first.get("error") else first_s, **timed})
-                print(f"  {rows[-1]}", file=sys.stderr, flush=True)
-                if not compiled:  # validation / inference run eagerly (README: compiled training)
-                    rows.append({**name, "case": f"infer {cfg['infer']}x{cfg['infer']}",
-                                 **measure(infer, device, 1, max(2, cfg["repeats"] // 2))})
-                del model, net, optimizer
+        def infer() -> None:
+            with torch.inference_mode(), autocast, flex_block(block):
+                model.eval()(big_image, big_regions)
+            model.train()
+
+        name = {k: case[k] for k in ("attention", "region_impl", "precision", "compiled", "checkpointing")}
+        if impl == "flex" and device.type != "cuda":  # FlexAttention's limit
+            rows.append({**name, "case": f"train b{size} {side}x{side}", "ms": None, "peak_mb": None,
+                         "error": "no CPU backward"})
+            record(rows[-1])
+            continue
+        start = time.perf_counter()
+        first = measure(train_step, device, 0, 1)  # includes compilation when compiled
+        first_s = time.perf_counter() - start
+        timed = first if first.get("error") else measure(train_step, device, cfg["warmup"], cfg["repeats"])
+        rows.append({**name, "case": f"train b{size} {side}x{side}",
+                     "first_step_s": None if first.get("error") else first_s, **timed})
+        record(rows[-1])
+        if case["infer"]:  # validation / inference run eagerly (README: compiled training)
+            rows.append({**name, "case": f"infer {cfg['infer']}x{cfg['infer']}",
+                         **measure(infer, device, 1, max(2, cfg["repeats"] // 2))})
+            record(rows[-1])
+        del model, optimizer
     return rows
 
 
@@ -186,13 +248,18 @@ def fmt(value, digits: int = 2) -> str:
 
 
 def print_tables(attn_rows: list[dict], net_rows: list[dict], device_name: str) -> None:
-    print(f"\nR-MSA forward + backward, one layer as RAT runs it ({device_name})")
-    print("| tokens | B | partition | regions | sum n_i^2/N^2 | dtype | dense | global SDPA | sparse | flex | layout (once per forward) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\nR-MSA forward + backward, one layer as RAT runs it ({device_name}); layouts: built once per forward")
+    compute = ("dense", "global SDPA", "sparse", *FLEX_METHODS)
+    layouts = [m for m in ATTENTION_METHODS if m.startswith("layout")]
+    print("| tokens | B | partition | regions | sum n_i^2/N^2 | dtype | " + " | ".join(compute + tuple(layouts))
+          + " | global / best flex |")
+    print("|---" * (7 + len(compute) + len(layouts)) + "|")
     keys = sorted({(r["tokens"], r["batch"], r["partition"], r["dtype"]) for r in attn_rows},
                   key=lambda k: (k[0], k[2], k[3] != "float32"))
     for key in keys:
         cells = {r["method"]: r for r in attn_rows if (r["tokens"], r["batch"], r["partition"], r["dtype"]) == key}
+        cells.update({r["method"]: r for r in attn_rows
+                      if (r["tokens"], r["batch"], r["partition"]) == key[:3] and r["method"] in layouts})
         any_row = next(iter(cells.values()))
 
         def cell(method: str) -> str:
@@ -203,19 +270,19 @@ def print_tables(attn_rows: list[dict], net_rows: list[dict], device_name: str) 
                 return r["error"]
             return f"{r['ms']:.2f} ms" + (f" / {r['peak_mb']:.0f} MB" if r["peak_mb"] is not None else "")
 
-        layout = next((r for r in attn_rows if (r["tokens"], r["batch"], r["partition"]) == key[:3]
-                       and r["method"] == "layout"), None)
+        flex_ms = [cells[m]["ms"] for m in FLEX_METHODS if cells.get(m) and cells[m].get("ms")]
+        sdpa = cells.get("global SDPA", {}).get("ms")
+        ratio = f"{sdpa / min(flex_ms):.2f}x" if flex_ms and sdpa else "-"
         print(f"| {key[0]} | {key[1]} | {key[2]} | {any_row['regions']} | {any_row['work']:.3f} | {key[3]} | "
-              f"{cell('dense')} | {cell('global SDPA')} | {cell('sparse')} | {cell('flex')} | "
-              f"{fmt(layout['ms']) + ' ms' if layout and layout['ms'] is not None else '-'} |")
+              + " | ".join(cell(m) for m in compute + tuple(layouts)) + f" | {ratio} |")
     print(f"\nPaper-size RAT ({device_name})")
-    print("| case | attention | region_impl | precision | compiled | time (ms) | peak (GB) | first step (s) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| case | attention | region_impl | precision | compiled | checkpointing | time (ms) | peak (GB) | first step (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in net_rows:
         time_cell = r.get("error") or fmt(r["ms"], 1)
         peak = fmt(r["peak_mb"] / 1024 if r["peak_mb"] is not None else None)
         print(f"| {r['case']} | {r['attention']} | {r['region_impl']} | {r['precision']} | {r['compiled']} | "
-              f"{time_cell} | {peak} | {fmt(r.get('first_step_s'), 1)} |")
+              f"{r['checkpointing']} | {time_cell} | {peak} | {fmt(r.get('first_step_s'), 1)} |")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -235,13 +302,24 @@ def main(argv: list[str] | None = None) -> dict:
     skip = set(filter(None, args.skip.split(",")))
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     started = time.perf_counter()
-    attn_rows = [] if "attention" in skip else attention_table(cfg, device)
-    net_rows = [] if "network" in skip else network_table(cfg, device, None if args.no_compile else args.compile_backend)
-    print_tables(attn_rows, net_rows, device_name)
-    result = {"device": device_name, "torch": torch.__version__, "tiny": args.tiny, "attention": attn_rows,
-              "network": net_rows, "seconds": time.perf_counter() - started}
-    Path(args.json).write_text(json.dumps(result, indent=2))
-    print(f"\n{time.perf_counter() - started:.0f} s; figures in {args.json}")
+    result = {"device": device_name, "torch": torch.__version__, "tiny": args.tiny, "attention": [], "network": []}
+    json_path = Path(args.json)
+
+    def recorder(table: str):
+        def record(row: dict) -> None:  # every row as it comes: a run cut short keeps what it measured
+            result[table].append(row)
+            print(f"  {table}: {row}", file=sys.stderr, flush=True)
+            json_path.write_text(json.dumps(result, indent=2))
+        return record
+
+    if "attention" not in skip:
+        attention_table(cfg, device, recorder("attention"))
+    if "network" not in skip:
+        network_table(cfg, device, None if args.no_compile else args.compile_backend, recorder("network"))
+    print_tables(result["attention"], result["network"], device_name)
+    result["seconds"] = time.perf_counter() - started
+    json_path.write_text(json.dumps(result, indent=2))
+    print(f"\n{result['seconds']:.0f} s; figures in {args.json}")
     return result
 
 

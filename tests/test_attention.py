@@ -162,23 +162,50 @@ def test_flex_block_mask_covers_exactly_the_needed_blocks(case):
     mask = region_block_mask(sorted_labels, block=32)
     n_blocks = 5
     same = sorted_labels[:, :, None] == sorted_labels[:, None, :]
+
+    def blocks(counts: torch.Tensor, indices: torch.Tensor, b: int) -> set:
+        return {(i, int(j)) for i in range(n_blocks) for j in indices[b, 0, i, : int(counts[b, 0, i])]}
+
     for b in range(labels.shape[0]):
         needed = {(int(i) // 32, int(j) // 32) for i, j in same[b].nonzero()}
-        listed = {(i, int(j)) for i in range(n_blocks)
-                  for j in mask.kv_indices[b, 0, i, : int(mask.kv_num_blocks[b, 0, i])]}
-        assert needed <= listed  # exact: nothing the attention needs is skipped
-        assert len(listed) <= len(needed) + n_blocks  # sparse: at most the run ends' extra blocks
+        partial = blocks(mask.kv_num_blocks, mask.kv_indices, b)
+        full = blocks(mask.full_kv_num_blocks, mask.full_kv_indices, b)
+        assert not partial & full
+        assert needed <= partial | full  # exact: nothing the attention needs is skipped
+        assert len(partial | full) <= len(needed) + n_blocks  # sparse: at most the run ends' extra blocks
+        for i, j in full:  # full means every query of the block may see every key of the block
+            assert same[b, i * 32 : (i + 1) * 32, j * 32 : (j + 1) * 32].all()
+            assert (i + 1) * 32 <= labels.shape[1] and (j + 1) * 32 <= labels.shape[1]
     if case == "every token its own":
-        assert (mask.kv_num_blocks == 1).all()
+        assert (mask.kv_num_blocks == 1).all() and (mask.full_kv_num_blocks == 0).all()
+
+
+def test_flex_block_mask_lists_the_inside_of_large_regions_as_full():
+    from ratlit.models.attention import region_block_mask
+
+    sorted_labels = torch.repeat_interleave(torch.tensor([0, 1, 2]), torch.tensor([10, 300, 74]))[None]
+    mask = region_block_mask(sorted_labels, block=32)  # region 1: tokens 10-309
+    full = {(i, int(j)) for i in range(12) for j in mask.full_kv_indices[0, 0, i, : int(mask.full_kv_num_blocks[0, 0, i])]}
+    inside = [range(1, 9), range(10, 12)]  # blocks 1-8 (tokens 32-287) in region 1, 10-11 (320-383) in region 2
+    assert full == {(i, j) for blocks in inside for i in blocks for j in blocks}
+
+
+def test_flex_path_forward_matches_dense_on_large_regions():
+    labels = _large_region_labels()
+    q, k, v = (torch.randn(2, 2, labels.shape[1], 8) for _ in range(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eager flex on CPU warns that it is unfused
+        out = region_attention(q, k, v, labels, 0.3, impl="flex")
+    torch.testing.assert_close(out, dense_region_attention(q, k, v, labels, 0.3), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("case", list(_awkward_labels()))
-@pytest.mark.parametrize("block_size", [1, 7, 64, 128])
-def test_prebuilt_layout_is_exact_in_float64(case, block_size):
+@pytest.mark.parametrize("block_size, packed", [(1, True), (7, True), (64, True), (128, True), (7, False), (128, False)])
+def test_prebuilt_layout_is_exact_in_float64(case, block_size, packed):
     from ratlit.models.attention import build_region_layout
 
     labels = _awkward_labels()[case]
-    layout = build_region_layout(labels, block_size)
+    layout = build_region_layout(labels, block_size, packed=packed)  # not packed: the sparse path packs its rows
     q, k, v = _qkv(2, 3, labels.shape[1], 8)
     out = region_attention(q, k, v, layout, 0.37, impl="sparse")
     ref = dense_region_attention(q, k, v, labels, 0.37)
@@ -194,6 +221,7 @@ def test_prebuilt_layout_is_exact_in_float64(case, block_size):
     keys = torch.stack([item[layout.order], flat[layout.order]], 1)
     runs = torch.unique_consecutive(keys, dim=0)
     assert runs.shape[0] == int(layout.run_id[-1]) + 1  # no region split in two runs
+    assert layout.packed == packed and (layout.block_index is None) == (not packed or layout.small_rows == 0)
 
 
 def test_layout_reused_across_calls_and_labels_rejected_when_mismatched():
@@ -229,12 +257,23 @@ def test_auto_impl_by_device_and_precision():
     assert auto_region_impl(torch.device("cuda"), torch.float32) == "sparse"
 
 
+def _large_region_labels() -> torch.Tensor:
+    """Two items of 512 tokens: regions of 300, 5, 140 and 67 tokens (full FlexAttention blocks inside)."""
+    labels = torch.repeat_interleave(torch.tensor([3, 0, 7, 1]), torch.tensor([300, 5, 140, 67]))[None].repeat(2, 1)
+    labels[1] = labels[1].flip(0)
+    return labels
+
+
 @pytest.mark.gpu
+@pytest.mark.parametrize("block", [128, 64])
+@pytest.mark.parametrize("case", ["awkward", "large regions"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_flex_matches_dense_on_cuda_forward_and_backward(dtype):
+def test_flex_matches_dense_on_cuda_forward_and_backward(dtype, case, block, monkeypatch):
+    from ratlit.models import attention
     from ratlit.models.attention import auto_region_impl
 
-    labels = _awkward_labels()["different per item"].cuda()
+    monkeypatch.setattr(attention, "FLEX_BLOCK", block)
+    labels = (_awkward_labels()["different per item"] if case == "awkward" else _large_region_labels()).cuda()
     q, k, v = (torch.randn(2, 2, labels.shape[1], 32, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
     out = region_attention(q, k, v, labels, 0.3, impl="flex")
     ref = dense_region_attention(q, k, v, labels, 0.3)
@@ -244,3 +283,36 @@ def test_flex_matches_dense_on_cuda_forward_and_backward(dtype):
     for g, g_ref in zip(torch.autograd.grad(out, (q, k, v), grad_out), torch.autograd.grad(ref, (q, k, v), grad_out)):
         torch.testing.assert_close(g, g_ref, atol=5 * tol, rtol=5 * tol)
     assert auto_region_impl(q.device, torch.bfloat16) == "flex"
+
+
+def test_failed_flex_falls_back_to_the_packed_path_on_a_sorted_layout(monkeypatch):
+    from ratlit.models import attention
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel")
+
+    monkeypatch.setattr(attention, "_flex_tokens", broken)
+    monkeypatch.setattr(attention, "_FLEX_BROKEN", set())
+    monkeypatch.setattr(attention, "auto_region_impl", lambda device, dtype: "flex")  # as on CUDA in bf16
+    labels = _awkward_labels()["different per item"]
+    layout = attention.build_region_layout(labels, packed=False)
+    q, k, v = _qkv(2, 2, labels.shape[1], 8)
+    with pytest.warns(UserWarning, match="FlexAttention failed"):
+        out = region_attention(q, k, v, layout, 0.3)
+    torch.testing.assert_close(out, dense_region_attention(q, k, v, labels, 0.3), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.gpu
+def test_flex_layout_and_block_mask_never_wait_for_the_gpu():
+    from ratlit.models import RAT
+
+    model = RAT(width=8, num_groups=1, layers_per_group=1, num_heads=2, region_impl="flex").cuda()
+    regions = torch.randint(0, 9, (2, 37, 45), device="cuda") * 1000 - 5
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        layout = model.region_labels(regions, pad_h=-37 % 16, pad_w=-45 % 16, dtype=torch.bfloat16)
+        layout.flex_mask()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert not layout.packed

@@ -18,9 +18,11 @@ def test_attention_table_at_toy_size(tmp_path, capsys):
     methods = {(r["partition"], r["dtype"], r["method"]) for r in result["attention"]}
     for partition in ("slic", "felzenszwalb"):
         for dtype in ("float32", "bfloat16"):
-            assert {(partition, dtype, m) for m in ("dense", "global SDPA", "sparse", "flex")} <= methods
-    timed = [r for r in result["attention"] if r["method"] != "flex"]
+            assert {(partition, dtype, m) for m in ("dense", "global SDPA", "sparse", "flex", "flex64")} <= methods
+        assert (partition, "float32", "layout packed") in methods
+    timed = [r for r in result["attention"] if r["method"] not in bench_gpu.FLEX_METHODS]
     assert all(r["ms"] > 0 for r in timed)
+    assert all(r["error"] == "no CPU backward" for r in result["attention"] if r["method"] in bench_gpu.FLEX_METHODS)
     assert "| 16x16 | 2 | felzenszwalb |" in capsys.readouterr().out
 
 
@@ -32,9 +34,12 @@ def test_network_table_at_toy_size(tmp_path):
     bench_gpu.main(["--device", "cpu", "--tiny", "--skip", "attention", "--compile-backend", "aot_eager",
                     "--json", str(out)])
     rows = json.loads(out.read_text())["network"]
-    impls = {(r["attention"], r["region_impl"], r["precision"], r["compiled"]) for r in rows}
-    assert ("rmsa", "auto", "bf16-mixed", True) in impls and ("msa", "auto", "fp32", False) in impls
-    assert all(r["ms"] > 0 for r in rows)
+    impls = {(r["attention"], r["region_impl"], r["precision"], r["compiled"], r["checkpointing"]) for r in rows}
+    assert ("rmsa", "auto", "bf16-mixed", True, False) in impls and ("msa", "auto", "fp32", False, False) in impls
+    assert ("rmsa", "auto", "fp32", False, True) in impls
+    assert {r["case"] for r in rows} == {"train b1 32x32", "train b2 32x32", "infer 48x48"}
+    assert all(r["ms"] > 0 for r in rows if r["region_impl"] not in bench_gpu.FLEX_METHODS)
+    assert all(r["error"] == "no CPU backward" for r in rows if r["region_impl"] in bench_gpu.FLEX_METHODS)
 
 
 def test_cuda_is_required_without_tiny_cpu_mode():

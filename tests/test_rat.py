@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -60,10 +62,10 @@ def test_token_labels_nearest_and_majority():
     regions[0, 1:, 1:] = 7  # every 4x4 cell's top-left pixel is in region 0 for the first row/col
     nearest = model.token_labels(regions)
     assert nearest.shape == (1, 4, 4)
-    assert (nearest[0, 0] == 0).all() and (nearest[0, 1:, 1:] == 1).all()
+    assert (nearest[0, 0] == 0).all() and (nearest[0, 1:, 1:] == 7).all()
     model.label_downsampling = "majority"
     majority = model.token_labels(regions)
-    assert (majority[0, 1:, 1:] == 1).all() and majority[0, 0, 0] == 1  # 9 of 16 pixels in region 7
+    assert (majority[0, 1:, 1:] == 7).all() and majority[0, 0, 0] == 7  # 9 of 16 pixels in region 7
 
 
 def test_padding_is_its_own_region():
@@ -72,6 +74,9 @@ def test_padding_is_its_own_region():
     assert labels.shape == (1, 4, 4)
     assert set(labels.unique().tolist()) == {0, 1}
     assert (labels[0, 3] == 1).all() and (labels[0, :3, :3] == 0).all()
+    extreme = torch.full((1, 10, 10), torch.iinfo(torch.int64).max)  # no id above it: the padding takes one below
+    labels = model.token_labels(extreme, pad_h=6, pad_w=6)
+    assert (labels[0, 3] == torch.iinfo(torch.int64).max - 1).all() and (labels[0, :3, :3] == extreme[0, 0, 0]).all()
 
 
 def test_region_ids_are_arbitrary():
@@ -227,18 +232,65 @@ def test_nan_input_error_can_be_deferred():
         model(lq, _regions(1, 16, 16))
 
 
-@pytest.mark.slow  # dynamo tracing of the network: about a minute on 2 busy cores
-def test_compiled_network_matches_eager_and_does_not_recompile_per_partition():
+@pytest.mark.slow  # dynamo tracing of the blocks: about half a minute on 2 busy cores
+def test_compiled_blocks_match_eager_and_do_not_recompile_per_partition():
+    from ratlit.compiling import compile_repeated_blocks, eager
+
     torch._dynamo.reset()
-    model = RAT(layer_scale_init=0.5, **TINY)
-    compiled = torch.compile(model, backend="aot_eager")
+    model = RAT(**{**TINY, "layer_scale_init": 0.5, "zero_init_last": False})
+    reference = RAT(**{**TINY, "layer_scale_init": 0.5, "zero_init_last": False})
+    reference.load_state_dict(model.state_dict())
+    keys = list(model.state_dict())
+    assert sorted(set(compile_repeated_blocks(model, backend="aot_eager"))) == ["NAFBlock", "RATLayer"]
+    assert list(model.state_dict()) == keys  # compiled in place: checkpoints unchanged
     lq = torch.randn(2, 1, 16, 16)
-    first = _regions(2, 16, 16, 3)
-    torch.testing.assert_close(compiled(lq, first), model(lq, first), atol=1e-5, rtol=1e-5)
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        for n in (2, 7, 40):  # other partitions, same size: the layout is built eagerly, nothing recompiles
-            regions = _regions(2, 16, 16, n)
-            out = compiled(lq, regions)
-            out.mean().backward()
-            torch.testing.assert_close(out, model(lq, regions), atol=1e-5, rtol=1e-5)
+    for step, n in enumerate((3, 2, 7, 40)):  # other partitions, same size: the layout is built eagerly
+        regions = _regions(2, 16, 16, n)
+        with torch._dynamo.config.patch(error_on_recompile=step > 0):
+            out = model(lq, regions)
+        expected = reference(lq, regions)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        grads = torch.autograd.grad(out.square().mean(), list(model.parameters()))
+        expected_grads = torch.autograd.grad(expected.square().mean(), list(reference.parameters()))
+        for g, g_ref in zip(grads, expected_grads):
+            torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-4)
+    lq, regions = torch.randn(1, 1, 20, 28), _regions(1, 20, 28, 5)
+    with torch._dynamo.config.patch(error_on_recompile=True), eager():  # evaluation: any size, never compiled
+        torch.testing.assert_close(model(lq, regions), reference(lq, regions), atol=1e-5, rtol=1e-5)
     torch._dynamo.reset()
+
+
+@pytest.mark.gpu
+def test_compiled_blocks_on_cuda_train_in_bf16_and_evaluate_eagerly_with_compiled_flex():
+    from ratlit.compiling import compile_repeated_blocks, eager
+
+    torch._dynamo.reset()
+    config = {**TINY, "width": 16, "layer_scale_init": 0.5}
+    model = RAT(**config).cuda()
+    reference = RAT(**{**config, "region_impl": "sparse"}).cuda()
+    reference.load_state_dict(model.state_dict())
+    compile_repeated_blocks(model)
+    lq = torch.rand(2, 1, 32, 32, device="cuda")
+    for n in (3, 9):
+        regions = _regions(2, 32, 32, n).cuda()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out, expected = model(lq, regions), reference(lq, regions)
+        torch.testing.assert_close(out.float(), expected.float(), atol=3e-2, rtol=3e-2)
+        out.float().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    lq, regions = torch.rand(1, 1, 48, 40, device="cuda"), _regions(1, 48, 40, 5).cuda()
+    with eager(), torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):  # another size: blocks run eagerly
+        out, expected = model(lq, regions), reference(lq, regions)
+    torch.testing.assert_close(out.float(), expected.float(), atol=3e-2, rtol=3e-2)
+    torch._dynamo.reset()
+
+
+def test_flex_network_forward_matches_sparse_on_a_sorted_layout():
+    flex = RAT(**{**TINY, "region_impl": "flex", "layer_scale_init": 0.5}).eval()
+    sparse = RAT(**{**TINY, "region_impl": "sparse", "layer_scale_init": 0.5}).eval()
+    sparse.load_state_dict(flex.state_dict())
+    lq, regions = torch.randn(2, 1, 21, 30), _regions(2, 21, 30, 6)
+    assert not flex.region_labels(regions, 11, 2).packed and sparse.region_labels(regions, 11, 2).packed
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eager flex on CPU warns that it is unfused
+        torch.testing.assert_close(flex(lq, regions), sparse(lq, regions), atol=1e-5, rtol=1e-5)

@@ -56,11 +56,13 @@ def only_run(cwd: Path, task="ct") -> Path:
 
 
 def test_smoke_train_then_evaluate_and_predict(ct_root, tmp_path):
-    train = run("ratlit.train", *SMOKE, f"data.root={ct_root}", cwd=tmp_path)
+    train = run("ratlit.train", *SMOKE, f"data.root={ct_root}", "callbacks.training_speed.skip=2", cwd=tmp_path)
     assert "[ratlit] ct rmsa/FocalRegionLoss partition=slic: best val PSNR" in train.stdout
     run_dir = only_run(tmp_path)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["steps"] == 6 and results["partition"]["name"] == "slic"
+    assert results["speed"]["timed_steps"] == 4 and results["speed"]["steps_per_sec"] > 0
+    assert results["speed"]["warmup_s"] > 0 and "train/steps_per_sec" in (run_dir / "csv" / "metrics.csv").read_text()
     assert results["test"]["psnr"] > 0 and results["best_checkpoint"].endswith(".ckpt")
     assert results["best_val"]["ssim"] is not None and results["best_val"]["step"] in (3, 6)
     assert f"/ SSIM {results['best_val']['ssim']:.4f}" in train.stdout

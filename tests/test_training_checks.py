@@ -50,9 +50,35 @@ def test_training_step_stops_on_a_nan_target_without_syncing_inside_the_step():
         module(bad["hq"], regions)
 
 
-def test_compile_switch_compiles_the_training_network_only():
+def test_compile_switch_compiles_the_repeated_blocks_in_place(monkeypatch):
+    calls = []
+
+    def fake_compile(fn, **kwargs):
+        calls.append((type(fn.__self__).__name__, kwargs))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    module = _module(compile=True)
+    keys = list(module.state_dict())
+    module.configure_model()
+    module.configure_model()  # Lightning may call it again: compiled once
+    blocks = [type(m).__name__ for m in module.net.modules() if type(m).__name__ in ("NAFBlock", "RATLayer")]
+    assert [name for name, _ in calls] == blocks and module.compiled_blocks == blocks
+    assert all(kwargs == {"dynamic": False} for _, kwargs in calls)
+    assert list(module.state_dict()) == keys  # checkpoints unchanged
+    assert _module().compiled_blocks == []
+
+
+@pytest.mark.slow  # inductor compiles (C++ on the CPU): about half a minute
+def test_compiled_training_step_then_eager_evaluation_of_other_sizes():
+    torch._dynamo.reset()
     module = _module(compile=True)
     module.configure_model()
-    assert module._train_net is not None and module._train_net._orig_mod is module.net
-    assert not any(key.startswith("_train_net") for key in module.state_dict())  # checkpoints unchanged
-    assert _module()._train_net is None
+    batch = {"lq": torch.rand(2, 1, 16, 16), "hq": torch.rand(2, 1, 16, 16), "regions": torch.randint(0, 3, (2, 16, 16))}
+    for step in range(2):
+        module.training_step(dict(batch, regions=torch.randint(0, 3 + 4 * step, (2, 16, 16))), step).backward()
+    with torch._dynamo.config.patch(error_on_recompile=True):  # whole images of another size: run eagerly
+        out = module.validation_step({"lq": torch.rand(1, 1, 20, 28), "hq": torch.rand(1, 1, 20, 28),
+                                      "regions": torch.randint(0, 5, (1, 20, 28))}, 0)
+    assert out["pred"].shape == (1, 1, 20, 28)
+    torch._dynamo.reset()

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torchmetrics import CatMetric
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from ratlit.compiling import compile_repeated_blocks, eager
 from ratlit.validation import DeferredFiniteCheck, finite_checks
 
 log = logging.getLogger(__name__)
@@ -65,25 +66,26 @@ class RestorationModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.data_range = data_range
         self.metrics = nn.ModuleDict({f"{stage}_{name}": CatMetric() for stage in ("val", "test") for name in SCORES})
-        # torch.compile of the network for the training step only: validation and test run whole images of
-        # several sizes, which would recompile (see README, "Compiled training").
+        # torch.compile of the network's repeated blocks, used by the training step only: validation and test
+        # run whole images of several sizes, which would recompile, so they run eagerly (README, "Compiled training").
         self.compile_net = compile  # not `self.compile`: that is nn.Module.compile
-        self._train_net: nn.Module | None = None
+        self.compiled_blocks: list[str] = []
         self._finite = DeferredFiniteCheck()
 
     def forward(self, lq: Tensor, regions: Tensor | None = None) -> Tensor:
         return self.net(lq, regions)
 
     def configure_model(self) -> None:
-        if self.compile_net and self._train_net is None:
-            # Not a registered submodule: the checkpoint keeps the plain network's keys.
-            object.__setattr__(self, "_train_net", torch.compile(self.net))
+        if self.compile_net and not self.compiled_blocks:
+            # In place: same parameters, same checkpoint keys.
+            self.compiled_blocks = compile_repeated_blocks(self.net)
+            log.info("compiled training: %d blocks (%s)", len(self.compiled_blocks), ", ".join(sorted(set(self.compiled_blocks))))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         # No host sync for NaN / inf inside the step: lq, hq and the loss are checked once, without waiting,
         # and a bad value stops the run at the next step with a message naming it.
         with finite_checks(False):
-            pred = (self.net if self._train_net is None else self._train_net)(batch["lq"], batch["regions"])
+            pred = self.net(batch["lq"], batch["regions"])
             loss = self.loss(pred, batch["hq"], batch["regions"])
         self._finite.update(self.global_step, lq=batch["lq"], hq=batch["hq"], loss=loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["lq"].shape[0])
@@ -93,7 +95,8 @@ class RestorationModule(L.LightningModule):
         self._finite.flush()
 
     def _evaluate(self, batch: dict[str, Any], stage: str) -> dict[str, Any]:
-        pred = self(batch["lq"], batch["regions"])
+        with eager():  # whole images of any size: never compiled (no recompiles)
+            pred = self(batch["lq"], batch["regions"])
         hq = batch["hq"].float()
         psnr, ssim = image_metrics(pred.float(), hq, self.data_range)
         input_psnr, input_ssim = image_metrics(batch["lq"].float(), hq, self.data_range)

@@ -30,7 +30,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from ratlit.callbacks import (BestValidation, RunConfigInCheckpoint, comparison_columns, find_callback,
+from ratlit.callbacks import (BestValidation, RunConfigInCheckpoint, TrainingSpeed, comparison_columns, find_callback,
                               quiet_unactionable_messages)
 from ratlit.config import CONF_DIR, exit_on_user_error, instantiate, prepare_argv
 from ratlit.files import write_text_atomic
@@ -280,6 +280,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
         best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
         best_validation = find_callback(trainer, BestValidation)
+        speed = find_callback(trainer, TrainingSpeed)
         results: dict[str, Any] = {
             "task": cfg.task_name,
             "attention": cfg.model.net.get("attention"),
@@ -290,6 +291,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "best_checkpoint": best,
             "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
             "best_val": dict(best_validation.best) if best_validation else {"psnr": None, "ssim": None, "step": None},
+            "speed": dict(speed.speed) if speed else None,
             "columns": columns,
             "sweep_name": cfg.get("sweep_name"),
             "run_dir": str(run_dir),

@@ -34,7 +34,7 @@ from ratlit.validation import check_labels
 ATTENTION_MODES = ("rmsa", "wmsa", "msa")
 REGION_IMPLS = ("auto", "sparse", "flex", "dense")
 SCALE_CHOICES = ("heads", "head_dim")
-FLEX_BLOCK = 128  # FlexAttention's tile size
+FLEX_BLOCK = 128  # granularity of the FlexAttention block mask (a multiple of the kernel's tiles: 64 on Hopper)
 
 
 def _check_qkv(q: Tensor, k: Tensor, v: Tensor, labels: Tensor) -> None:
@@ -96,10 +96,12 @@ def gather_rows(x: Tensor, index: Tensor, back: Tensor, pad: bool = False) -> Te
 class RegionLayout:
     """Where every token goes for region attention, computed once per label map and shared by all R-MSA layers.
 
-    Tokens of the batch are flattened (``B*N``) and reordered so that every region is one contiguous run:
-    first the regions of at most ``block_size`` tokens (packed next-fit into blocks of ``block_size``
-    rows, each block a contiguous range of rows), then the larger regions grouped by length, so a group of
-    ``g`` regions of ``n`` tokens is a contiguous ``[g * n]`` slice that needs no gather.
+    Tokens of the batch are flattened (``B*N``) and reordered so that every region is one contiguous run.
+    Packed (for the packed SDPA path): first the regions of at most ``block_size`` tokens (packed next-fit
+    into blocks of ``block_size`` rows, each block a contiguous range of rows), then the larger regions
+    grouped by length, so a group of ``g`` regions of ``n`` tokens is a contiguous ``[g * n]`` slice that
+    needs no gather. Not packed (for FlexAttention): sorted by item and region only, built without a host
+    synchronisation (the packing needs the region lengths on the host); the block fields are then None.
     """
 
     labels: Tensor  # [B, N] the label map it was built from (the dense reference uses it)
@@ -114,7 +116,8 @@ class RegionLayout:
     row_of_slot: Tensor | None  # [n_blocks * block_size] small row of each slot, small_rows for filler slots
     block_back: Tensor | None  # [B*N] slot of each small row, n_slots for the large-region rows
     groups: tuple[tuple[int, int, int], ...]  # (first row, regions, tokens per region) of the large regions
-    _flex_mask: object = field(default=None, repr=False)
+    packed: bool = True
+    _flex_masks: dict = field(default_factory=dict, repr=False)
 
     @property
     def batch(self) -> int:
@@ -124,11 +127,12 @@ class RegionLayout:
     def tokens(self) -> int:
         return self.labels.shape[1]
 
-    def flex_mask(self):
+    def flex_mask(self, block: int | None = None):
         """FlexAttention ``BlockMask`` over the layout rows (one sequence of ``B*N``), built on first use."""
-        if self._flex_mask is None:
-            self._flex_mask = region_block_mask(self.run_id[None])
-        return self._flex_mask
+        block = FLEX_BLOCK if block is None else block
+        if block not in self._flex_masks:
+            self._flex_masks[block] = region_block_mask(self.run_id[None], block)
+        return self._flex_masks[block]
 
     def to_layout(self, x: Tensor) -> Tensor:
         """``[B*N, ...]`` tokens in image order -> layout order (a permutation: its backward is a gather too)."""
@@ -140,10 +144,11 @@ class RegionLayout:
 
 
 @torch.compiler.disable  # Python loops over the regions: eager, so a compiled network never recompiles per partition
-def build_region_layout(labels: Tensor, block_size: int = 128) -> RegionLayout:
+def build_region_layout(labels: Tensor, block_size: int = 128, packed: bool = True) -> RegionLayout:
     """The :class:`RegionLayout` of a token label map ``[B, N]`` (arbitrary integer ids, compared per item).
 
-    One host synchronisation (the region lengths); everything else stays on the labels' device.
+    Packed: one host synchronisation (the region lengths); everything else stays on the labels' device.
+    ``packed=False`` (FlexAttention): no host synchronisation at all.
     """
     if not isinstance(labels, Tensor) or labels.ndim != 2:
         raise ValueError(f"labels must be a [B, N] integer tensor, got {getattr(labels, 'shape', labels)}")
@@ -157,6 +162,12 @@ def build_region_layout(labels: Tensor, block_size: int = 128) -> RegionLayout:
     is_start = torch.ones_like(sorted_labels, dtype=torch.bool)
     is_start[:, 1:] = sorted_labels[:, 1:] != sorted_labels[:, :-1]
     flat_order = (order + torch.arange(batch, device=device)[:, None] * n).flatten()
+    if not packed:
+        inverse = torch.empty_like(flat_order)
+        inverse[flat_order] = torch.arange(total, device=device)
+        run_id = torch.cumsum(is_start.flatten(), 0) - 1  # a new run at each region and each item
+        return RegionLayout(labels, flat_order, inverse, run_id, block_size, 0, None, None, None, None, None, (),
+                            packed=False)
     starts = is_start.flatten().nonzero().squeeze(1)
     lengths = torch.diff(starts, append=starts.new_tensor([total]))
     lengths_list = lengths.tolist()
@@ -251,7 +262,7 @@ def region_attention(
     if impl == "dense":
         return dense_region_attention(q, k, v, layout.labels if layout is not None else labels, scale)
     if layout is None:
-        layout = build_region_layout(labels.to(q.device), block_size)
+        layout = build_region_layout(labels.to(q.device), block_size, packed=wants_packed_layout(impl, q.device, q.dtype))
     batch, heads, n, _ = q.shape
 
     def tokens(t: Tensor) -> Tensor:  # [B, heads, N, d] -> [B*N, heads, d] in layout order
@@ -259,6 +270,17 @@ def region_attention(
 
     out = region_attention_tokens(tokens(q), tokens(k), tokens(v), layout, scale, impl)
     return layout.from_layout(out).view(batch, n, heads, -1).transpose(1, 2)
+
+
+def wants_packed_layout(impl: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``impl`` on ``device`` in ``dtype`` runs the packed path (else FlexAttention: a sorted layout)."""
+    return (auto_region_impl(device, dtype) if impl == "auto" else impl) != "flex"
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a network's matmuls run in for input ``x``: autocast's where it is on, else ``x``'s own."""
+    device_type = x.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
 
 
 def auto_region_impl(device: torch.device, dtype: torch.dtype) -> str:
@@ -287,6 +309,11 @@ def region_attention_tokens(
             if impl == "flex":
                 raise
             _disable_flex(q.device.type, err)
+    if not layout.packed:
+        # A sorted layout (built for flex): its rows are one sequence labelled by run id; pack that.
+        inner = build_region_layout(layout.run_id[None], layout.block_size)
+        out = _packed_tokens(inner.to_layout(q), inner.to_layout(k), inner.to_layout(v), inner, scale, None)
+        return inner.from_layout(out)
     return _packed_tokens(q, k, v, layout, scale, qkv)
 
 
@@ -321,7 +348,10 @@ def _packed_tokens(q: Tensor, k: Tensor, v: Tensor, layout: RegionLayout, scale:
 def _flex_tokens(q: Tensor, k: Tensor, v: Tensor, layout: RegionLayout, scale: float) -> Tensor:
     # The whole batch is one sequence of B*N rows; regions never span two items, so the block mask keeps them apart.
     qs, ks, vs = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
-    out = _compiled_flex(q.device.type)(qs, ks, vs, block_mask=layout.flex_mask(), scale=scale)
+    # The kernel stays compiled when the network runs eagerly (evaluation under ratlit.compiling.eager()):
+    # eager FlexAttention would materialise the whole score matrix.
+    with torch.compiler.set_stance("default"):
+        out = _compiled_flex(q.device.type)(qs, ks, vs, block_mask=layout.flex_mask(), scale=scale)
     return out.squeeze(0).transpose(0, 1)
 
 
@@ -353,16 +383,20 @@ def _compiled_flex(device_type: str):
     return torch.compile(flex_attention, dynamic=True) if device_type == "cuda" else flex_attention
 
 
-def region_block_mask(sorted_labels: Tensor, block: int = FLEX_BLOCK):
+def region_block_mask(sorted_labels: Tensor, block: int | None = None):
     """FlexAttention ``BlockMask`` for region-sorted tokens, built in O(N) from the region runs.
 
     Sorted, every region is a contiguous run, so a block of queries needs exactly the key blocks from the
-    start of its first region to the end of its last one; ``mask_mod`` settles the partial blocks.
+    start of its first region to the end of its last one. A query block inside one region and a key block
+    inside the same region are listed as *full* (the kernel skips ``mask_mod`` there: the inside of large
+    regions); ``mask_mod`` settles the partial blocks at region ends.
     """
     from torch.nn.attention.flex_attention import BlockMask
 
+    block = FLEX_BLOCK if block is None else block
     batch, n = sorted_labels.shape
-    positions = torch.arange(n, device=sorted_labels.device).expand(batch, n)
+    device = sorted_labels.device
+    positions = torch.arange(n, device=device).expand(batch, n)
     is_start = torch.ones_like(sorted_labels, dtype=torch.bool)
     is_start[:, 1:] = sorted_labels[:, 1:] != sorted_labels[:, :-1]
     run_start = torch.cummax(torch.where(is_start, positions, 0), dim=1).values
@@ -370,17 +404,34 @@ def region_block_mask(sorted_labels: Tensor, block: int = FLEX_BLOCK):
     is_end[:, :-1] = is_start[:, 1:]
     run_end = torch.flip(torch.cummin(torch.flip(torch.where(is_end, positions, n), [1]), dim=1).values, [1])  # last index
     n_blocks = -(-n // block)
-    first_q = torch.arange(n_blocks, device=positions.device) * block
+    first_q = torch.arange(n_blocks, device=device) * block
     last_q = torch.clamp(first_q + block - 1, max=n - 1)
     first_kv = run_start[:, first_q] // block  # [B, nb]
     last_kv = run_end[:, last_q] // block
-    counts = (last_kv - first_kv + 1).to(torch.int32)
-    indices = (first_kv[..., None] + torch.arange(n_blocks, device=positions.device)).clamp(max=n_blocks - 1)
+    kv = first_kv[..., None] + torch.arange(n_blocks, device=device)  # [B, nb, nb] candidate key blocks
+    listed = kv <= last_kv[..., None]
+    # Full: the query block lies in one run (and is a whole block) and so does the key block.
+    one_run = (run_start[:, first_q] == run_start[:, last_q]) & (last_q - first_q + 1 == block)
+    full_lo = (run_start[:, first_q] + block - 1) // block  # first key block starting inside the run
+    full_hi = (run_end[:, first_q] + 1) // block - 1  # last key block ending inside it
+    full = listed & one_run[..., None] & (kv >= full_lo[..., None]) & (kv <= full_hi[..., None])
+    partial = listed & ~full
+
+    def packed(selected: Tensor) -> tuple[Tensor, Tensor]:
+        # Selected blocks first (stable: ascending), as BlockMask expects; the rest is never read.
+        order = torch.sort((~selected).to(torch.int8), dim=-1, stable=True).indices
+        indices = kv.gather(-1, order).clamp(max=n_blocks - 1)
+        return selected.sum(-1, dtype=torch.int32)[:, None], indices[:, None].to(torch.int32)
+
+    # Compact int32 run ids: half the bytes that mask_mod reads per partial block, whatever the label values.
+    ids = (torch.cumsum(is_start, dim=1, dtype=torch.int32) - 1)
 
     def mask_mod(b, h, q_idx, kv_idx):
-        return sorted_labels[b, q_idx] == sorted_labels[b, kv_idx]
+        return ids[b, q_idx] == ids[b, kv_idx]
 
-    return BlockMask.from_kv_blocks(counts[:, None], indices[:, None].to(torch.int32), BLOCK_SIZE=block,
+    counts, indices = packed(partial)
+    full_counts, full_indices = packed(full)
+    return BlockMask.from_kv_blocks(counts, indices, full_counts, full_indices, BLOCK_SIZE=block,
                                     mask_mod=mask_mod, seq_lengths=(n, n))
 
 
@@ -436,7 +487,8 @@ class MultiHeadSelfAttention(nn.Module):
             out = dense_region_attention(q, k, v, flat, self.scale, self.mask_value)
             return self.proj(out.transpose(1, 2).reshape(x.shape))
         layout = labels if isinstance(labels, RegionLayout) else build_region_layout(
-            labels.reshape(batch, height * width).to(x.device))
+            labels.reshape(batch, height * width).to(x.device),
+            packed=wants_packed_layout(self.region_impl, x.device, compute_dtype(x)))
         if layout.order.numel() != batch * height * width:
             raise ValueError(f"the region layout covers {layout.order.numel()} tokens, x has {batch * height * width}")
         out = self.region_tokens(layout.to_layout(x.reshape(-1, channels)), layout)

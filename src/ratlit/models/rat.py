@@ -13,6 +13,8 @@ from ratlit.models.attention import (
     MultiHeadSelfAttention,
     RegionLayout,
     build_region_layout,
+    compute_dtype,
+    wants_packed_layout,
     window_partition,
     window_reverse,
 )
@@ -72,7 +74,8 @@ class RATLayer(nn.Module):
             if labels is None:
                 raise ValueError("R-MSA needs a region label map (labels), got None")
             layout = labels if isinstance(labels, RegionLayout) else build_region_layout(
-                labels.reshape(batch, height * width).to(x.device))
+                labels.reshape(batch, height * width).to(x.device),
+                packed=wants_packed_layout(attn1.region_impl, x.device, compute_dtype(x)))
             # Tokens move into region order once: norm, attention, projection and MLP all run there.
             y = layout.to_layout(x.reshape(-1, channels))
             y = y + self.scale1 * attn1.region_tokens(self.norm1(y), layout)
@@ -123,6 +126,10 @@ class RAT(nn.Module):
     ``activation_checkpointing`` recomputes each RAT group in backward instead of storing its activations
     (same gradients, less memory, about one more forward of the groups in time).
     """
+
+    # Compiled training compiles these in place, one compiled graph per class shared by all instances
+    # (ratlit.compiling.compile_repeated_blocks).
+    _repeated_blocks = ("NAFBlock", "RATLayer")
 
     def __init__(
         self,
@@ -209,7 +216,7 @@ class RAT(nn.Module):
         labels = None
         if regions is not None or self.needs_regions:
             check_labels("regions", regions, (lq.shape[0], *lq.shape[2:]))
-            labels = self.region_labels(regions.to(lq.device), pad_h, pad_w)
+            labels = self.region_labels(regions.to(lq.device), pad_h, pad_w, compute_dtype(lq))
 
         x = self.intro(x_in.contiguous(memory_format=torch.channels_last))
         skips = []
@@ -228,23 +235,34 @@ class RAT(nn.Module):
         return (x_in + self.ending(x))[..., :height, :width]
 
     @torch.compiler.disable  # data-dependent (region count, lengths): eager, so nothing recompiles per partition
-    def region_labels(self, regions: Tensor, pad_h: int = 0, pad_w: int = 0) -> Tensor | RegionLayout:
-        """Token labels ``[B, H', W']``, or for R-MSA their :class:`RegionLayout`: one sort, packing and mask
-        for the whole forward, shared by every R-MSA layer."""
+    def region_labels(self, regions: Tensor, pad_h: int = 0, pad_w: int = 0,
+                      dtype: torch.dtype = torch.float32) -> Tensor | RegionLayout:
+        """Token labels ``[B, H', W']``, or for R-MSA their :class:`RegionLayout`: one sort (and packing or
+        block mask) for the whole forward, shared by every R-MSA layer; ``dtype``: what the layers compute in."""
         labels = self.token_labels(regions, pad_h, pad_w)
         if self.needs_regions and self.region_impl != "dense":
-            return build_region_layout(labels.reshape(labels.shape[0], -1))
+            packed = wants_packed_layout(self.region_impl, labels.device, dtype)
+            return build_region_layout(labels.reshape(labels.shape[0], -1), packed=packed)
         return labels
 
     def token_labels(self, regions: Tensor, pad_h: int = 0, pad_w: int = 0) -> Tensor:
-        """Label map ``[B, H, W]`` -> compact ids at the RAT resolution ``[B, H', W']``, padding as its own region."""
-        _, compact = torch.unique(regions, return_inverse=True)
-        pad_id = int(compact.max()) + 1
-        compact = F.pad(compact, (0, pad_w, 0, pad_h), value=pad_id)
+        """Label map ``[B, H, W]`` -> ids at the RAT resolution ``[B, H', W']``, padding as a region of its own.
+
+        Ids keep their values (int64); no host synchronisation (the training step never waits here).
+        """
+        regions = regions.long()
+        batch, height, width = regions.shape
         factor = self.scale_factor
+        if pad_h or pad_w:
+            # An id no region has: one past the largest, or one below the smallest where that would overflow.
+            top = regions.amax()
+            free = torch.where(top < torch.iinfo(torch.int64).max, top + 1, regions.amin() - 1)
+            padded = free.expand(batch, height + pad_h, width + pad_w).clone()
+            padded[:, :height, :width] = regions
+            regions = padded
         if self.label_downsampling == "nearest":
             # Nearest interpolation by an integer factor samples the top-left pixel of each cell (Eq. 2).
-            return compact[:, ::factor, ::factor]
-        batch, h, w = compact.shape
-        cells = compact.view(batch, h // factor, factor, w // factor, factor).permute(0, 1, 3, 2, 4)
+            return regions[:, ::factor, ::factor]
+        h, w = regions.shape[1:]
+        cells = regions.view(batch, h // factor, factor, w // factor, factor).permute(0, 1, 3, 2, 4)
         return cells.reshape(batch, h // factor, w // factor, factor * factor).mode(dim=-1).values

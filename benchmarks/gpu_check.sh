@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one call (a lent GPU is billed by the second): the CUDA tests,
+# bench_gpu.py, and a short compiled bf16 training run on the embedded CT set. Logs and JSON go to $1.
+#   bash benchmarks/gpu_check.sh [out_dir]
+# Environment: BENCH_ARGS (extra bench_gpu.py arguments), PROFILE_ARGS (profile_step.py runs, ';'-separated;
+# empty: none), TRAIN_STEPS (0: no training run), *_TIMEOUT (seconds).
+# Where the GPU's Python lacks hydra-core / omegaconf / antlr4-python3-runtime / pydicom, put their wheels in
+# .whl/ (README, "GPU figures"); RATLIT_CACHE may point at a copy of the embedded data to skip building it.
+set -uo pipefail
+out=${1:-${OUT:-gpu_check_out}}
+mkdir -p "$out"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD/src
+else
+  export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+
+start=$SECONDS
+timeout "${TESTS_TIMEOUT:-150}" python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_attention.py tests/test_rat.py \
+  >"$out/gpu_tests.log" 2>&1
+echo "gpu tests: status $? in $((SECONDS - start)) s: $(tail -n 1 "$out/gpu_tests.log")"
+
+start=$SECONDS
+timeout "${BENCH_TIMEOUT:-330}" python3 benchmarks/bench_gpu.py --json "$out/bench_gpu.json" ${BENCH_ARGS:-} \
+  >"$out/bench_gpu.md" 2>"$out/bench_progress.log"
+echo "bench_gpu.py: status $? in $((SECONDS - start)) s"
+
+if [ "${TRAIN_STEPS:-300}" -gt 0 ]; then
+  start=$SECONDS
+  export RATLIT_OUTPUTS=/tmp/ratlit_outputs
+  timeout "${TRAIN_TIMEOUT:-100}" python3 -m ratlit.train task=ct trainer=gpu partition=slic model.compile=true \
+    trainer.max_steps="${TRAIN_STEPS:-300}" trainer.val_check_interval="${TRAIN_STEPS:-300}" trainer.limit_val_batches=2 \
+    trainer.limit_test_batches=4 data.num_workers=8 >"$out/train.log" 2>&1
+  echo "compiled training run: status $? in $((SECONDS - start)) s"
+  tail -n 3 "$out/train.log"
+  results=$(ls -t "$RATLIT_OUTPUTS"/runs/ct/*/results.json 2>/dev/null | head -n 1)
+  [ -n "$results" ] && cp "$results" "$out/train_results.json"
+fi
+
+n=0
+IFS=';' read -ra profiles <<< "${PROFILE_ARGS-"--attention rmsa;--attention msa"}"
+for args in "${profiles[@]}"; do
+  n=$((n + 1))
+  timeout "${PROFILE_TIMEOUT:-60}" python3 benchmarks/profile_step.py $args >"$out/profile_$n.txt" 2>&1
+  grep -m 1 "ms per step" "$out/profile_$n.txt" || tail -n 3 "$out/profile_$n.txt"
+done
+
+tail -n 60 "$out/bench_gpu.md"
