@@ -4,13 +4,16 @@
     python benchmarks/bench_gpu.py --device cpu --tiny      # the same logic at toy sizes (tests, no GPU)
 
 Table 1, R-MSA forward + backward of one layer as RAT runs it (region layout built once per forward and
-reused, tokens already in region order; the layout's own cost is its own row): dense Eq. 3-4 / global SDPA /
-packed sparse / FlexAttention, fp32 and bf16, on SLIC and Felzenszwalb partitions of scikit-image's camera
-image, at 64x64 tokens (B=8, 8 heads x 32) and 128x128 tokens (B=2).
-Table 2, paper-size RAT: one training step (forward, loss, backward, Adam) at batch 4, 256x256, and
-512x512 whole-image inference, for region_impl dense / sparse / auto and attention msa / wmsa, fp32 and
-bf16-mixed, eager and (for auto) torch.compile'd; peak memory from torch.cuda.max_memory_allocated.
-Cases that run out of memory are reported as OOM. Every figure is a median over timed repeats after warm-up.
+reused, tokens already in region order; the layouts' own cost is their own columns): dense Eq. 3-4 / global
+SDPA / packed sparse / FlexAttention with 128- and 64-token block masks, fp32 and bf16, on SLIC and
+Felzenszwalb partitions of scikit-image's camera image, at 64x64 tokens (B=8, 8 heads x 32) and 128x128
+tokens (B=2).
+Table 2, paper-size RAT: one training step (forward, loss, backward, fused Adam) at batch 4, 256x256, and
+512x512 whole-image inference, for every region_impl and attention msa / wmsa, fp32 and bf16-mixed, eager
+and with compiled blocks (model.compile), and activation checkpointing at batch 4 and 16; peak memory from
+torch.cuda.max_memory_allocated. Cases that run out of memory are reported as OOM, cases that fail otherwise
+by their error's name. Every figure is a median over timed repeats after warm-up; each row is written to the
+JSON as it is measured, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations

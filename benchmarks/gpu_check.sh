@@ -4,8 +4,9 @@
 #   bash benchmarks/gpu_check.sh [out_dir]
 # Environment: BENCH_ARGS (extra bench_gpu.py arguments), PROFILE_ARGS (profile_step.py runs, ';'-separated;
 # empty: none), TRAIN_STEPS (0: no training run), *_TIMEOUT (seconds).
-# Where the GPU's Python lacks hydra-core / omegaconf / antlr4-python3-runtime / pydicom, put their wheels in
-# .whl/ (README, "GPU figures"); RATLIT_CACHE may point at a copy of the embedded data to skip building it.
+# Where the GPU machine's Python lacks hydra-core / omegaconf / antlr4-python3-runtime / pydicom and cannot
+# reach PyPI, put their wheels in .whl/ (README, "On a GPU"); RATLIT_CACHE may point at a copy of the
+# embedded data to skip building it.
 set -uo pipefail
 out=${1:-${OUT:-gpu_check_out}}
 mkdir -p "$out"
@@ -32,7 +33,7 @@ echo "bench_gpu.py: status $? in $((SECONDS - start)) s"
 if [ "${TRAIN_STEPS:-300}" -gt 0 ]; then
   start=$SECONDS
   export RATLIT_OUTPUTS=/tmp/ratlit_outputs
-  timeout "${TRAIN_TIMEOUT:-100}" python3 -m ratlit.train task=ct trainer=gpu partition=slic model.compile=true \
+  timeout "${TRAIN_TIMEOUT:-150}" python3 -m ratlit.train task=ct trainer=gpu partition=slic model.compile=true \
     trainer.max_steps="${TRAIN_STEPS:-300}" trainer.val_check_interval="${TRAIN_STEPS:-300}" trainer.limit_val_batches=2 \
     trainer.limit_test_batches=4 data.num_workers=8 >"$out/train.log" 2>&1
   echo "compiled training run: status $? in $((SECONDS - start)) s"

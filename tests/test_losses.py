@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from ratlit.losses import LOSSES, CharbonnierLoss, FocalRegionLoss, L1Loss
+from ratlit.validation import finite_checks
 
 
 def eq5_loop(pred, target, regions, gamma, delta):
@@ -94,3 +95,38 @@ def test_half_precision_inputs_use_float32_statistics():
     half = FocalRegionLoss(gamma=1.0)(pred.bfloat16(), target.bfloat16(), regions)
     assert half.dtype == torch.float32
     assert abs(half.item() - full.item()) < 1e-2
+
+
+def _reference_weights(error: torch.Tensor, regions: torch.Tensor, delta: float) -> torch.Tensor:
+    """Eq. 5's weights written out region by region, image by image."""
+    weights = torch.zeros(error.shape[0], 1, *error.shape[2:], dtype=torch.float64)
+    for b in range(error.shape[0]):
+        pixel_error = error[b].double().mean(dim=0)
+        region_error = {int(r): pixel_error[regions[b] == r].mean() ** delta for r in regions[b].unique()}
+        largest = max(max(region_error.values()), 1e-300)
+        for r, e in region_error.items():
+            weights[b, 0][regions[b] == r] = e / largest
+    return weights
+
+
+@pytest.mark.parametrize("delta", [0.5, 1.0, 2.0])
+def test_focal_weights_match_a_region_by_region_reference(delta):
+    error = torch.rand(3, 2, 9, 11)
+    regions = torch.randint(-4, 5, (3, 9, 11)) * 10**12  # arbitrary, negative and huge ids
+    regions[1] = 7  # one region only
+    regions[2] = torch.arange(99).view(9, 11)  # one pixel per region
+    weights = FocalRegionLoss(gamma=1.0, delta=delta).region_weights(error, regions)
+    torch.testing.assert_close(weights.double(), _reference_weights(error, regions, delta), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.gpu
+def test_focal_region_loss_never_waits_for_the_gpu():
+    pred = torch.rand(4, 1, 64, 64, device="cuda", requires_grad=True)
+    target, regions = torch.rand(4, 1, 64, 64, device="cuda"), torch.randint(0, 50, (4, 64, 64), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with finite_checks(False):  # as in the training step
+            FocalRegionLoss()(pred, target, regions).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -122,22 +122,30 @@ class FocalRegionLoss(nn.Module):
         return (error * (1 + self.gamma * self.region_weights(error, regions.to(error.device)))).mean()
 
     def region_weights(self, error: Tensor, regions: Tensor) -> Tensor:
-        """Per-pixel weights ``w`` ``[B, 1, H, W]`` from the absolute error ``[B, C, H, W]``."""
+        """Per-pixel weights ``w`` ``[B, 1, H, W]`` from the absolute error ``[B, C, H, W]``.
+
+        Regions are the runs of each image's sorted labels, numbered across the batch, with statistics in
+        arrays of one slot per pixel: every size is known in advance, so nothing waits for the GPU (unlike
+        ``torch.unique``, whose output size the host must read).
+        """
         batch = error.shape[0]
-        _, compact = torch.unique(regions, return_inverse=True)
-        n_labels = int(compact.max()) + 1
-        index = (compact + torch.arange(batch, device=compact.device)[:, None, None] * n_labels).flatten()
+        flat = regions.reshape(batch, -1)
+        pixels = flat.shape[1]
+        sorted_labels, order = flat.sort(dim=1)
+        is_start = torch.ones_like(sorted_labels, dtype=torch.bool)
+        is_start[:, 1:] = sorted_labels[:, 1:] != sorted_labels[:, :-1]
+        run = (torch.cumsum(is_start.flatten(), 0) - 1).view(batch, pixels)  # a new run per region and image
+        index = torch.empty_like(run).scatter_(1, order, run).flatten()  # each pixel's region, image order
         pixel_error = error.mean(dim=1).flatten()
-        sums = torch.zeros(batch * n_labels, dtype=error.dtype, device=error.device).index_add(0, index, pixel_error)
-        counts = torch.bincount(index, minlength=batch * n_labels).clamp_min(1)
+        sums = torch.zeros_like(pixel_error).index_add(0, index, pixel_error)
+        counts = torch.zeros_like(pixel_error).index_add(0, index, torch.ones_like(pixel_error)).clamp_min(1)
         # Clamped: keeps 0 ** delta (infinite slope for delta < 1) and 0 / 0 (a perfect prediction) finite.
         tiny = torch.finfo(error.dtype).tiny
         mean_error = sums / counts
         region_error = torch.where(mean_error > 0, mean_error.clamp_min(tiny).pow(self.delta), 0.0)
-        region_error = region_error.view(batch, n_labels)
-        largest = region_error.amax(dim=1, keepdim=True).clamp_min(tiny)
-        weights = (region_error / largest).flatten()[index]
-        return weights.view(batch, 1, *error.shape[2:])
+        per_pixel = region_error[index].view(batch, pixels)
+        largest = per_pixel.amax(dim=1, keepdim=True).clamp_min(tiny)  # every region has a pixel
+        return (per_pixel / largest).view(batch, 1, *error.shape[2:])
 
 
 LOSSES = {"l1": L1Loss, "mse": MSELoss, "charbonnier": CharbonnierLoss, "fr": FocalRegionLoss, "edcnn": CompoundLoss}

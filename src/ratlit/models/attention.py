@@ -34,7 +34,10 @@ from ratlit.validation import check_labels
 ATTENTION_MODES = ("rmsa", "wmsa", "msa")
 REGION_IMPLS = ("auto", "sparse", "flex", "dense")
 SCALE_CHOICES = ("heads", "head_dim")
-FLEX_BLOCK = 128  # granularity of the FlexAttention block mask (a multiple of the kernel's tiles: 64 on Hopper)
+# Granularity of the FlexAttention block mask: a multiple of the kernel's tiles (64 x 64 on Hopper in bf16 and
+# fp32). 64 skips more of the partial blocks at region ends than 128: on an H200 R-MSA forward + backward ran
+# 4-33% faster at 64 in all eight cases of benchmarks/bench_gpu.py (experiments/results/bench_gpu_h200).
+FLEX_BLOCK = 64
 
 
 def _check_qkv(q: Tensor, k: Tensor, v: Tensor, labels: Tensor) -> None:
@@ -249,8 +252,7 @@ def region_attention(
     ``scale=None`` meaning ``d ** -0.5``. Label ids are arbitrary integers, compared per batch item.
     ``labels`` may also be a prebuilt :class:`RegionLayout` (its ``block_size`` then applies).
     ``impl``: ``"sparse"`` (packed block-sparse SDPA), ``"flex"`` (FlexAttention block mask),
-    ``"dense"`` (reference), ``"auto"`` (on CUDA: flex in half precision, sparse in float32, where
-    bench_gpu.py measured each faster; sparse on CPU).
+    ``"dense"`` (reference), ``"auto"`` (flex on CUDA, sparse on the CPU: see :func:`auto_region_impl`).
     """
     if impl not in REGION_IMPLS:
         raise ValueError(f"impl must be one of {REGION_IMPLS}, got {impl!r}")
@@ -284,11 +286,14 @@ def compute_dtype(x: Tensor) -> torch.dtype:
 
 
 def auto_region_impl(device: torch.device, dtype: torch.dtype) -> str:
-    """What ``impl="auto"`` runs: FlexAttention on CUDA in 16-bit precision, the packed SDPA kernels otherwise.
+    """What ``impl="auto"`` runs: FlexAttention on CUDA, the packed SDPA kernels on the CPU (and where flex failed).
 
-    On an H200 (issue 10's table) flex beats the packed path in bf16 and loses to it in float32.
+    On an H200 (benchmarks/bench_gpu.py, experiments/results/bench_gpu_h200) flex (64-token blocks) on the
+    sorted, sync-free layout ran R-MSA forward + backward 1.4-1.9x faster than the packed path in seven of
+    eight cases, bf16 and fp32, and within 2% in the eighth; on the CPU FlexAttention has no backward.
+    ``dtype`` is kept for devices where the choice may differ by precision.
     """
-    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and _flex_usable("cuda"):
+    if device.type == "cuda" and _flex_usable("cuda"):
         return "flex"
     return "sparse"
 
