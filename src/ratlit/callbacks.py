@@ -313,7 +313,7 @@ class TrainingSpeed(Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._val_start is not None:
-            self._paused += time.perf_counter() - self._val_start
+            self._paused += self._now(pl_module) - self._val_start
             self._val_start = None
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -3,11 +3,11 @@
 Regional compilation (as diffusers' ``compile_repeated_blocks``): a network lists the classes of its repeated
 blocks in ``_repeated_blocks``; each instance is compiled in place and all instances of one class share the
 compiled code, so the first step compiles a few small graphs, one per block class and input shape, instead of
-the whole network. Whole-network
-compilation of RAT cannot keep one graph anyway: the region layout and the region attention core are
-data-dependent and run eagerly (``torch.compiler.disable``), and a graph break inside the loop over RAT
-groups makes dynamo give up on the network's forward and fall back to compiling every submodule on its own,
-with automatic dynamic shapes (which inductor failed to lower for the NAFBlocks, torch 2.13).
+the whole network. Whole-network compilation of RAT cannot keep one graph anyway: the region layout and the
+region attention core are data-dependent and run eagerly (``torch.compiler.disable``), and a graph break
+inside the loop over RAT groups makes dynamo give up on the network's forward and fall back to compiling
+every submodule on its own, with automatic dynamic shapes (which inductor failed to lower for the NAFBlocks,
+torch 2.13).
 """
 
 from __future__ import annotations

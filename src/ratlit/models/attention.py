@@ -10,8 +10,8 @@ ever forming an N x N mask or score matrix:
 * each larger region runs as one unmasked SDPA call over exactly its own tokens.
 
 Work is ``sum(min(n_i, block) * ...)`` instead of ``N^2``, memory is linear in N, and the fused
-SDPA kernels (flash / memory-efficient on CPU and CUDA) do the arithmetic. On CUDA in 16-bit precision,
-FlexAttention with a block mask over the region-sorted tokens is used when available.
+SDPA kernels (flash / memory-efficient on CPU and CUDA) do the arithmetic. On CUDA, FlexAttention with a
+block mask over the region-sorted tokens is used when available (no packing, no host synchronisation).
 
 The sort, the packing and the masks depend only on the label map: a :class:`RegionLayout` holds them, built
 once per network forward and shared by every R-MSA layer, and a layer moves its input tokens ``x [B*N, C]``
