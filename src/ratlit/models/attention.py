@@ -491,13 +491,22 @@ class MultiHeadSelfAttention(nn.Module):
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
             out = dense_region_attention(q, k, v, flat, self.scale, self.mask_value)
             return self.proj(out.transpose(1, 2).reshape(x.shape))
+        layout = self.region_layout(x, labels)
+        out = self.region_tokens(layout.to_layout(x.reshape(-1, channels)), layout)
+        return layout.from_layout(out).view(x.shape)
+
+    def region_layout(self, x: Tensor, labels: Tensor | RegionLayout | None) -> RegionLayout:
+        """The :class:`RegionLayout` of ``labels`` ``[B, H, W]`` for ``x [B, H, W, C]`` (``labels`` may already be
+        one), of the kind this layer's ``region_impl`` runs on; checked against x's token count."""
+        if labels is None:
+            raise ValueError("R-MSA needs a region label map (labels), got None")
+        batch, height, width, _ = x.shape
         layout = labels if isinstance(labels, RegionLayout) else build_region_layout(
             labels.reshape(batch, height * width).to(x.device),
             packed=wants_packed_layout(self.region_impl, x.device, compute_dtype(x)))
         if layout.order.numel() != batch * height * width:
             raise ValueError(f"the region layout covers {layout.order.numel()} tokens, x has {batch * height * width}")
-        out = self.region_tokens(layout.to_layout(x.reshape(-1, channels)), layout)
-        return layout.from_layout(out).view(x.shape)
+        return layout
 
     def region_tokens(self, x: Tensor, layout: RegionLayout) -> Tensor:
         """R-MSA on tokens already in layout order: ``[B*N, C] -> [B*N, C]`` (qkv and proj are per token)."""

@@ -71,11 +71,7 @@ class RATLayer(nn.Module):
         batch, height, width, channels = x.shape
         attn1 = self.attn1
         if attn1.mode == "rmsa" and attn1.region_impl != "dense":
-            if labels is None:
-                raise ValueError("R-MSA needs a region label map (labels), got None")
-            layout = labels if isinstance(labels, RegionLayout) else build_region_layout(
-                labels.reshape(batch, height * width).to(x.device),
-                packed=wants_packed_layout(attn1.region_impl, x.device, compute_dtype(x)))
+            layout = attn1.region_layout(x, labels)
             # Tokens move into region order once: norm, attention, projection and MLP all run there.
             y = layout.to_layout(x.reshape(-1, channels))
             y = y + self.scale1 * attn1.region_tokens(self.norm1(y), layout)
