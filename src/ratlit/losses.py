@@ -2,7 +2,7 @@
 
 ``FocalRegionLoss`` is Eq. 5 of the paper: per-pixel L1 weighted by ``1 + gamma * w_i``, where ``w_i`` is
 the mean error of the pixel's region raised to ``delta`` and divided by the largest such value in the same
-image. Region statistics use ``bincount``/``scatter`` (no Python loop over regions).
+image. Region statistics use ``index_add`` over sorted region runs (no Python loop over regions, no host sync).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ratlit.models.attention import build_region_layout
 from ratlit.validation import check_image, check_labels, check_same_batch
 
 
@@ -124,18 +125,15 @@ class FocalRegionLoss(nn.Module):
     def region_weights(self, error: Tensor, regions: Tensor) -> Tensor:
         """Per-pixel weights ``w`` ``[B, 1, H, W]`` from the absolute error ``[B, C, H, W]``.
 
-        Regions are the runs of each image's sorted labels, numbered across the batch, with statistics in
-        arrays of one slot per pixel: every size is known in advance, so nothing waits for the GPU (unlike
-        ``torch.unique``, whose output size the host must read).
+        Regions are the runs of the sorted region layout (as R-MSA's FlexAttention path sorts tokens: per
+        image, numbered across the batch), with statistics in arrays of one slot per pixel: every size is
+        known in advance, so nothing waits for the GPU (unlike ``torch.unique``, whose output size the host
+        must read).
         """
         batch = error.shape[0]
-        flat = regions.reshape(batch, -1)
-        pixels = flat.shape[1]
-        sorted_labels, order = flat.sort(dim=1)
-        is_start = torch.ones_like(sorted_labels, dtype=torch.bool)
-        is_start[:, 1:] = sorted_labels[:, 1:] != sorted_labels[:, :-1]
-        run = (torch.cumsum(is_start.flatten(), 0) - 1).view(batch, pixels)  # a new run per region and image
-        index = torch.empty_like(run).scatter_(1, order, run).flatten()  # each pixel's region, image order
+        layout = build_region_layout(regions.reshape(batch, -1), packed=False)
+        pixels = layout.tokens
+        index = layout.run_id[layout.inverse]  # each pixel's region, image order
         pixel_error = error.mean(dim=1).flatten()
         sums = torch.zeros_like(pixel_error).index_add(0, index, pixel_error)
         counts = torch.zeros_like(pixel_error).index_add(0, index, torch.ones_like(pixel_error)).clamp_min(1)
