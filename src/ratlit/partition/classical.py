@@ -11,11 +11,7 @@ from typing import Any
 import numpy as np
 from skimage import segmentation
 
-from ratlit.partition.base import Partitioner, to_unit_range
-
-
-def _window(window: Any) -> tuple[float, float] | None:
-    return None if window is None else (float(window[0]), float(window[1]))
+from ratlit.partition.base import Partitioner, as_window, to_unit_range
 
 
 class SlicPartitioner(Partitioner):
@@ -34,7 +30,7 @@ class SlicPartitioner(Partitioner):
             raise ValueError(f"need n_segments >= 1 and compactness > 0, got {n_segments}, {compactness}")
         self.n_segments, self.sigma = int(n_segments), float(sigma)
         self.compactness = None if compactness is None else float(compactness)
-        self.window = _window(window)
+        self.window = as_window(window)
 
     def _partition(self, image: np.ndarray) -> np.ndarray:
         unit = to_unit_range(image, self.window)
@@ -63,7 +59,7 @@ class FelzenszwalbPartitioner(Partitioner):
         if scale <= 0 or min_size < 1:
             raise ValueError(f"need scale > 0 and min_size >= 1, got {scale}, {min_size}")
         self.scale, self.sigma, self.min_size = float(scale), float(sigma), int(min_size)
-        self.window = _window(window)
+        self.window = as_window(window)
 
     def _partition(self, image: np.ndarray) -> np.ndarray:
         unit = to_unit_range(image, self.window)

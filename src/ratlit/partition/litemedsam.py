@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from torch import nn
 
 from ratlit.files import load_weights
 from ratlit.partition._torchvision_compat import batched_nms, import_segment_anything
-from ratlit.partition.base import Partitioner, to_unit_range
+from ratlit.partition.base import Partitioner, as_window, file_digest, resolve_device, stand_in, to_unit_rgb
 from ratlit.partition.postprocess import labels_from_masks
 from ratlit.partition.tinyvit import TinyViT
 
@@ -184,10 +183,7 @@ class LiteMedSamPartitioner(Partitioner):
             raise ValueError(f"box_overlap must be in [0, 1), got {box_overlap}")
         if int(points_per_side) < 1 or int(batch_size) < 1:
             raise ValueError(f"points_per_side and batch_size must be >= 1, got {points_per_side}, {batch_size}")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        from ratlit.partition.sam import file_digest
-
+        device = resolve_device(device)
         self.weights = resolve_weights(weights)
         self.weights_digest = file_digest(self.weights)
         self.prompts = prompts
@@ -199,7 +195,7 @@ class LiteMedSamPartitioner(Partitioner):
         self.nms_thresh = float(nms_thresh)
         self.min_region_area = int(min_region_area)
         self.batch_size = int(batch_size)
-        self.window = None if window is None else (float(window[0]), float(window[1]))
+        self.window = as_window(window)
         self.device = torch.device(device)
         self.model = load_litemedsam(self.weights, self.device)
         log.info("LiteMedSAM loaded from %s on %s (%s prompts)", self.weights, self.device, prompts)
@@ -227,9 +223,7 @@ class LiteMedSamPartitioner(Partitioner):
     @torch.inference_mode()
     def embed(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """``[H, W, C]`` -> the image embedding ``[1, 256, 64, 64]`` and the resized size inside the input."""
-        unit = to_unit_range(image, self.window)
-        if unit.shape[-1] == 1:
-            unit = np.repeat(unit, 3, axis=-1)
+        unit = to_unit_rgb(image, self.window)
         h, w = unit.shape[:2]
         scale = INPUT_SIZE / max(h, w)
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
@@ -309,17 +303,3 @@ def build_litemedsam_partitioner(
         if fallback is None:
             raise
         return stand_in(fallback, "litemedsam", str(err))
-
-
-def stand_in(fallback: Partitioner | Callable[[], Partitioner], requested: str, reason: str) -> Partitioner:
-    """Build ``fallback`` in place of ``requested``: say so loudly and record what was requested."""
-    partitioner = fallback if isinstance(fallback, Partitioner) else fallback()
-    partitioner.requested = requested  # down a chain the outermost call runs last: the first request wins
-    message = (
-        f"{requested.upper()} PARTITIONER NOT AVAILABLE, USING {partitioner.name.upper()} INSTEAD: {reason} "
-        f"The run records partition={partitioner.name} (requested: {partitioner.requested}); "
-        f"do not compare it with {partitioner.requested} runs."
-    )
-    warnings.warn(message, stacklevel=3)
-    log.warning(message)
-    return partitioner

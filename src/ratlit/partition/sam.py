@@ -7,7 +7,6 @@ Nothing is downloaded. The network never sees the 8-bit RGB image made for SAM.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from torch import nn
 
 from ratlit.files import load_weights
 from ratlit.partition._torchvision_compat import import_segment_anything
-from ratlit.partition.base import Partitioner, to_uint8_rgb
+from ratlit.partition.base import Partitioner, as_window, file_digest, resolve_device, stand_in, to_uint8_rgb
 from ratlit.partition.postprocess import labels_from_masks
 
 log = logging.getLogger(__name__)
@@ -81,14 +80,6 @@ def load_sam(model_type: str, checkpoint: str | os.PathLike, device: str | torch
     return model.to(device).eval()
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
 class SamPartitioner(Partitioner):
     """SAM automatic masks on the LQ image -> label map (Eq. 1). Runs on the GPU when there is one.
 
@@ -113,12 +104,11 @@ class SamPartitioner(Partitioner):
         window: tuple[float, float] | list[float] | None = None,
         device: str = "auto",
     ) -> None:
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(device)
         self.model_type = model_type
         self.checkpoint = resolve_checkpoint(checkpoint)
         self.checkpoint_digest = file_digest(self.checkpoint)
-        self.window = None if window is None else (float(window[0]), float(window[1]))
+        self.window = as_window(window)
         self.min_region_area = int(min_region_area)
         self.generator_kwargs = {
             "points_per_side": int(points_per_side),
@@ -160,8 +150,6 @@ def build_sam_partitioner(
     LiteMedSAM, else SLIC) loads only what runs. Only a *missing* checkpoint falls back; an unreadable or
     mismatched one is always an error.
     """
-    from ratlit.partition.litemedsam import stand_in
-
     try:
         return SamPartitioner(**sam_kwargs)
     except SamCheckpointNotFoundError as err:
