@@ -224,6 +224,54 @@ def test_prebuilt_layout_is_exact_in_float64(case, block_size, packed):
     assert layout.packed == packed and (layout.block_index is None) == (not packed or layout.small_rows == 0)
 
 
+@pytest.mark.parametrize("case", list(_awkward_labels()))
+@pytest.mark.parametrize("block_size", [1, 7, 64])
+def test_module_token_path_matches_dense_forward_and_backward(case, block_size):
+    # The layer's own path: qkv gathered once into the packed blocks, large regions as split parts.
+    from ratlit.models.attention import build_region_layout
+
+    labels = _awkward_labels()[case]
+    torch.manual_seed(0)
+    sparse = MultiHeadSelfAttention(16, num_heads=2, mode="rmsa", region_impl="sparse").double()
+    dense = MultiHeadSelfAttention(16, num_heads=2, mode="rmsa", region_impl="dense", mask_value=float("-inf")).double()
+    dense.load_state_dict(sparse.state_dict())
+    x = torch.randn(2, labels.shape[1], 1, 16, dtype=torch.float64, requires_grad=True)
+    out = sparse(x, build_region_layout(labels, block_size))
+    ref = dense(x, labels[..., None])
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, *sparse.parameters()], grad)
+    want = torch.autograd.grad(ref, [x, *dense.parameters()], grad)
+    for g, g_ref in zip(got, want):
+        torch.testing.assert_close(g, g_ref, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("tokens", [16, 64, 65])
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_kernel_choice_is_invisible(tokens, masked):
+    # The CPU's matmul form (short sequences) and SDPA give the same values and gradients.
+    from ratlit.models.attention import CPU_MATMUL_MAX_TOKENS, attention
+
+    assert CPU_MATMUL_MAX_TOKENS == 64
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, tokens, 8, generator=g, requires_grad=True) for _ in range(3))
+    ids = torch.randint(0, 3, (3, 1, tokens), generator=g)
+    mask = ids[..., :, None] == ids[..., None, :] if masked else None
+    out = attention(q, k, v, 0.4, mask)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.4)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_block_size_by_device():
+    from ratlit.models.attention import build_region_layout, packed_block_size
+
+    assert packed_block_size(torch.device("cpu")) == 64 and packed_block_size(torch.device("cuda")) == 128
+    assert build_region_layout(torch.zeros(1, 10, dtype=torch.long)).block_size == 64
+
+
 def test_layout_reused_across_calls_and_labels_rejected_when_mismatched():
     from ratlit.models.attention import build_region_layout
 
