@@ -294,3 +294,19 @@ def test_flex_network_forward_matches_sparse_on_a_sorted_layout():
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # eager flex on CPU warns that it is unfused
         torch.testing.assert_close(flex(lq, regions), sparse(lq, regions), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_simple_gate_gradient_in_both_memory_formats(memory_format):
+    from ratlit.models.blocks import SimpleGate
+
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_()
+    assert torch.autograd.gradcheck(SimpleGate(), (x,))
+    out = SimpleGate()(x)
+    grad = torch.randn_like(out)
+    (grad_x,) = torch.autograd.grad(out, x, grad)
+    a, b = x.detach().chunk(2, dim=1)
+    assert torch.equal(grad_x, torch.cat([grad * b, grad * a], dim=1))
+    assert grad_x.is_contiguous(memory_format=memory_format)
+    with pytest.raises(ValueError, match="even channel count"):
+        SimpleGate()(torch.randn(1, 5, 2, 2))
