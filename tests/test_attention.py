@@ -246,16 +246,19 @@ def test_module_token_path_matches_dense_forward_and_backward(case, block_size):
         torch.testing.assert_close(g, g_ref, atol=1e-12, rtol=1e-12)
 
 
-@pytest.mark.parametrize("tokens", [16, 64, 65])
+@pytest.mark.parametrize("tokens, batch", [(16, 3), (64, 3), (65, 3), (150, 2), (150, 40)])
 @pytest.mark.parametrize("masked", [False, True])
-def test_attention_kernel_choice_is_invisible(tokens, masked):
-    # The CPU's matmul form (short sequences) and SDPA give the same values and gradients.
-    from ratlit.models.attention import CPU_MATMUL_MAX_TOKENS, attention
+def test_attention_kernel_choice_is_invisible(tokens, batch, masked):
+    # The CPU's matmul form (short sequences, small score tensors) and SDPA give the same values and gradients.
+    from ratlit.models.attention import attention, matmul_form_is_faster
 
-    assert CPU_MATMUL_MAX_TOKENS == 64
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(3, 2, tokens, 8, generator=g, requires_grad=True) for _ in range(3))
-    ids = torch.randint(0, 3, (3, 1, tokens), generator=g)
+    q, k, v = (torch.randn(batch, 8, tokens, 8, generator=g, requires_grad=True) for _ in range(3))
+    expected = tokens <= 64 or batch * 8 * tokens * tokens * 4 <= 8 * 2**20
+    assert matmul_form_is_faster(q, training=True) == expected
+    assert matmul_form_is_faster(q, training=False) == (tokens <= 32)
+    assert not matmul_form_is_faster(q.bfloat16(), training=True)
+    ids = torch.randint(0, 3, (batch, 1, tokens), generator=g)
     mask = ids[..., :, None] == ids[..., None, :] if masked else None
     out = attention(q, k, v, 0.4, mask)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.4)
@@ -263,6 +266,8 @@ def test_attention_kernel_choice_is_invisible(tokens, masked):
     grad = torch.randn_like(out)
     for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(attention(q, k, v, 0.4, mask), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_packed_block_size_by_device():

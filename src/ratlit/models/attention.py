@@ -278,9 +278,9 @@ def region_attention(
 
 
 def packed_block_size(device: torch.device) -> int:
-    """Default block length of the packed path: 64 on the CPU, where blocks of 64 run the matmul form of
-    :func:`attention` (R-MSA forward + backward 20% faster than 128-token SDPA blocks on SLIC and on one token
-    per region, equal on Felzenszwalb and one region, benchmarks/bench_attention.py), else 128."""
+    """Default block length of the packed path: 64 on the CPU, where training runs blocks of 64 in the matmul
+    form of :func:`attention` (R-MSA forward + backward 20% faster than 128-token SDPA blocks on SLIC and on
+    one token per region, equal on Felzenszwalb and one region; inference at 512x512 1% faster), else 128."""
     return 64 if torch.device(device).type == "cpu" else 128
 
 
@@ -365,16 +365,28 @@ def _packed_tokens(q: Tensor, k: Tensor, v: Tensor, layout: RegionLayout, scale:
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
-# On the CPU, SDPA's flash kernel costs more than the plain matmul form for short sequences: forward +
-# backward over 8192 tokens, 8 heads x 32, 2 threads: 35 vs 11 ms at 16 tokens (W-MSA windows), 36 vs 28 ms
-# at 64; at 128 the matmul form is 1.8x slower (its score tensor no longer fits the caches).
-CPU_MATMUL_MAX_TOKENS = 64
+def matmul_form_is_faster(q: Tensor, training: bool) -> bool:
+    """Whether the plain matmul form of :func:`attention` beats SDPA for ``q [..., T, d]`` (CPU, fp32/fp64).
+
+    Measured with 8 heads x 32 and 2 threads: forward + backward over 8192 tokens, SDPA's flash kernel takes
+    35 vs 11 ms at 16 tokens (W-MSA windows) and 36 vs 28 ms at 64, while at 128 the matmul form is 1.8x
+    slower (its score tensor leaves the caches); a few regions of 73-200 tokens (score tensor <= 8 MiB) run
+    1.1-1.5x faster in the matmul form. Forward only (inference), it wins at 16 tokens (3x) but not at 64.
+    """
+    if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.float64):
+        return False
+    tokens = q.shape[-2]
+    if not training:
+        return tokens <= 32
+    score_bytes = q[..., 0].numel() * tokens * q.element_size()
+    return tokens <= 64 or (tokens <= 200 and score_bytes <= 8 * 2**20)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor | None = None) -> Tensor:
     """``softmax(q k^T * scale) v`` over ``[..., T, d]``; ``mask`` (bool, broadcastable to ``[..., T, T]``, True
     where a query may attend, at least one per row) restricts it. SDPA, or the matmul form where that is faster."""
-    if q.device.type != "cpu" or q.shape[-2] > CPU_MATMUL_MAX_TOKENS or q.dtype not in (torch.float32, torch.float64):
+    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if not matmul_form_is_faster(q, training):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)
     if mask is not None:
