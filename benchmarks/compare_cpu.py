@@ -10,7 +10,9 @@ step at 256x256 and whole-image inference at 512x512 (bench_rat.py), and one R-M
 beside global SDPA. Both sides run the same case code through the public API of both versions
 (``RAT``, ``FocalRegionLoss``, ``region_attention``); the rows "layout:..." exist only in the new code
 and are what each R-MSA layer of RAT costs there (the layout is built once per forward for all 12 layers and
-not timed here, tokens already in layout order).
+not timed here, tokens already in layout order); "kernels:..." times only the attention calls of that layout
+(the packed blocks and each group of large regions, forward + backward on tensors of their shapes): the
+bound for anything around them.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ REPO = HERE.parent
 NETWORK_CASES = ("train256", "infer512")
 ATTENTION_CASES = ("sparse:slic", "sparse:felzenszwalb", "sparse:single", "sparse:pixels", "msa:single")
 DENSE_CASES = ("dense:slic", "dense:felzenszwalb")
-NEW_ONLY = ("layout:felzenszwalb", "layout:slic")
+NEW_ONLY = ("layout:felzenszwalb", "layout:slic", "kernels:felzenszwalb", "kernels:slic")
 
 
 def run_case(case: str, repeats: int) -> dict:
@@ -67,6 +69,13 @@ def run_case(case: str, repeats: int) -> dict:
             n = BATCH * TOKENS_SIDE * TOKENS_SIDE
             qkv = torch.randn(n, 3, HEADS, CHANNELS // HEADS, requires_grad=True)
             layout = attn.build_region_layout(labels)
+        if impl == "kernels":
+            layout = attn.build_region_layout(labels)
+            calls = [(layout.block_index.numel() // layout.block_size, layout.block_size, layout.block_mask)] \
+                if layout.block_index is not None else []
+            calls += [(count, length, None) for _, count, length in layout.groups]
+            calls = [([torch.randn(c, HEADS, t, CHANNELS // HEADS, requires_grad=True) for _ in range(3)], m)
+                     for c, t, m in calls]
 
         def step() -> None:
             if impl == "dense":
@@ -76,6 +85,8 @@ def run_case(case: str, repeats: int) -> dict:
             elif impl == "layout":
                 qs, ks, vs = qkv.unbind(1)
                 out = attn.region_attention_tokens(qs, ks, vs, layout, scale, "sparse", qkv=qkv)
+            elif impl == "kernels":
+                out = sum(attn.attention(*tensors, scale, mask).sum() for tensors, mask in calls)
             else:
                 out = attn.region_attention(q, k, v, labels, scale, impl="sparse")
             out.sum().backward()
@@ -168,7 +179,8 @@ def main() -> None:
         print(f"| {r['case']} | {old} | {r['new_seconds']:.3f} | {ratio} | {old_mb} | {r['new_peak_mb']:.0f} |")
     by_case = {r["case"]: r["new_seconds"] for r in rows}
     if "msa:single" in by_case:
-        for case in ("sparse:felzenszwalb", "layout:felzenszwalb", "sparse:slic", "layout:slic"):
+        for case in ("sparse:felzenszwalb", "layout:felzenszwalb", "kernels:felzenszwalb", "sparse:slic",
+                     "layout:slic", "kernels:slic"):
             if case in by_case:
                 print(f"global SDPA / {case} (new): {by_case['msa:single'] / by_case[case]:.1f}x")
     if args.json:
