@@ -25,7 +25,7 @@ class LayerNorm2d(nn.Module):
 class _HalvesProduct(torch.autograd.Function):
     """``a * b`` of the two channel halves of ``x``. Its backward writes both halves' gradients into one buffer
     in ``x``'s memory format: autograd's own (two products, then chunk's backward, a cat) copies the whole
-    gradient once more, 12% of a full-resolution NAFBlock's time on the CPU."""
+    gradient once more, about a tenth of a full-resolution NAFBlock's forward + backward on the CPU."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
@@ -37,7 +37,7 @@ class _HalvesProduct(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
         a, b = x.chunk(2, dim=1)
-        grad_x = torch.empty_like(x, dtype=grad.dtype)
+        grad_x = torch.empty_like(x)
         grad_a, grad_b = grad_x.chunk(2, dim=1)
         torch.mul(grad, b, out=grad_a)
         torch.mul(grad, a, out=grad_b)
