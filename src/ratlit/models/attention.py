@@ -372,6 +372,8 @@ def matmul_form_is_faster(q: Tensor, training: bool) -> bool:
     35 vs 11 ms at 16 tokens (W-MSA windows) and 36 vs 28 ms at 64, while at 128 the matmul form is 1.8x
     slower (its score tensor leaves the caches); a few regions of 73-200 tokens (score tensor <= 8 MiB) run
     1.1-1.5x faster in the matmul form. Forward only (inference), it wins at 16 tokens (3x) but not at 64.
+    The cost is memory: training keeps the probabilities for backward, ``heads * T`` floats per token (at 64
+    tokens and 8 heads as much as one 512-wide MLP activation), where SDPA keeps one float per token and head.
     """
     if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.float64):
         return False
