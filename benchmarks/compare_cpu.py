@@ -73,7 +73,7 @@ def run_case(case: str, repeats: int) -> dict:
             layout = attn.build_region_layout(labels)
             calls = [(layout.block_index.numel() // layout.block_size, layout.block_size, layout.block_mask)] \
                 if layout.block_index is not None else []
-            calls += [(count, length, None) for _, count, length in layout.groups]
+            calls += [(count, length, None) for count, length in layout.groups]
             calls = [([torch.randn(c, HEADS, t, CHANNELS // HEADS, requires_grad=True) for _ in range(3)], m)
                      for c, t, m in calls]
 

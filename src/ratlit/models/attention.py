@@ -118,13 +118,9 @@ class RegionLayout:
     slot_of_row: Tensor | None  # [small_rows] block slot of each small-region row
     row_of_slot: Tensor | None  # [n_blocks * block_size] small row of each slot (any row for filler slots)
     filler_slots: Tensor | None  # slots past their block's regions (attend only to themselves, dropped)
-    groups: tuple[tuple[int, int, int], ...]  # (first row, regions, tokens per region) of the large regions
+    groups: tuple[tuple[int, int], ...]  # (regions, tokens per region) of the large regions, in row order
     packed: bool = True
     _flex_masks: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def batch(self) -> int:
-        return self.labels.shape[0]
 
     @property
     def tokens(self) -> int:
@@ -228,14 +224,9 @@ def build_region_layout(labels: Tensor, block_size: int | None = None, packed: b
         row_of_slot = torch.zeros(n_blocks * block_size, dtype=torch.long, device=device)
         row_of_slot[slot_of_row] = torch.arange(small_rows, device=device)
         filler_slots = (~valid).flatten().nonzero().squeeze(1)
-    groups = []
-    row = small_rows
-    for length in sorted(by_length):
-        count = len(by_length[length])
-        groups.append((row, count, length))
-        row += count * length
+    groups = tuple((len(by_length[length]), length) for length in sorted(by_length))
     return RegionLayout(labels, layout_order, inverse, run_id, block_size, small_rows, block_index, block_mask,
-                        slot_of_row, row_of_slot, filler_slots, tuple(groups))
+                        slot_of_row, row_of_slot, filler_slots, groups)
 
 
 def region_attention(
@@ -337,7 +328,7 @@ def _packed_tokens(q: Tensor, k: Tensor, v: Tensor, layout: RegionLayout, scale:
     # The rows split into the small regions' part and one part per group of large regions. split, not
     # slicing: its backward is one cat, where each slice's backward would zero-fill a full-size gradient
     # and autograd would add them up.
-    sizes = [layout.small_rows] + [count * length for _, count, length in layout.groups]
+    sizes = [layout.small_rows] + [count * length for count, length in layout.groups]
     if qkv is not None:
         parts = qkv.split(sizes)
         qkv_parts = [part.unbind(1) for part in parts]
@@ -357,7 +348,7 @@ def _packed_tokens(q: Tensor, k: Tensor, v: Tensor, layout: RegionLayout, scale:
         out = attention(qb, kb, vb, scale, layout.block_mask)
         out = out.transpose(1, 2).reshape(n_blocks * t, heads, value_dim)
         outs.append(gather_rows(out, layout.slot_of_row, layout.row_of_slot, layout.filler_slots))
-    for (qg, kg, vg), (_, count, length) in zip(qkv_parts[1:], layout.groups):
+    for (qg, kg, vg), (count, length) in zip(qkv_parts[1:], layout.groups):
         # A group of equally long regions is a contiguous part: one batched, unmasked attention call, no gather.
         qg, kg, vg = (x.view(count, length, heads, x.shape[-1]).transpose(1, 2) for x in (qg, kg, vg))
         out = attention(qg, kg, vg, scale)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
 from torch.utils.checkpoint import checkpoint
 
 from ratlit.models.attention import (
