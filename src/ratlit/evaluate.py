@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ratlit.allocator import keep_freed_memory
 from ratlit.checkpoint import build_module, load_checkpoint, resolve_path
 from ratlit.config import CONF_DIR, exit_on_user_error, instantiate, prepare_argv
 from ratlit.files import write_text_atomic
@@ -37,6 +38,7 @@ def markdown_table(rows: list[dict[str, str]]) -> str:
 
 @exit_on_user_error
 def evaluate(cfg: DictConfig) -> dict:
+    keep_freed_memory()
     quiet_unactionable_messages()
     if cfg.split not in ("test", "val"):
         raise ValueError(f"split must be test or val, got {cfg.split!r}")

@@ -9,12 +9,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from ratlit.allocator import keep_freed_memory
 from ratlit.config import CONF_DIR, exit_on_user_error, instantiate, prepare_argv
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="precompute", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    keep_freed_memory()
     datamodule = instantiate(cfg.data)
     stats = datamodule.prepare_data()
     partitioner = datamodule.partitioner

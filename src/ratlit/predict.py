@@ -29,6 +29,7 @@ import torch
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 
+from ratlit.allocator import keep_freed_memory
 from ratlit.checkpoint import build_module, load_checkpoint, resolve_path
 from ratlit.config import CONF_DIR, exit_on_user_error, instantiate, prepare_argv
 from ratlit.data.base import RestorationDataModule, UnitMap
@@ -283,6 +284,7 @@ def restore_paths(
 
 @exit_on_user_error
 def predict(cfg: DictConfig) -> list[Path]:
+    keep_freed_memory()
     missing = [key for key in ("ckpt", "input", "output") if OmegaConf.is_missing(cfg, key)]
     if missing:
         raise ValueError(f"predict needs {', '.join(f'{k}=' for k in missing)}: {USAGE}")

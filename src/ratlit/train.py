@@ -30,6 +30,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from ratlit.allocator import keep_freed_memory
 from ratlit.callbacks import (BestValidation, RunConfigInCheckpoint, TrainingSpeed, comparison_columns, find_callback,
                               quiet_unactionable_messages)
 from ratlit.config import CONF_DIR, exit_on_user_error, instantiate, prepare_argv
@@ -233,6 +234,7 @@ def set_matmul_precision(cfg: DictConfig) -> None:
 
 @exit_on_user_error
 def train(cfg: DictConfig) -> dict[str, Any]:
+    keep_freed_memory()
     quiet_unactionable_messages()
     check_launch(cfg)
     pin_parallel_job(cfg)  # before anything starts CUDA

@@ -1,0 +1,68 @@
+"""The CLIs' malloc setting: freed memory is kept for reuse (no mmap / page-fault storm), and the user's own
+allocator settings win."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ratlit import allocator
+
+GLIBC = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+
+# Fills and frees a 64 MB tensor 20 times (as a forward does with its largest activations) and prints the
+# page faults that took: with mmap'd blocks every round faults the whole tensor in again. Kept memory needs
+# a few rounds first (the heap grows until a freed block fits the next one).
+FAULTS = """
+import resource, sys, torch
+from ratlit.allocator import keep_freed_memory
+print(keep_freed_memory())
+for _ in range(10):
+    torch.ones(16 * 2**20)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    torch.ones(16 * 2**20)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def faults(**env: str) -> tuple[bool, int]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("RATLIT_MALLOC", "GLIBC_TUNABLES", "LD_PRELOAD")
+             and not k.startswith("MALLOC_")}
+    done = subprocess.run([sys.executable, "-c", FAULTS], env={**clean, **env}, capture_output=True, text=True,
+                          check=True)
+    took, count = done.stdout.split()
+    return took == "True", int(count)
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's mallopt")
+def test_kept_memory_is_reused_without_page_faults():
+    kept, kept_faults = faults()
+    system, system_faults = faults(RATLIT_MALLOC="system")
+    assert kept and not system
+    assert system_faults > 20 * 16 * 2**20 * 4 // 4096 // 2  # about every page of every round
+    assert kept_faults < system_faults / 10
+
+
+@pytest.mark.parametrize("name, value", [
+    ("RATLIT_MALLOC", "system"),
+    ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=1048576"),
+    ("MALLOC_MMAP_THRESHOLD_", "1048576"),
+    ("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+])
+def test_the_users_own_allocator_settings_win(monkeypatch, name, value):
+    called = []
+    monkeypatch.setattr(ctypes, "CDLL", lambda *args: called.append(args))
+    monkeypatch.setenv(name, value)
+    assert allocator.keep_freed_memory() is False
+    assert not called  # malloc left untouched
+
+
+def test_off_glibc_nothing_happens(monkeypatch):
+    monkeypatch.delenv("RATLIT_MALLOC", raising=False)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert allocator.keep_freed_memory() is False
