@@ -310,3 +310,49 @@ def test_simple_gate_gradient_in_both_memory_formats(memory_format):
     assert grad_x.is_contiguous(memory_format=memory_format)
     with pytest.raises(ValueError, match="even channel count"):
         SimpleGate()(torch.randn(1, 5, 2, 2))
+
+
+def _layer_scaled_reference(module, inputs):
+    """The module's forward with every layer scale applied the plain way, ``scale * layer(x)``."""
+    from ratlit.models.attention import MultiHeadSelfAttention
+    from ratlit.models.blocks import NAFBlock
+    from ratlit.models.rat import RATLayer
+
+    if isinstance(module, NAFBlock):
+        x = inputs[0]
+        y = module.gate(module.conv2(module.conv1(module.norm1(x))))
+        x = x + module.conv3(y * module.sca(y)) * module.beta
+        return x + module.conv5(module.gate(module.conv4(module.norm2(x)))) * module.gamma
+    assert isinstance(module, RATLayer)
+    x, labels = inputs
+    attn1, attn2 = module.attn1, module.attn2
+    plain = MultiHeadSelfAttention.forward
+    x = x + module.scale1 * plain(attn1, module.norm1(x), labels)
+    x = x + module.mlp1(module.norm2(x))
+    x = x + module.scale2 * plain(attn2, module.norm3(x))
+    return x + module.mlp2(module.norm4(x))
+
+
+@pytest.mark.parametrize("attention", ["rmsa", "wmsa", "msa"])
+def test_layer_scales_folded_into_weights_match_the_plain_product(attention):
+    from ratlit.models.blocks import NAFBlock
+    from ratlit.models.rat import RATLayer
+
+    torch.manual_seed(0)
+    cases = [(RATLayer(16, num_heads=2, attention=attention, layer_scale_init=0.7),
+              (torch.randn(2, 8, 8, 16, dtype=torch.float64), torch.randint(0, 5, (2, 8, 8))))]
+    if attention == "rmsa":
+        cases.append((NAFBlock(6, layer_scale_init=0.7), (torch.randn(2, 6, 5, 7, dtype=torch.float64),)))
+    for module, inputs in cases:
+        module = module.double()
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(0.1 * torch.randn_like(p))  # every scale channel different, none zero
+        x = inputs[0].requires_grad_()
+        grad = torch.randn_like(x)
+        got = module(*inputs)
+        want = _layer_scaled_reference(module, inputs)
+        torch.testing.assert_close(got, want)
+        params = [x, *module.parameters()]
+        for a, b in zip(torch.autograd.grad(got, params, grad), torch.autograd.grad(want, params, grad)):
+            torch.testing.assert_close(a, b)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ratlit.models.blocks import scaled_output
 from ratlit.validation import check_labels
 
 ATTENTION_MODES = ("rmsa", "wmsa", "msa")
@@ -513,13 +514,14 @@ class MultiHeadSelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, labels: Tensor | RegionLayout | None = None) -> Tensor:
+    def forward(self, x: Tensor, labels: Tensor | RegionLayout | None = None, out_scale: Tensor | None = None) -> Tensor:
+        """``out_scale [C]``: a factor per output channel, folded into the output projection (a layer scale)."""
         batch, height, width, channels = x.shape
         if self.mode == "wmsa":
-            windows = self.window_tokens(window_partition(x, self.window_size))
+            windows = self.window_tokens(window_partition(x, self.window_size), out_scale)
             return window_reverse(windows, self.window_size, batch, height, width)
         if self.mode == "msa":
-            return self.window_tokens(x.reshape(batch, height * width, channels)).view(x.shape)
+            return self.window_tokens(x.reshape(batch, height * width, channels), out_scale).view(x.shape)
         if labels is None:
             raise ValueError("R-MSA needs a region label map (labels), got None")
         if self.region_impl == "dense":
@@ -527,9 +529,9 @@ class MultiHeadSelfAttention(nn.Module):
             qkv = self.qkv(x).reshape(batch, -1, 3, self.num_heads, channels // self.num_heads)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
             out = dense_region_attention(q, k, v, flat, self.scale, self.mask_value)
-            return self.proj(out.transpose(1, 2).reshape(x.shape))
+            return self.project(out.transpose(1, 2).reshape(x.shape), out_scale)
         layout = self.region_layout(x, labels)
-        out = self.region_tokens(layout.to_layout(x.reshape(-1, channels)), layout)
+        out = self.region_tokens(layout.to_layout(x.reshape(-1, channels)), layout, out_scale)
         return layout.from_layout(out).view(x.shape)
 
     def region_layout(self, x: Tensor, labels: Tensor | RegionLayout | None) -> RegionLayout:
@@ -545,21 +547,25 @@ class MultiHeadSelfAttention(nn.Module):
             raise ValueError(f"the region layout covers {layout.order.numel()} tokens, x has {batch * height * width}")
         return layout
 
-    def region_tokens(self, x: Tensor, layout: RegionLayout) -> Tensor:
+    def region_tokens(self, x: Tensor, layout: RegionLayout, out_scale: Tensor | None = None) -> Tensor:
         """R-MSA on tokens already in layout order: ``[B*N, C] -> [B*N, C]`` (qkv and proj are per token)."""
         tokens, channels = x.shape
         qkv = self.qkv(x).view(tokens, 3, self.num_heads, channels // self.num_heads)
         q, k, v = qkv.unbind(1)
         out = region_attention_tokens(q, k, v, layout, self.scale, self.region_impl, qkv=qkv)
-        return self.proj(out.reshape(tokens, channels))
+        return self.project(out.reshape(tokens, channels), out_scale)
 
-    def window_tokens(self, x: Tensor) -> Tensor:
+    def window_tokens(self, x: Tensor, out_scale: Tensor | None = None) -> Tensor:
         """Unmasked attention within each row of ``[B', T, C] -> [B', T, C]`` (windows for W-MSA, images for MSA)."""
         groups, tokens, channels = x.shape
         qkv = self.qkv(x).view(groups, tokens, 3, self.num_heads, channels // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         out = attention(q, k, v, self.scale)
-        return self.proj(out.transpose(1, 2).reshape(groups, tokens, channels))
+        return self.project(out.transpose(1, 2).reshape(groups, tokens, channels), out_scale)
+
+    def project(self, x: Tensor, out_scale: Tensor | None) -> Tensor:
+        """The output projection, times ``out_scale`` per channel where given (folded into its weights)."""
+        return self.proj(x) if out_scale is None else scaled_output(self.proj, x, out_scale)
 
 
 def window_partition(x: Tensor, window_size: int) -> Tensor:

@@ -7,6 +7,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def scaled_output(layer: nn.Linear | nn.Conv2d, x: Tensor, scale: Tensor) -> Tensor:
+    """``layer(x) * scale`` (one factor per output channel) as ``layer`` with its weight and bias scaled.
+
+    The same values, without a pass over the output, and backward keeps only ``x`` (which the layer keeps
+    anyway) where the product would also keep ``layer(x)``: the layer scales of NAFBlocks and RAT layers
+    held about a tenth of a training step's saved activations that way.
+    """
+    factor = scale.reshape(-1)
+    weight = layer.weight * factor.view(-1, *([1] * (layer.weight.ndim - 1)))
+    bias = None if layer.bias is None else layer.bias * factor
+    if isinstance(layer, nn.Conv2d):
+        return layer._conv_forward(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
 class LayerNorm2d(nn.Module):
     """Layer norm over the channels of a ``[B, C, H, W]`` map."""
 
@@ -80,10 +95,8 @@ class NAFBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.gate(self.conv2(self.conv1(self.norm1(x))))
-        y = self.conv3(y * self.sca(y))
-        x = x + y * self.beta
-        y = self.conv5(self.gate(self.conv4(self.norm2(x))))
-        return x + y * self.gamma
+        x = x + scaled_output(self.conv3, y * self.sca(y), self.beta)
+        return x + scaled_output(self.conv5, self.gate(self.conv4(self.norm2(x))), self.gamma)
 
 
 def nafblocks(channels: int, count: int, layer_scale_init: float = 0.0) -> nn.Sequential:

@@ -73,16 +73,16 @@ class RATLayer(nn.Module):
             layout = attn1.region_layout(x, labels)
             # Tokens move into region order once: norm, attention, projection and MLP all run there.
             y = layout.to_layout(x.reshape(-1, channels))
-            y = y + self.scale1 * attn1.region_tokens(self.norm1(y), layout)
+            y = y + attn1.region_tokens(self.norm1(y), layout, self.scale1)
             y = y + self.mlp1(self.norm2(y))
             x = layout.from_layout(y).view(x.shape)
         else:
-            x = x + self.scale1 * attn1(self.norm1(x), labels)
+            x = x + attn1(self.norm1(x), labels, self.scale1)
             x = x + self.mlp1(self.norm2(x))
         # Likewise the W-MSA sub-layer and its MLP run on windows, moved once.
         ws = self.attn2.window_size
         y = window_partition(x, ws)
-        y = y + self.scale2 * self.attn2.window_tokens(self.norm3(y))
+        y = y + self.attn2.window_tokens(self.norm3(y), self.scale2)
         y = y + self.mlp2(self.norm4(y))
         return window_reverse(y, ws, batch, height, width)
 
