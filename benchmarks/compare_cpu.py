@@ -1,6 +1,6 @@
 """This checkout against an older commit on the CPU, side by side in one run: old / new / ratio.
 
-    python benchmarks/compare_cpu.py --old 8736dde [--repeats 2] [--threads 2] [--with-dense]
+    python benchmarks/compare_cpu.py --old 8736dde [--repeats 2] [--threads 2] [--with-dense] [--malloc system|keep]
 
 The old commit's ``src/`` is exported once (``git archive`` into ``/tmp/ratlit-bench-<commit>``, reused later)
 and imported through PYTHONPATH; every measurement runs in a fresh subprocess, old and new alternating, and the
@@ -12,7 +12,9 @@ beside global SDPA. Both sides run the same case code through the public API of 
 and are what each R-MSA layer of RAT costs there (the layout is built once per forward for all 12 layers and
 not timed here, tokens already in layout order); "kernels:..." times only the attention calls of that layout
 (the packed blocks and each group of large regions, forward + backward on tensors of their shapes): the
-bound for anything around them.
+bound for anything around them. ``--malloc keep`` runs both sides with glibc's malloc keeping freed memory
+(what ratlit's CLIs set, ratlit.allocator; through GLIBC_TUNABLES, as the old commit has no such setting);
+the default compares the code alone under glibc's defaults.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ NETWORK_CASES = ("train256", "infer512")
 ATTENTION_CASES = ("sparse:slic", "sparse:felzenszwalb", "sparse:single", "sparse:pixels", "msa:single")
 DENSE_CASES = ("dense:slic", "dense:felzenszwalb")
 NEW_ONLY = ("layout:felzenszwalb", "layout:slic", "kernels:felzenszwalb", "kernels:slic")
+# ratlit.allocator.keep_freed_memory, as environment for a process that may not have it
+KEEP_FREED_MEMORY = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
 
 
 def run_case(case: str, repeats: int) -> dict:
@@ -115,8 +119,10 @@ def old_checkout(commit: str) -> Path:
     return path
 
 
-def measure(src: Path, case: str, threads: int, repeats: int) -> dict:
+def measure(src: Path, case: str, threads: int, repeats: int, malloc: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src))
+    if malloc == "keep":
+        env["GLIBC_TUNABLES"] = KEEP_FREED_MEMORY
     cmd = [sys.executable, str(Path(__file__).resolve()), "--threads", str(threads), "--case", case,
            "--inner-repeats", str(repeats)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -135,6 +141,8 @@ def main() -> None:
     parser.add_argument("--with-dense", action="store_true", help="also the dense Eq. 3-4 rows (3 GB, slow)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall time (a quiet machine), or process CPU time (a busy one; best with --threads 1)")
+    parser.add_argument("--malloc", choices=["system", "keep"], default="system",
+                        help="glibc's defaults, or freed memory kept for reuse as ratlit's CLIs set it (both sides)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--inner-repeats", type=int, default=2, help=argparse.SUPPRESS)
@@ -159,7 +167,7 @@ def main() -> None:
             for side, src in (("old", old_src), ("new", new_src)):
                 if side == "old" and case in NEW_ONLY:
                     continue
-                sides[side].append(measure(src, case, args.threads, 1 if case in NETWORK_CASES else 3))
+                sides[side].append(measure(src, case, args.threads, 1 if case in NETWORK_CASES else 3, args.malloc))
         clock = "seconds" if args.clock == "wall" else "cpu_seconds"
         best = {side: dict(min(runs, key=lambda r: r[clock]), seconds=min(r[clock] for r in runs))
                 for side, runs in sides.items() if runs}
@@ -168,7 +176,7 @@ def main() -> None:
         print(f"{case}: old {old['seconds']:.3f} s, " if old else f"{case}: ", f"new {best['new']['seconds']:.3f} s",
               flush=True, file=sys.stderr)
 
-    print(f"\nCPU, {args.threads} threads, {args.clock} clock; old = {args.old} ({old_src.parent}), "
+    print(f"\nCPU, {args.threads} threads, {args.clock} clock, malloc {args.malloc}; old = {args.old} ({old_src.parent}), "
           f"new = this checkout; best of {args.repeats} alternating runs")
     print("| case | old (s) | new (s) | old / new | old peak (MB) | new peak (MB) |")
     print("|---|---|---|---|---|---|")
