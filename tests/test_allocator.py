@@ -66,3 +66,9 @@ def test_off_glibc_nothing_happens(monkeypatch):
     monkeypatch.delenv("RATLIT_MALLOC", raising=False)
     monkeypatch.setattr(sys, "platform", "darwin")
     assert allocator.keep_freed_memory() is False
+
+
+def test_a_misspelt_choice_is_an_error_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("RATLIT_MALLOC", "off")
+    with pytest.raises(ValueError, match="RATLIT_MALLOC must be keep or system, got 'off'"):
+        allocator.keep_freed_memory()

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: keep up to 2 GiB free at the top of the heap
-OPT_OUT = "RATLIT_MALLOC"  # =system: leave malloc as it is
+OPT_OUT = "RATLIT_MALLOC"  # keep (the default) | system: leave malloc as it is
 
 
 def keep_freed_memory() -> bool:
@@ -32,7 +32,10 @@ def keep_freed_memory() -> bool:
     ``MALLOC_*_`` variables, ``RATLIT_MALLOC=system``), where another allocator is preloaded (jemalloc,
     tcmalloc), and off glibc (macOS, Windows, musl).
     """
-    if os.environ.get(OPT_OUT, "").lower() == "system":
+    choice = os.environ.get(OPT_OUT, "keep").strip().lower() or "keep"
+    if choice not in ("keep", "system"):
+        raise ValueError(f"{OPT_OUT} must be keep or system, got {os.environ[OPT_OUT]!r}")
+    if choice == "system":
         return False
     if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "") or any(
             name.startswith("MALLOC_") and name.endswith("_") for name in os.environ):
