@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -29,23 +30,29 @@ def slic_regions(side: int) -> torch.Tensor:
     return torch.from_numpy(labels.astype(np.int64))[None], torch.from_numpy(image).float()[None, None]
 
 
-def run_case(case: str, attention: str, repeats: int) -> dict:
+def network_step(train: bool, attention: str = "rmsa") -> tuple[Callable[[], None], torch.Tensor]:
+    """One paper-size RAT step through the public API: training (loss, backward) at 256x256 or inference at
+    512x512; returns the step and its region map."""
     from ratlit.losses import FocalRegionLoss
     from ratlit.models import RAT
 
     torch.manual_seed(0)
     model = RAT(attention=attention)
-    side = 256 if case == "train" else 512
-    regions, image = slic_regions(side)
+    regions, image = slic_regions(256 if train else 512)
 
     def step() -> None:
-        if case == "train":
+        if train:
             model.zero_grad(set_to_none=True)
             FocalRegionLoss()(model(image, regions), image, regions).backward()
         else:
             with torch.inference_mode():
                 model.eval()(image, regions)
 
+    return step, regions
+
+
+def run_case(case: str, attention: str, repeats: int) -> dict:
+    step, regions = network_step(case == "train", attention)
     base = peak_rss_reset()
     step()  # warm-up: first-call dispatch, and the heap growing to its working size
     times = []
@@ -53,7 +60,7 @@ def run_case(case: str, attention: str, repeats: int) -> dict:
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return {"case": case, "side": side, "regions": int(regions.unique().numel()), "seconds": min(times),
+    return {"case": case, "side": regions.shape[-1], "regions": int(regions.unique().numel()), "seconds": min(times),
             "peak_gb": (rss("VmHWM") - base) / 2**30}
 
 

@@ -43,24 +43,11 @@ def run_case(case: str, repeats: int) -> dict:
 
     sys.path.insert(0, str(HERE))
     from bench_attention import BATCH, CHANNELS, HEADS, TOKENS_SIDE, partition, peak_rss_reset, rss
-    from bench_rat import slic_regions
+    from bench_rat import network_step
 
     torch.manual_seed(0)
     if case in NETWORK_CASES:
-        from ratlit.losses import FocalRegionLoss
-        from ratlit.models import RAT
-
-        model = RAT()
-        side = 256 if case == "train256" else 512
-        regions, image = slic_regions(side)
-
-        def step() -> None:
-            if case == "train256":
-                model.zero_grad(set_to_none=True)
-                FocalRegionLoss()(model(image, regions), image, regions).backward()
-            else:
-                with torch.inference_mode():
-                    model.eval()(image, regions)
+        step, _ = network_step(case == "train256")
     else:
         from ratlit.models import attention as attn
 
