@@ -4,7 +4,7 @@ glibc's malloc serves every block of more than 32 MB (less before its threshold 
 and unmaps it on ``free``; PyTorch frees each activation when it is done with it, so a forward at 512x512
 (64-channel maps of 67 MB) maps, faults in page by page and unmaps the same memory again and again. On the
 2-core CPU of benchmarks/compare_cpu.py RAT's 512x512 inference took 9.0-9.6 s with 11.8 million page faults,
-and 5.1-5.6 s with 0.4 million when malloc keeps its memory (peak resident memory 1.2 -> 1.7 GB: freed blocks
+and 4.6-5.6 s with 0.4 million when malloc keeps its memory (peak resident memory 1.2 -> 1.7 GB: freed blocks
 wait for reuse). PyTorch's CPU tuning guide gives the same advice with jemalloc or tcmalloc; this needs no
 preloaded library. The CLIs (train, predict, evaluate, precompute) call :func:`keep_freed_memory` first.
 """
