@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from typing import Any, Callable
 
 import lightning as L
@@ -16,6 +17,7 @@ from torchmetrics import CatMetric
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from ratlit.compiling import compile_repeated_blocks, eager
+from ratlit.cuda_graph import GraphedBackward
 from ratlit.validation import DeferredFiniteCheck, finite_checks
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,9 @@ class RestorationModule(L.LightningModule):
     every step; None keeps the learning rate constant); a scheduler with a length argument (``T_max``, ``total_steps``) left unset gets the trainer's
     ``max_steps``, so a resumed run that trains longer stretches it. Validation and test run on whole images;
     ``validation_step`` / ``test_step`` return the restored batch and its per-image scores for callbacks.
+    ``cuda_graph``: the training step's forward, loss and backward run as one replayed CUDA graph after
+    ``cuda_graph_warmup`` eager steps (:class:`ratlit.cuda_graph.GraphedBackward`; one GPU, fp32 or bf16; the
+    optimiser then steps as usual). Without CUDA the step runs eagerly, with a warning.
     """
 
     def __init__(
@@ -60,6 +65,8 @@ class RestorationModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = default_scheduler,
         data_range: float = 1.0,
         compile: bool = False,
+        cuda_graph: bool = False,
+        cuda_graph_warmup: int = 3,
     ) -> None:
         super().__init__()
         self.net, self.loss = net, loss
@@ -71,6 +78,12 @@ class RestorationModule(L.LightningModule):
         self.compile_net = compile  # not `self.compile`: that is nn.Module.compile
         self.compiled_blocks: list[str] = []
         self._finite = DeferredFiniteCheck()
+        if cuda_graph_warmup < 2:
+            raise ValueError(f"cuda_graph_warmup must be >= 2 (compilation, then a check for host syncs), got {cuda_graph_warmup}")
+        self.cuda_graph, self.cuda_graph_warmup = cuda_graph, cuda_graph_warmup
+        self._graphed: GraphedBackward | None = None
+        # The graph replays forward and backward; the optimiser (and the scheduler) are stepped here.
+        self.automatic_optimization = not cuda_graph
 
     def forward(self, lq: Tensor, regions: Tensor | None = None) -> Tensor:
         return self.net(lq, regions)
@@ -81,14 +94,45 @@ class RestorationModule(L.LightningModule):
             self.compiled_blocks = compile_repeated_blocks(self.net)
             log.info("compiled training: %d blocks (%s)", len(self.compiled_blocks), ", ".join(sorted(set(self.compiled_blocks))))
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        # No host sync for NaN / inf inside the step: lq, hq and the loss are checked once, without waiting,
-        # and a bad value stops the run at the next step with a message naming it.
+    def on_fit_start(self) -> None:
+        if not self.cuda_graph:
+            return
+        if self.trainer.world_size > 1:
+            raise ValueError("model.cuda_graph=true trains on one GPU (the graph cannot hold DDP's gradient "
+                             f"all-reduce); this run has {self.trainer.world_size} processes: set model.cuda_graph=false")
+        if str(self.trainer.precision).startswith("16"):
+            raise ValueError("model.cuda_graph=true needs trainer.precision 32-true or bf16-mixed: float16's loss "
+                             f"scaler waits for the GPU each step; got {self.trainer.precision}")
+        if self.device.type != "cuda":
+            warnings.warn(f"model.cuda_graph=true: no CUDA device (training on {self.device.type}), so the training "
+                          "step runs eagerly")
+
+    def step_loss(self, lq: Tensor, hq: Tensor, regions: Tensor | None = None) -> Tensor:
+        """The training loss of one batch. No host sync for NaN / inf inside: the training step checks lq, hq
+        and the loss once, without waiting, and a bad value stops the run at the next step, naming it."""
         with finite_checks(False):
-            pred = self.net(batch["lq"], batch["regions"])
-            loss = self.loss(pred, batch["hq"], batch["regions"])
-        self._finite.update(self.global_step, lq=batch["lq"], hq=batch["hq"], loss=loss)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["lq"].shape[0])
+            return self.loss(self.net(lq, regions), hq, regions)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        lq, hq, regions = batch["lq"], batch["hq"], batch["regions"]
+        step = self.global_step
+        if self.cuda_graph:
+            loss = self._graphed_step(lq, hq, regions)
+        else:
+            loss = self.step_loss(lq, hq, regions)
+        self._finite.update(step, lq=lq, hq=hq, loss=loss)
+        self.log("train/loss", loss, prog_bar=True, batch_size=lq.shape[0])
+        return loss
+
+    def _graphed_step(self, lq: Tensor, hq: Tensor, regions: Tensor | None) -> Tensor:
+        if self._graphed is None:
+            self._graphed = GraphedBackward(self.step_loss, list(self.parameters()), warmup=self.cuda_graph_warmup)
+        inputs = {"lq": lq, "hq": hq, **({"regions": regions} if regions is not None else {})}
+        loss = self._graphed(**inputs)
+        self.optimizers().step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
         return loss
 
     def on_train_end(self) -> None:
