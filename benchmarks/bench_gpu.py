@@ -10,8 +10,9 @@ Felzenszwalb partitions of scikit-image's camera image, at 64x64 tokens (B=8, 8 
 tokens (B=2).
 Table 2, paper-size RAT: one training step (forward, loss, backward, fused Adam) at batch 4, 256x256, and
 512x512 whole-image inference, for every region_impl and attention msa / wmsa, fp32 and bf16-mixed, eager
-and with compiled blocks (model.compile), and activation checkpointing at batch 4 and 16; peak memory from
-torch.cuda.max_memory_allocated. Cases that run out of memory are reported as OOM, cases that fail otherwise
+and with compiled blocks (model.compile), replayed as a CUDA graph (model.cuda_graph) or not, and activation
+checkpointing at batch 4 and 16; peak memory: torch.cuda.max_memory_allocated over the whole case (first
+step, warm-up, capture, timed steps) above the model's weights, and the most memory the case reserved. Cases that run out of memory are reported as OOM, cases that fail otherwise
 by their error's name. Every figure is a median over timed repeats after warm-up; each row is written to the
 JSON as it is measured, so a run cut short keeps what it measured.
 """
@@ -85,6 +86,36 @@ def measure(fn, device: torch.device, warmup: int, repeats: int) -> dict:
 FLEX_METHODS = {"flex": 128, "flex64": 64}  # FlexAttention with a block mask of 128 / 64 tokens
 ATTENTION_METHODS = ("dense", "global SDPA", "sparse", *FLEX_METHODS, "layout packed",
                      *(f"layout sorted {m}" for m in FLEX_METHODS))
+# The same calls replayed from a CUDA graph (as model.cuda_graph trains): kernel time without launch overhead.
+GRAPH_METHODS = {"global SDPA graph": "global SDPA", "flex64 graph": "flex64",
+                 "layout sorted flex64 graph": "layout sorted flex64"}
+
+
+def cuda_graphed(step):
+    """``step`` captured in a CUDA graph on its first call (after two warm-up runs on a side stream), then replayed."""
+    from ratlit.cuda_graph import _reset_rng_capture_state
+
+    graph = None
+
+    def replay() -> None:
+        nonlocal graph
+        if graph is None:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    step()
+            torch.cuda.current_stream().wait_stream(stream)
+            captured = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(captured):
+                    step()
+            except Exception:
+                _reset_rng_capture_state()
+                raise
+            graph = captured
+        graph.replay()
+    return replay
 
 
 @contextlib.contextmanager
@@ -140,13 +171,16 @@ def attention_table(cfg: dict, device: torch.device, record) -> list[dict]:
                         out.sum().backward()
                     return step
 
-                for method in ATTENTION_METHODS:
-                    if method.startswith("layout") and dtype != torch.float32:
+                for method in (*ATTENTION_METHODS, *GRAPH_METHODS):
+                    base = GRAPH_METHODS.get(method, method)
+                    if base.startswith("layout") and dtype != torch.float32:
                         continue
-                    if method.startswith("layout sorted") and device.type != "cuda":
-                        continue  # flex_mask on the CPU: no kernel to feed
-                    if method in FLEX_METHODS and device.type != "cuda":
+                    if (base.startswith("layout sorted") or method in GRAPH_METHODS) and device.type != "cuda":
+                        continue  # flex_mask on the CPU: no kernel to feed; CUDA graphs need CUDA
+                    if base in FLEX_METHODS and device.type != "cuda":
                         r = {"ms": None, "peak_mb": None, "error": "no CPU backward"}  # FlexAttention's limit
+                    elif method in GRAPH_METHODS:
+                        r = measure(cuda_graphed(run(base)), device, cfg["warmup"], cfg["repeats"])
                     else:
                         r = measure(run(method), device, cfg["warmup"], cfg["repeats"])
                     rows.append({"tokens": f"{side}x{side}", "batch": batch, "partition": kind,
@@ -157,30 +191,44 @@ def attention_table(cfg: dict, device: torch.device, record) -> list[dict]:
     return rows
 
 
-def network_cases(compile_backend: str | None) -> list[dict]:
-    """The paper-size RAT cases: region_impl / attention / precision, compiled blocks, activation checkpointing."""
+def network_cases(compile_backend: str | None, memory_budgets: tuple[float, ...] = ()) -> list[dict]:
+    """The paper-size RAT cases: region_impl / attention / precision, compiled blocks, CUDA-graph replay,
+    activation checkpointing, and the compiled step under activation memory budgets."""
+    base = dict(compiled=False, graph=False, checkpointing=False, batch=None, infer=False, memory_budget=None)
     cases = []
     for precision in ("fp32", "bf16-mixed"):
         for attention, impl in [("rmsa", "dense"), ("rmsa", "sparse"), *(("rmsa", m) for m in FLEX_METHODS),
                                 ("rmsa", "auto"), ("wmsa", "auto"), ("msa", "auto")]:
-            cases.append(dict(attention=attention, region_impl=impl, precision=precision, compiled=False,
-                              checkpointing=False, batch=None, infer=True))
-        if compile_backend:
-            for attention, impl in [("rmsa", "auto"), *(("rmsa", m) for m in FLEX_METHODS if m != "flex"),
-                                    ("msa", "auto")]:
-                cases.append(dict(attention=attention, region_impl=impl, precision=precision, compiled=True,
-                                  checkpointing=False, batch=None, infer=False))
+            cases.append({**base, "attention": attention, "region_impl": impl, "precision": precision, "infer": True})
+        for compiled in ([False, True] if compile_backend else [False]):
+            for graph in (False, True):
+                if compiled or graph:
+                    for attention in ("rmsa", "msa"):
+                        cases.append({**base, "attention": attention, "region_impl": "auto", "precision": precision,
+                                      "compiled": compiled, "graph": graph})
+        if compile_backend and precision == "fp32":  # the memory target is fp32's (bf16 halves it anyway)
+            for budget in memory_budgets:
+                cases.append({**base, "attention": "rmsa", "region_impl": "auto", "precision": precision,
+                              "compiled": True, "memory_budget": budget})
         for batch in (None, "large"):  # memory with and without activation checkpointing
             for checkpointing in ([True] if batch is None else [False, True]):
-                cases.append(dict(attention="rmsa", region_impl="auto", precision=precision, compiled=False,
-                                  checkpointing=checkpointing, batch=batch, infer=False))
+                cases.append({**base, "attention": "rmsa", "region_impl": "auto", "precision": precision,
+                              "checkpointing": checkpointing, "batch": batch})
     return cases
 
 
-def network_table(cfg: dict, device: torch.device, compile_backend: str | None, record) -> list[dict]:
+def selected(case: dict, filters: dict[str, str]) -> bool:
+    """Whether ``case`` matches every ``key=value`` of ``--network-filter`` (values compared as strings;
+    ``key=a|b`` matches either)."""
+    return all(str(case.get(key)) in value.split("|") for key, value in filters.items())
+
+
+def network_table(cfg: dict, device: torch.device, compile_backend: str | None, record,
+                  filters: dict[str, str] | None = None, memory_budgets: tuple[float, ...] = ()) -> list[dict]:
     from bench_rat import slic_regions
 
     from ratlit.compiling import compile_repeated_blocks
+    from ratlit.cuda_graph import GraphedBackward
     from ratlit.losses import FocalRegionLoss
     from ratlit.models import RAT
     from ratlit.validation import finite_checks
@@ -195,7 +243,9 @@ def network_table(cfg: dict, device: torch.device, compile_backend: str | None, 
     big_regions = big_regions[:, : cfg["infer"], : cfg["infer"]].to(device)
     big_image = big_image[..., : cfg["infer"], : cfg["infer"]].contiguous().to(device)
     loss_fn = FocalRegionLoss()
-    for case in network_cases(compile_backend):
+    for case in network_cases(compile_backend, memory_budgets):
+        if not selected(case, filters or {}):
+            continue
         size = cfg["large_batch"] if case["batch"] == "large" else batch
         lq, lq_regions = image.repeat(size, 1, 1, 1), regions.repeat(size, 1, 1)
         torch.manual_seed(0)
@@ -205,6 +255,8 @@ def network_table(cfg: dict, device: torch.device, compile_backend: str | None, 
         model = RAT(attention=case["attention"], region_impl=impl,
                     activation_checkpointing=case["checkpointing"], **cfg["rat"]).to(device)
         if case["compiled"]:
+            budget = 1.0 if case["memory_budget"] is None else case["memory_budget"]
+            torch._functorch.config.activation_memory_budget = budget  # read when the graphs are partitioned
             compile_repeated_blocks(model, backend=compile_backend)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as conf/optimizer/adam.yaml
         autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if case["precision"] == "bf16-mixed"
@@ -212,10 +264,22 @@ def network_table(cfg: dict, device: torch.device, compile_backend: str | None, 
 
         block = FLEX_METHODS.get(case["region_impl"])
 
+        def step_loss(lq, hq, regions):
+            with finite_checks(False):  # as RestorationModule's training step
+                return loss_fn(model(lq, regions), hq, regions)
+
+        # As model.cuda_graph=true: forward, loss and backward replayed from one CUDA graph after warm-up.
+        graphed = GraphedBackward(step_loss, list(model.parameters()), warmup=2) if case["graph"] else None
+
         def train_step() -> None:
             with flex_block(block):
-                with autocast, finite_checks(False):  # as RestorationModule's training step
-                    loss = loss_fn(model(lq, lq_regions), lq, lq_regions)
+                if graphed is not None:
+                    with autocast:
+                        graphed(lq=lq, hq=lq, regions=lq_regions)
+                    optimizer.step()  # the graph writes the same .grad tensors each replay: never set them to None
+                    return
+                with autocast:
+                    loss = step_loss(lq, lq, lq_regions)
                 loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -225,24 +289,37 @@ def network_table(cfg: dict, device: torch.device, compile_backend: str | None, 
                 model.eval()(big_image, big_regions)
             model.train()
 
-        name = {k: case[k] for k in ("attention", "region_impl", "precision", "compiled", "checkpointing")}
+        name = {k: case[k] for k in ("attention", "region_impl", "precision", "compiled", "graph", "checkpointing",
+                                     "memory_budget")}
         if impl == "flex" and device.type != "cuda":  # FlexAttention's limit
             rows.append({**name, "case": f"train b{size} {side}x{side}", "ms": None, "peak_mb": None,
                          "error": "no CPU backward"})
             record(rows[-1])
             continue
+        if device.type == "cuda":  # what the card must hold for the whole case (a CUDA graph keeps its own pool)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            reserved_base, allocated_base = torch.cuda.memory_reserved(), torch.cuda.memory_allocated()
         start = time.perf_counter()
         first = measure(train_step, device, 0, 1)  # includes compilation when compiled
         first_s = time.perf_counter() - start
         timed = first if first.get("error") else measure(train_step, device, cfg["warmup"], cfg["repeats"])
         rows.append({**name, "case": f"train b{size} {side}x{side}",
                      "first_step_s": None if first.get("error") else first_s, **timed})
+        if device.type == "cuda":  # the whole case: first step, warm-up, capture and timed steps
+            rows[-1]["case_peak_mb"] = (torch.cuda.max_memory_allocated() - allocated_base) / 2**20
+            rows[-1]["reserved_mb"] = (torch.cuda.max_memory_reserved() - reserved_base) / 2**20
+        if graphed is not None:
+            rows[-1]["captured"] = graphed.captured
+            if graphed.failed:
+                rows[-1]["capture_error"] = graphed.failed.splitlines()[0]
         record(rows[-1])
         if case["infer"]:  # validation / inference run eagerly (README: compiled training)
             rows.append({**name, "case": f"infer {cfg['infer']}x{cfg['infer']}",
                          **measure(infer, device, 1, max(2, cfg["repeats"] // 2))})
             record(rows[-1])
-        del model, optimizer
+        del model, optimizer, graphed
+    torch._functorch.config.activation_memory_budget = 1.0
     return rows
 
 
@@ -252,11 +329,11 @@ def fmt(value, digits: int = 2) -> str:
 
 def print_tables(attn_rows: list[dict], net_rows: list[dict], device_name: str) -> None:
     print(f"\nR-MSA forward + backward, one layer as RAT runs it ({device_name}); layouts: built once per forward")
-    compute = ("dense", "global SDPA", "sparse", *FLEX_METHODS)
-    layouts = [m for m in ATTENTION_METHODS if m.startswith("layout")]
+    compute = ("dense", "global SDPA", "sparse", *FLEX_METHODS, *(m for m in GRAPH_METHODS if "layout" not in m))
+    layouts = [m for m in (*ATTENTION_METHODS, *GRAPH_METHODS) if m.startswith("layout")]
     print("| tokens | B | partition | regions | sum n_i^2/N^2 | dtype | " + " | ".join(compute + tuple(layouts))
-          + " | global / best flex |")
-    print("|---" * (7 + len(compute) + len(layouts)) + "|")
+          + " | global / best flex | graphs: global / flex64 |")
+    print("|---" * (8 + len(compute) + len(layouts)) + "|")
     keys = sorted({(r["tokens"], r["batch"], r["partition"], r["dtype"]) for r in attn_rows},
                   key=lambda k: (k[0], k[2], k[3] != "float32"))
     for key in keys:
@@ -276,16 +353,25 @@ def print_tables(attn_rows: list[dict], net_rows: list[dict], device_name: str) 
         flex_ms = [cells[m]["ms"] for m in FLEX_METHODS if cells.get(m) and cells[m].get("ms")]
         sdpa = cells.get("global SDPA", {}).get("ms")
         ratio = f"{sdpa / min(flex_ms):.2f}x" if flex_ms and sdpa else "-"
+        graphed = [cells.get(m, {}).get("ms") for m in ("global SDPA graph", "flex64 graph")]
+        graph_ratio = f"{graphed[0] / graphed[1]:.2f}x" if all(graphed) else "-"
         print(f"| {key[0]} | {key[1]} | {key[2]} | {any_row['regions']} | {any_row['work']:.3f} | {key[3]} | "
-              + " | ".join(cell(m) for m in compute + tuple(layouts)) + f" | {ratio} |")
+              + " | ".join(cell(m) for m in compute + tuple(layouts)) + f" | {ratio} | {graph_ratio} |")
     print(f"\nPaper-size RAT ({device_name})")
-    print("| case | attention | region_impl | precision | compiled | checkpointing | time (ms) | peak (GB) | first step (s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| case | attention | region_impl | precision | compiled | CUDA graph | checkpointing | memory budget "
+          "| time (ms) | peak (GB) | reserved (GB) | first step (s) |")
+    print("|---" * 12 + "|")
     for r in net_rows:
         time_cell = r.get("error") or fmt(r["ms"], 1)
-        peak = fmt(r["peak_mb"] / 1024 if r["peak_mb"] is not None else None)
+        peak_mb = r.get("case_peak_mb", r["peak_mb"])
+        peak = fmt(peak_mb / 1024 if peak_mb is not None else None)
+        graph = r.get("graph", False)
+        if graph and not r.get("captured"):
+            graph = "not captured" + (f" ({r['capture_error'][:60]})" if r.get("capture_error") else "")
         print(f"| {r['case']} | {r['attention']} | {r['region_impl']} | {r['precision']} | {r['compiled']} | "
-              f"{r['checkpointing']} | {time_cell} | {peak} | {fmt(r.get('first_step_s'), 1)} |")
+              f"{graph} | {r['checkpointing']} | {fmt(r.get('memory_budget'))} | {time_cell} | {peak} | "
+              f"{fmt(r['reserved_mb'] / 1024 if r.get('reserved_mb') is not None else None)} | "
+              f"{fmt(r.get('first_step_s'), 1)} |")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -296,6 +382,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--skip", default="", help="comma-separated: attention,network")
+    parser.add_argument("--network-filter", default="",
+                        help="only the network cases matching every key=value (a|b: either), e.g. region_impl=auto,graph=True")
+    parser.add_argument("--memory-budget", type=float, action="append", default=[],
+                        help="also time the compiled step with this activation memory budget (0-1; repeatable)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -318,7 +408,9 @@ def main(argv: list[str] | None = None) -> dict:
     if "attention" not in skip:
         attention_table(cfg, device, recorder("attention"))
     if "network" not in skip:
-        network_table(cfg, device, None if args.no_compile else args.compile_backend, recorder("network"))
+        filters = dict(item.split("=", 1) for item in args.network_filter.split(",") if item)
+        network_table(cfg, device, None if args.no_compile else args.compile_backend, recorder("network"), filters,
+                      tuple(args.memory_budget))
     print_tables(result["attention"], result["network"], device_name)
     result["seconds"] = time.perf_counter() - started
     json_path.write_text(json.dumps(result, indent=2))

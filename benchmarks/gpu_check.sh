@@ -2,8 +2,8 @@
 # Everything that needs a GPU, in one call (a lent GPU is billed by the second): the CUDA tests,
 # bench_gpu.py, and a short compiled bf16 training run on the embedded CT set. Logs and JSON go to $1.
 #   bash benchmarks/gpu_check.sh [out_dir]
-# Environment: BENCH_ARGS (extra bench_gpu.py arguments), PROFILE_ARGS (profile_step.py runs, ';'-separated;
-# empty: none), TRAIN_STEPS (0: no training run), *_TIMEOUT (seconds).
+# Environment: GPU_TESTS (test files), BENCH_ARGS (extra bench_gpu.py arguments), TRAIN_STEPS (0: no training
+# run), TRAIN_ARGS (its overrides), PROFILE_ARGS (profile_step.py runs, ';'-separated; empty: none), *_TIMEOUT (s).
 # Where the GPU machine's Python lacks hydra-core / omegaconf / antlr4-python3-runtime / pydicom and cannot
 # reach PyPI, put their wheels in .whl/ (README, "On a GPU"); RATLIT_CACHE may point at a copy of the
 # embedded data to skip building it.
@@ -21,8 +21,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 start=$SECONDS
-timeout "${TESTS_TIMEOUT:-150}" python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_attention.py tests/test_rat.py \
-  >"$out/gpu_tests.log" 2>&1
+timeout "${TESTS_TIMEOUT:-150}" python3 -m pytest -q -m gpu -p no:cacheprovider \
+  ${GPU_TESTS:-tests/test_cuda_graph.py tests/test_attention.py tests/test_rat.py tests/test_losses.py} >"$out/gpu_tests.log" 2>&1
 echo "gpu tests: status $? in $((SECONDS - start)) s: $(tail -n 1 "$out/gpu_tests.log")"
 
 start=$SECONDS
@@ -33,10 +33,11 @@ echo "bench_gpu.py: status $? in $((SECONDS - start)) s"
 if [ "${TRAIN_STEPS:-300}" -gt 0 ]; then
   start=$SECONDS
   export RATLIT_OUTPUTS=/tmp/ratlit_outputs
-  timeout "${TRAIN_TIMEOUT:-150}" python3 -m ratlit.train task=ct trainer=gpu partition=slic model.compile=true \
+  timeout "${TRAIN_TIMEOUT:-150}" python3 -m ratlit.train task=ct trainer=gpu partition=slic ${TRAIN_ARGS-model.compile=true model.cuda_graph=true} \
     trainer.max_steps="${TRAIN_STEPS:-300}" trainer.val_check_interval="${TRAIN_STEPS:-300}" trainer.limit_val_batches=2 \
     trainer.limit_test_batches=4 data.num_workers=8 >"$out/train.log" 2>&1
-  echo "compiled training run: status $? in $((SECONDS - start)) s"
+  echo "training run (${TRAIN_ARGS-model.compile=true model.cuda_graph=true}): status $? in $((SECONDS - start)) s"
+  grep -m 2 "CUDA graph" "$out/train.log"
   tail -n 3 "$out/train.log"
   results=$(ls -t "$RATLIT_OUTPUTS"/runs/ct/*/results.json 2>/dev/null | head -n 1)
   [ -n "$results" ] && cp "$results" "$out/train_results.json"
