@@ -59,41 +59,104 @@ def test_without_cuda_every_step_is_eager_and_writes_its_gradients():
         GraphedBackward(_loss_fn(net, loss), list(net.parameters()), warmup=1)
 
 
-def _fit(cuda_graph: bool, steps: int = 5) -> tuple[list[torch.Tensor], float]:
+def _fit(cuda_graph, steps: int = 5, accelerator: str = "cpu",
+         **trainer_kwargs) -> tuple[RestorationModule, list[torch.Tensor], float]:
     torch.manual_seed(0)
     module = RestorationModule(RAT(**TINY), FocalRegionLoss(), cuda_graph=cuda_graph, cuda_graph_warmup=2)
     data = [_batch(seed=s) for s in range(steps)]
     loader = DataLoader(data, batch_size=None)
-    trainer = L.Trainer(accelerator="cpu", max_steps=steps, limit_val_batches=0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(accelerator=accelerator, devices=1, max_steps=steps, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        **trainer_kwargs)
     trainer.fit(module, loader)
     assert trainer.global_step == steps
     lr = trainer.optimizers[0].param_groups[0]["lr"]
-    return [p.detach().clone() for p in module.parameters()], float(lr)
+    return module, [p.detach().clone() for p in module.parameters()], float(lr)
 
 
-def test_cuda_graph_run_on_the_cpu_trains_as_the_automatic_step():
-    # The manual-optimisation path (optimiser, scheduler and step count outside the graph) on the CPU,
-    # where the step runs eagerly with a warning: the same weights and learning rate as the usual run.
-    reference, reference_lr = _fit(False)
-    with pytest.warns(UserWarning, match="no CUDA device"):
-        got, lr = _fit(True)
+@pytest.mark.parametrize("clip", [None, 0.01])
+def test_cuda_graph_run_on_the_cpu_trains_as_the_usual_step(clip):
+    # The graphed step's plumbing (its own backward, Lightning's backward and zero_grad left out, clipping, the
+    # optimiser, the scheduler and the step count Lightning's) on the CPU, where the step runs eagerly with a
+    # warning: the same weights and learning rate as the usual run.
+    _, reference, reference_lr = _fit(False, gradient_clip_val=clip)
+    with pytest.warns(UserWarning, match="trains on cpu, not CUDA, so the training step runs eagerly"):
+        module, got, lr = _fit(True, gradient_clip_val=clip)
+    assert module._graphed is not None and module._graphed.calls == 5
     assert lr == pytest.approx(reference_lr) and lr < 2e-4  # the cosine schedule was stepped
     for a, b in zip(got, reference):
         torch.testing.assert_close(a, b)
 
 
+def test_cuda_graph_auto_is_off_on_the_cpu_without_a_word():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=".*(val_dataloader|LeafSpec|num_workers).*")
+        module, _, _ = _fit("auto", steps=2)
+    assert module._graphed is None
+
+
+def _fake_trainer(**kwargs):
+    return SimpleNamespace(**{"world_size": 1, "precision": "bf16-mixed", "accumulate_grad_batches": 1, **kwargs})
+
+
 @pytest.mark.parametrize("trainer, message", [
-    (SimpleNamespace(world_size=2, precision="32-true"), "trains on one GPU"),
-    (SimpleNamespace(world_size=1, precision="16-mixed"), "32-true or bf16-mixed"),
+    (_fake_trainer(world_size=2), "it runs 2 processes"),
+    (_fake_trainer(precision="16-mixed"), "precision 16-mixed"),
+    (_fake_trainer(accumulate_grad_batches=4), "accumulate_grad_batches=4"),
 ])
-def test_cuda_graph_refuses_what_it_cannot_capture(monkeypatch, trainer, message):
+def test_cuda_graph_true_refuses_what_it_cannot_capture_and_auto_steps_aside(monkeypatch, trainer, message):
     monkeypatch.setattr(RestorationModule, "trainer", property(lambda self: trainer))
     module = RestorationModule(RAT(**TINY), FocalRegionLoss(), cuda_graph=True)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=f"model.cuda_graph=true cannot be used here: {message}"):
         module.on_fit_start()
+    module = RestorationModule(RAT(**TINY), FocalRegionLoss(), cuda_graph="auto")
+    module.on_fit_start()
+    assert module._graphed is None and module.cuda_graph_blockers()
+
+
+def test_cuda_graph_and_budget_arguments_are_checked():
+    for bad in ("yes", 2):
+        with pytest.raises(ValueError, match="cuda_graph must be one of"):
+            RestorationModule(RAT(**TINY), FocalRegionLoss(), cuda_graph=bad)
     with pytest.raises(ValueError, match="cuda_graph_warmup"):
-        RestorationModule(RAT(**TINY), FocalRegionLoss(), cuda_graph_warmup=0)
+        RestorationModule(RAT(**TINY), FocalRegionLoss(), cuda_graph_warmup=1)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="compile_memory_budget"):
+            RestorationModule(RAT(**TINY), FocalRegionLoss(), compile_memory_budget=bad)
+    assert RestorationModule(RAT(**TINY), FocalRegionLoss(), cuda_graph=1).cuda_graph is True
+
+
+def test_compile_memory_budget_is_in_force_while_the_compiled_blocks_run(monkeypatch):
+    seen = []
+
+    def fake_compile(fn, **kwargs):
+        def compiled(*args, **kw):
+            seen.append(torch._functorch.config.activation_memory_budget)
+            return fn(*args, **kw)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    module = RestorationModule(RAT(**TINY), FocalRegionLoss(), compile=True, compile_memory_budget=0.5)
+    module.log = lambda *args, **kw: None
+    module.configure_model()
+    module.training_step(_batch(), 0)
+    assert seen and set(seen) == {0.5}
+    assert torch._functorch.config.activation_memory_budget == 1.0  # only inside the step
+    seen.clear()
+    module.validation_step(_batch(batch=1), 0)  # eager evaluation: no budget needed
+    assert all(v == 1.0 for v in seen)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_lightning_fit_on_cuda_replays_the_step_and_trains_as_the_usual_step(precision):
+    _, reference, _ = _fit(False, steps=6, accelerator="gpu", precision=precision)
+    module, got, _ = _fit("auto", steps=6, accelerator="gpu", precision=precision)
+    assert module._graphed is not None and module._graphed.captured, module._graphed and module._graphed.failed
+    tol = dict(rtol=2e-2, atol=2e-3) if precision == "bf16-mixed" else dict(rtol=1e-4, atol=1e-5)
+    for a, b in zip(got, reference):
+        torch.testing.assert_close(a, b, **tol)
 
 
 @pytest.mark.gpu

@@ -5,6 +5,7 @@ Reporting (panels, the per-image table, the best validation score, W&B) lives in
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import warnings
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 # Scores kept per image: of the restored image, and of the input (LQ) itself against the same HQ.
 SCORES = ("psnr", "ssim", "input_psnr", "input_ssim")
+CUDA_GRAPH_CHOICES = (True, False, "auto")
 
 
 def image_metrics(pred: Tensor, target: Tensor, data_range: float) -> tuple[Tensor, Tensor]:
@@ -52,9 +54,12 @@ class RestorationModule(L.LightningModule):
     every step; None keeps the learning rate constant); a scheduler with a length argument (``T_max``, ``total_steps``) left unset gets the trainer's
     ``max_steps``, so a resumed run that trains longer stretches it. Validation and test run on whole images;
     ``validation_step`` / ``test_step`` return the restored batch and its per-image scores for callbacks.
-    ``cuda_graph``: the training step's forward, loss and backward run as one replayed CUDA graph after
-    ``cuda_graph_warmup`` eager steps (:class:`ratlit.cuda_graph.GraphedBackward`; one GPU, fp32 or bf16; the
-    optimiser then steps as usual). Without CUDA the step runs eagerly, with a warning.
+    ``compile_memory_budget`` (with ``compile``): the fraction of the compiled blocks' activations that backward
+    keeps (torch's ``activation_memory_budget``); below 1 the rest is recomputed (fp32 batch 4 at 256x256 on an
+    H100: 10.0 GB at 1, 6.3 GB at 0.5). ``cuda_graph``: the training step's forward, loss and backward replayed
+    as one CUDA graph after ``cuda_graph_warmup`` eager steps (:class:`ratlit.cuda_graph.GraphedBackward`);
+    ``"auto"`` wherever it can be (one CUDA device, fp32 or bf16, no gradient accumulation), ``True`` insists
+    (an error where it cannot be, eager with a warning on the CPU), ``False`` never.
     """
 
     def __init__(
@@ -65,7 +70,8 @@ class RestorationModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = default_scheduler,
         data_range: float = 1.0,
         compile: bool = False,
-        cuda_graph: bool = False,
+        compile_memory_budget: float = 1.0,
+        cuda_graph: bool | str = "auto",
         cuda_graph_warmup: int = 3,
     ) -> None:
         super().__init__()
@@ -76,14 +82,18 @@ class RestorationModule(L.LightningModule):
         # torch.compile of the network's repeated blocks, used by the training step only: validation and test
         # run whole images of several sizes, which would recompile, so they run eagerly (README, "Compiled training").
         self.compile_net = compile  # not `self.compile`: that is nn.Module.compile
+        if not 0 < compile_memory_budget <= 1:
+            raise ValueError(f"compile_memory_budget must be in (0, 1], got {compile_memory_budget}")
+        self.compile_memory_budget = compile_memory_budget
         self.compiled_blocks: list[str] = []
         self._finite = DeferredFiniteCheck()
+        if cuda_graph not in CUDA_GRAPH_CHOICES:
+            raise ValueError(f"cuda_graph must be one of {CUDA_GRAPH_CHOICES}, got {cuda_graph!r}")
+        cuda_graph = cuda_graph if cuda_graph == "auto" else bool(cuda_graph)
         if cuda_graph_warmup < 2:
             raise ValueError(f"cuda_graph_warmup must be >= 2 (compilation, then a check for host syncs), got {cuda_graph_warmup}")
         self.cuda_graph, self.cuda_graph_warmup = cuda_graph, cuda_graph_warmup
-        self._graphed: GraphedBackward | None = None
-        # The graph replays forward and backward; the optimiser (and the scheduler) are stepped here.
-        self.automatic_optimization = not cuda_graph
+        self._graphed: GraphedBackward | None = None  # set at fit start where the step is replayed as a CUDA graph
 
     def forward(self, lq: Tensor, regions: Tensor | None = None) -> Tensor:
         return self.net(lq, regions)
@@ -94,46 +104,69 @@ class RestorationModule(L.LightningModule):
             self.compiled_blocks = compile_repeated_blocks(self.net)
             log.info("compiled training: %d blocks (%s)", len(self.compiled_blocks), ", ".join(sorted(set(self.compiled_blocks))))
 
+    def cuda_graph_blockers(self) -> list[str]:
+        """Why this fit's training step cannot be replayed as a CUDA graph on a GPU (empty: it can)."""
+        trainer = self.trainer
+        blockers = []
+        if trainer.world_size > 1:
+            blockers.append(f"it runs {trainer.world_size} processes (the graph cannot hold DDP's gradient all-reduce)")
+        if str(trainer.precision).startswith("16"):
+            blockers.append(f"precision {trainer.precision}: float16's loss scaler waits for the GPU each step")
+        if trainer.accumulate_grad_batches != 1:
+            blockers.append(f"accumulate_grad_batches={trainer.accumulate_grad_batches} (each replay writes the "
+                            "gradients, it does not add to them)")
+        return blockers
+
     def on_fit_start(self) -> None:
-        if not self.cuda_graph:
+        self._graphed = None
+        if self.cuda_graph is False:
             return
-        if self.trainer.world_size > 1:
-            raise ValueError("model.cuda_graph=true trains on one GPU (the graph cannot hold DDP's gradient "
-                             f"all-reduce); this run has {self.trainer.world_size} processes: set model.cuda_graph=false")
-        if str(self.trainer.precision).startswith("16"):
-            raise ValueError("model.cuda_graph=true needs trainer.precision 32-true or bf16-mixed: float16's loss "
-                             f"scaler waits for the GPU each step; got {self.trainer.precision}")
-        if self.device.type != "cuda":
-            warnings.warn(f"model.cuda_graph=true: no CUDA device (training on {self.device.type}), so the training "
-                          "step runs eagerly")
+        blockers = self.cuda_graph_blockers()
+        on_cuda = self.device.type == "cuda"
+        if self.cuda_graph is True:
+            if blockers:
+                raise ValueError(f"model.cuda_graph=true cannot be used here: {'; '.join(blockers)}. "
+                                 "Set model.cuda_graph=false (or auto)")
+            if not on_cuda:  # same step, same results, eagerly
+                warnings.warn(f"model.cuda_graph=true: this run trains on {self.device.type}, not CUDA, so the "
+                              "training step runs eagerly")
+        elif blockers or not on_cuda:  # auto
+            if on_cuda:
+                log.info("training step without a CUDA graph: %s", "; ".join(blockers))
+            return
+        self._graphed = GraphedBackward(self.step_loss, list(self.parameters()), warmup=self.cuda_graph_warmup)
 
     def step_loss(self, lq: Tensor, hq: Tensor, regions: Tensor | None = None) -> Tensor:
         """The training loss of one batch. No host sync for NaN / inf inside: the training step checks lq, hq
         and the loss once, without waiting, and a bad value stops the run at the next step, naming it."""
-        with finite_checks(False):
+        budget = contextlib.nullcontext()
+        if self.compiled_blocks and self.compile_memory_budget < 1:
+            # Read when the compiled blocks are traced (in this forward): what their backward keeps, what it recomputes.
+            budget = torch._functorch.config.patch(activation_memory_budget=self.compile_memory_budget)
+        with finite_checks(False), budget:
             return self.loss(self.net(lq, regions), hq, regions)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         lq, hq, regions = batch["lq"], batch["hq"], batch["regions"]
-        step = self.global_step
-        if self.cuda_graph:
-            loss = self._graphed_step(lq, hq, regions)
+        if self._graphed is not None:
+            # Forward, loss and backward: the gradients are in .grad when this returns (see backward below).
+            loss = self._graphed(**{"lq": lq, "hq": hq, **({"regions": regions} if regions is not None else {})})
         else:
             loss = self.step_loss(lq, hq, regions)
-        self._finite.update(step, lq=lq, hq=hq, loss=loss)
+        self._finite.update(self.global_step, lq=lq, hq=hq, loss=loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=lq.shape[0])
         return loss
 
-    def _graphed_step(self, lq: Tensor, hq: Tensor, regions: Tensor | None) -> Tensor:
+    # With a CUDA graph the training step has already run backward, and its gradients are the graph's own
+    # tensors, written by every replay: Lightning's backward and zero_grad must leave them alone. Clipping, the
+    # optimiser step, the scheduler and the step count stay Lightning's.
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         if self._graphed is None:
-            self._graphed = GraphedBackward(self.step_loss, list(self.parameters()), warmup=self.cuda_graph_warmup)
-        inputs = {"lq": lq, "hq": hq, **({"regions": regions} if regions is not None else {})}
-        loss = self._graphed(**inputs)
-        self.optimizers().step()
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
-        return loss
+            super().backward(loss, *args, **kwargs)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        if self._graphed is None:
+            super().optimizer_zero_grad(epoch, batch_idx, optimizer)
 
     def on_train_end(self) -> None:
         self._finite.flush()
