@@ -154,7 +154,9 @@ def test_lightning_fit_on_cuda_replays_the_step_and_trains_as_the_usual_step(pre
     _, reference, _ = _fit(False, steps=6, accelerator="gpu", precision=precision)
     module, got, _ = _fit("auto", steps=6, accelerator="gpu", precision=precision)
     assert module._graphed is not None and module._graphed.captured, module._graphed and module._graphed.failed
-    tol = dict(rtol=2e-2, atol=2e-3) if precision == "bf16-mixed" else dict(rtol=1e-4, atol=1e-5)
+    # Adam turns tiny gradient differences (atomic adds in the loss and attention backward) into updates of up to
+    # lr per step where a gradient is near zero.
+    tol = dict(rtol=2e-2, atol=2e-3) if precision == "bf16-mixed" else dict(rtol=1e-4, atol=1e-4)
     for a, b in zip(got, reference):
         torch.testing.assert_close(a, b, **tol)
 
