@@ -214,8 +214,9 @@ def network_cases(compile_backend: str | None, memory_budgets: tuple[float, ...]
                                       "compiled": compiled, "graph": graph})
         if compile_backend and precision == "fp32":  # the memory target is fp32's (bf16 halves it anyway)
             for budget in memory_budgets:
-                cases.append({**base, "attention": "rmsa", "region_impl": "auto", "precision": precision,
-                              "compiled": True, "memory_budget": budget})
+                for graph in (False, True):
+                    cases.append({**base, "attention": "rmsa", "region_impl": "auto", "precision": precision,
+                                  "compiled": True, "graph": graph, "memory_budget": budget})
         for batch in (None, "large"):  # memory with and without activation checkpointing
             for checkpointing in ([True] if batch is None else [False, True]):
                 cases.append({**base, "attention": "rmsa", "region_impl": "auto", "precision": precision,

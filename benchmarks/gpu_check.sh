@@ -21,12 +21,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 start=$SECONDS
-timeout "${TESTS_TIMEOUT:-150}" python3 -m pytest -q -m gpu -p no:cacheprovider \
+timeout "${TESTS_TIMEOUT:-200}" python3 -m pytest -q -m gpu -p no:cacheprovider \
   ${GPU_TESTS:-tests/test_cuda_graph.py tests/test_attention.py tests/test_rat.py tests/test_losses.py} >"$out/gpu_tests.log" 2>&1
 echo "gpu tests: status $? in $((SECONDS - start)) s: $(tail -n 1 "$out/gpu_tests.log")"
 
 start=$SECONDS
-timeout "${BENCH_TIMEOUT:-330}" python3 benchmarks/bench_gpu.py --json "$out/bench_gpu.json" ${BENCH_ARGS:-} \
+timeout "${BENCH_TIMEOUT:-330}" python3 benchmarks/bench_gpu.py --json "$out/bench_gpu.json" ${BENCH_ARGS---memory-budget 0.5} \
   >"$out/bench_gpu.md" 2>"$out/bench_progress.log"
 echo "bench_gpu.py: status $? in $((SECONDS - start)) s"
 

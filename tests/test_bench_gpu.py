@@ -41,8 +41,9 @@ def test_network_table_at_toy_size(tmp_path):
     assert {(r["attention"], r["compiled"]) for r in graphed} == {("rmsa", False), ("rmsa", True), ("msa", False),
                                                                    ("msa", True)}
     assert all(r["ms"] > 0 and r["captured"] is False for r in graphed)  # no CUDA: the step runs eagerly
-    assert {(r["precision"], r["memory_budget"]) for r in rows if r["compiled"]} == {
-        ("fp32", None), ("fp32", 0.5), ("bf16-mixed", None)}
+    assert {(r["precision"], r["memory_budget"], r["graph"]) for r in rows if r["compiled"]} == {
+        (precision, None, graph) for precision in ("fp32", "bf16-mixed") for graph in (False, True)} | {
+        ("fp32", 0.5, False), ("fp32", 0.5, True)}
     assert {r["case"] for r in rows} == {"train b1 32x32", "train b2 32x32", "infer 48x48"}
     assert all(r["ms"] > 0 for r in rows if r["region_impl"] not in bench_gpu.FLEX_METHODS)
     assert all(r["error"] == "no CPU backward" for r in rows if r["region_impl"] in bench_gpu.FLEX_METHODS)
@@ -52,10 +53,10 @@ def test_network_filter_selects_cases_by_their_keys():
     import bench_gpu
 
     cases = bench_gpu.network_cases("inductor", (0.5,))
-    chosen = [c for c in cases if bench_gpu.selected(c, {"region_impl": "auto", "graph": "True"})]
+    chosen = [c for c in cases if bench_gpu.selected(c, {"region_impl": "auto", "graph": "True", "memory_budget": "None"})]
     assert chosen and all(c["graph"] and c["region_impl"] == "auto" for c in chosen)
     assert len(chosen) == 8  # rmsa / msa x eager / compiled blocks x fp32 / bf16
-    assert [c for c in cases if bench_gpu.selected(c, {"memory_budget": "0.5"})]
+    assert len([c for c in cases if bench_gpu.selected(c, {"memory_budget": "0.5|0.3"})]) == 2  # fp32, graph or not
     assert len([c for c in cases if bench_gpu.selected(c, {})]) == len(cases)
 
 
