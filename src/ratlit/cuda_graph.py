@@ -49,17 +49,15 @@ class GraphedBackward:
     and replay. Every call leaves the step's gradients in the parameters' ``.grad`` (written, not
     accumulated) and returns the loss, detached. Inputs of another shape (a last, smaller batch) run
     eagerly, into the same gradient tensors. A step that waits for the GPU, or whose capture fails, runs
-    eagerly from then on, with a warning. ``enabled=False`` (or inputs not on CUDA): always eager, the same
-    contract.
+    eagerly from then on, with a warning. Inputs not on CUDA: always eager, the same contract.
     """
 
-    def __init__(self, loss_fn: Callable[..., Tensor], params: list[nn.Parameter], warmup: int = 3,
-                 enabled: bool = True) -> None:
+    def __init__(self, loss_fn: Callable[..., Tensor], params: list[nn.Parameter], warmup: int = 3) -> None:
         if warmup < 2:
             # The first step initialises and compiles; the last warm-up step (not the first: compilation may
             # synchronise) checks that the step never waits for the GPU.
             raise ValueError(f"warmup must be >= 2, got {warmup}")
-        self.loss_fn, self.params, self.warmup, self.enabled = loss_fn, [p for p in params if p.requires_grad], warmup, enabled
+        self.loss_fn, self.params, self.warmup = loss_fn, [p for p in params if p.requires_grad], warmup
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.failed: str | None = None
@@ -79,8 +77,8 @@ class GraphedBackward:
                 self._static_inputs[name].copy_(t, non_blocking=True)
             self.graph.replay()
             return self._static_loss.clone()  # the next replay overwrites the static loss
-        if not (self.enabled and on_cuda) or self.failed or self.graph is not None or self.calls < self.warmup:
-            return self._eager(inputs, side_stream=self.enabled and on_cuda and self.graph is None and not self.failed)
+        if not on_cuda or self.failed or self.graph is not None or self.calls < self.warmup:
+            return self._eager(inputs, side_stream=on_cuda and self.graph is None and not self.failed)
         if self.calls == self.warmup:
             return self._probe(inputs)
         return self._capture(inputs)
@@ -94,7 +92,7 @@ class GraphedBackward:
         try:
             return self._eager(inputs, side_stream=True)
         except RuntimeError as err:  # a real error in the step raises again from the eager rerun below
-            self._give_up(f"it waits for the GPU: {str(err).splitlines()[0]}")
+            self._give_up(f"under torch.cuda.set_sync_debug_mode('error') it raised: {str(err).splitlines()[0]}")
         finally:
             torch.cuda.set_sync_debug_mode(previous)
         return self._eager(inputs)
