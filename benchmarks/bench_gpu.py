@@ -1,20 +1,21 @@
-"""Region attention and paper-size RAT on one GPU: one command, a few minutes, tables + JSON.
+"""Region attention and paper-size RAT on one GPU: one command, several minutes, tables + JSON.
 
     python benchmarks/bench_gpu.py [--json bench_gpu.json] [--no-compile]
     python benchmarks/bench_gpu.py --device cpu --tiny      # the same logic at toy sizes (tests, no GPU)
 
 Table 1, R-MSA forward + backward of one layer as RAT runs it (region layout built once per forward and
 reused, tokens already in region order; the layouts' own cost is their own columns): dense Eq. 3-4 / global
-SDPA / packed sparse / FlexAttention with 128- and 64-token block masks, fp32 and bf16, on SLIC and
-Felzenszwalb partitions of scikit-image's camera image, at 64x64 tokens (B=8, 8 heads x 32) and 128x128
-tokens (B=2).
+SDPA / packed sparse / FlexAttention with 128- and 64-token block masks, and global SDPA, flex64 (also with
+autotuned tiles) and the sorted layout replayed from a CUDA graph, fp32 and bf16, on SLIC and Felzenszwalb
+partitions of scikit-image's camera image, at 64x64 tokens (B=8, 8 heads x 32) and 128x128 tokens (B=2).
 Table 2, paper-size RAT: one training step (forward, loss, backward, fused Adam) at batch 4, 256x256, and
 512x512 whole-image inference, for every region_impl and attention msa / wmsa, fp32 and bf16-mixed, eager
-and with compiled blocks (model.compile), replayed as a CUDA graph (model.cuda_graph) or not, and activation
-checkpointing at batch 4 and 16; peak memory: torch.cuda.max_memory_allocated over the whole case (first
-step, warm-up, capture, timed steps) above the model's weights, and the most memory the case reserved. Cases that run out of memory are reported as OOM, cases that fail otherwise
-by their error's name. Every figure is a median over timed repeats after warm-up; each row is written to the
-JSON as it is measured, so a run cut short keeps what it measured.
+and with compiled blocks (model.compile), replayed as a CUDA graph (model.cuda_graph) or not, with
+activation memory budgets (--memory-budget), and activation checkpointing at batch 4 and 16; peak memory:
+torch.cuda.max_memory_allocated over the whole case (first step, warm-up, capture, timed steps) above the
+model's weights, and the most memory the case reserved. Cases that run out of memory are reported as OOM,
+cases that fail otherwise by their error's name. Every figure is a median over timed repeats after warm-up;
+each row is written to the JSON as it is measured, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -419,7 +420,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--skip", default="", help="comma-separated: attention,network")
     parser.add_argument("--network-filter", default="",
-                        help="only the network cases matching every key=value (a|b: either), e.g. region_impl=auto,graph=True")
+                        help="only the network cases matching every key=value (a|b: either), "
+                             "e.g. region_impl=auto,graph=True")
     parser.add_argument("--memory-budget", type=float, action="append", default=[],
                         help="also time the compiled step with this activation memory budget (0-1; repeatable)")
     args = parser.parse_args(argv)

@@ -91,7 +91,8 @@ class RestorationModule(L.LightningModule):
             raise ValueError(f"cuda_graph must be one of {CUDA_GRAPH_CHOICES}, got {cuda_graph!r}")
         cuda_graph = cuda_graph if cuda_graph == "auto" else bool(cuda_graph)
         if cuda_graph_warmup < 2:
-            raise ValueError(f"cuda_graph_warmup must be >= 2 (compilation, then a check for host syncs), got {cuda_graph_warmup}")
+            raise ValueError("cuda_graph_warmup must be >= 2 (compilation, then a check for host syncs), "
+                             f"got {cuda_graph_warmup}")
         self.cuda_graph, self.cuda_graph_warmup = cuda_graph, cuda_graph_warmup
         self._graphed: GraphedBackward | None = None  # set at fit start where the step is replayed as a CUDA graph
 
@@ -109,7 +110,8 @@ class RestorationModule(L.LightningModule):
         trainer = self.trainer
         blockers = []
         if trainer.world_size > 1:
-            blockers.append(f"it runs {trainer.world_size} processes (the graph cannot hold DDP's gradient all-reduce)")
+            blockers.append(f"it runs {trainer.world_size} processes (the graph cannot hold DDP's gradient "
+                            "all-reduce)")
         if str(trainer.precision).startswith("16"):
             blockers.append(f"precision {trainer.precision}: float16's loss scaler waits for the GPU each step")
         if trainer.accumulate_grad_batches != 1:
@@ -141,7 +143,7 @@ class RestorationModule(L.LightningModule):
         and the loss once, without waiting, and a bad value stops the run at the next step, naming it."""
         budget = contextlib.nullcontext()
         if self.compiled_blocks and self.compile_memory_budget < 1:
-            # Read when the compiled blocks are traced (in this forward): what their backward keeps, what it recomputes.
+            # Read when the compiled blocks are traced (in this forward): what their backward keeps and recomputes.
             budget = torch._functorch.config.patch(activation_memory_budget=self.compile_memory_budget)
         with finite_checks(False), budget:
             return self.loss(self.net(lq, regions), hq, regions)
