@@ -126,27 +126,17 @@ _AUTOTUNED_FLEX = None
 
 def cuda_graphed(step):
     """``step`` captured in a CUDA graph on its first call (after two warm-up runs on a side stream), then replayed."""
-    from ratlit.cuda_graph import _reset_rng_capture_state
+    from ratlit.cuda_graph import capture, side_stream
 
     graph = None
 
     def replay() -> None:
         nonlocal graph
         if graph is None:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
+            with side_stream():
                 for _ in range(2):
                     step()
-            torch.cuda.current_stream().wait_stream(stream)
-            captured = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(captured):
-                    step()
-            except Exception:
-                _reset_rng_capture_state()
-                raise
-            graph = captured
+            graph, _ = capture(step)
         graph.replay()
     return replay
 

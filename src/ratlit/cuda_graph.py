@@ -18,11 +18,13 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _signature(inputs: dict[str, Tensor]) -> tuple:
@@ -38,6 +40,35 @@ def _uncached_autocast(device_type: str) -> Iterator[None]:
         return
     with torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type), cache_enabled=False):
         yield
+
+
+@contextlib.contextmanager
+def side_stream() -> Iterator[None]:
+    """Run the block on a fresh CUDA stream ordered after the current one, and order the current one after it:
+    where warm-up runs before a capture (lazy initialisation and allocations stay off the capture's stream)."""
+    current = torch.cuda.current_stream()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(current)
+    try:
+        with torch.cuda.stream(stream):
+            yield
+    finally:
+        current.wait_stream(stream)
+
+
+def capture(fn: Callable[[], T], **graph_kwargs) -> tuple[torch.cuda.CUDAGraph, T]:
+    """``fn()`` recorded as a CUDA graph (not run: replay it), and what ``fn`` returned while recorded (tensors
+    whose memory every replay rewrites). A capture that fails raises, with CUDA's random generator taken out of
+    capture mode first (see :func:`_reset_rng_capture_state`)."""
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph, **graph_kwargs):
+            result = fn()
+    except Exception:
+        del graph
+        _reset_rng_capture_state()
+        raise
+    return graph, result
 
 
 class GraphedBackward:
@@ -78,7 +109,7 @@ class GraphedBackward:
             self.graph.replay()
             return self._static_loss.clone()  # the next replay overwrites the static loss
         if not on_cuda or self.failed or self.graph is not None or self.calls < self.warmup:
-            return self._eager(inputs, side_stream=on_cuda and self.graph is None and not self.failed)
+            return self._eager(inputs, on_side_stream=on_cuda and self.graph is None and not self.failed)
         if self.calls == self.warmup:
             return self._probe(inputs)
         return self._capture(inputs)
@@ -90,7 +121,7 @@ class GraphedBackward:
         previous = torch.cuda.get_sync_debug_mode()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            return self._eager(inputs, side_stream=True)
+            return self._eager(inputs, on_side_stream=True)
         except RuntimeError as err:  # a real error in the step raises again from the eager rerun below
             self._give_up(f"under torch.cuda.set_sync_debug_mode('error') it raised: {str(err).splitlines()[0]}")
         finally:
@@ -101,7 +132,7 @@ class GraphedBackward:
         self.failed = why
         warnings.warn(f"the training step cannot be captured as a CUDA graph ({why}); training continues without it")
 
-    def _eager(self, inputs: dict[str, Tensor], side_stream: bool = False) -> Tensor:
+    def _eager(self, inputs: dict[str, Tensor], on_side_stream: bool = False) -> Tensor:
         device_type = next(iter(inputs.values())).device.type
         # After capture the gradient tensors belong to the graph: zero them and accumulate into them.
         for p in self.params:
@@ -110,17 +141,10 @@ class GraphedBackward:
                     p.grad.zero_()
                 else:
                     p.grad = None
-        stream = torch.cuda.Stream() if side_stream else None
-        if stream is not None:
-            stream.wait_stream(torch.cuda.current_stream())
-        try:
-            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                with _uncached_autocast(device_type):
-                    loss = self.loss_fn(**inputs)
-                loss.backward()
-        finally:
-            if stream is not None:
-                torch.cuda.current_stream().wait_stream(stream)
+        with side_stream() if on_side_stream else contextlib.nullcontext():
+            with _uncached_autocast(device_type):
+                loss = self.loss_fn(**inputs)
+            loss.backward()
         return loss.detach()
 
     def _capture(self, inputs: dict[str, Tensor]) -> Tensor:
@@ -130,19 +154,19 @@ class GraphedBackward:
             p.grad = None  # captured backward allocates the gradients in the graph's pool and writes them each replay
         torch.cuda.synchronize()
         torch.cuda.empty_cache()  # the warm-up's activations: the graph keeps its own pool
-        graph = torch.cuda.CUDAGraph()
+        def step() -> Tensor:
+            with _uncached_autocast(device_type):
+                loss = self.loss_fn(**static)
+            loss.backward()
+            return loss
+
         try:
             # thread_local: data-loader threads (pinned memory) may call the CUDA API while this thread captures.
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                with _uncached_autocast(device_type):
-                    loss = self.loss_fn(**static)
-                loss.backward()
+            graph, loss = capture(step, capture_error_mode="thread_local")
         except Exception as err:  # noqa: BLE001 - any capture failure: train on, eagerly
             self._give_up(f"{type(err).__name__}: {str(err).splitlines()[0]}")
             for p in self.params:
                 p.grad = None
-            del graph
-            _reset_rng_capture_state()
             return self._eager(inputs)
         # Detached: keeping the captured autograd graph alive would tie later eager steps to the capture stream.
         self.graph, self._static_inputs, self._static_loss = graph, static, loss.detach()
