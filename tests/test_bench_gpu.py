@@ -30,20 +30,20 @@ def test_attention_table_at_toy_size(tmp_path, capsys):
 def test_network_table_at_toy_size(tmp_path):
     import bench_gpu
 
+    # fp32 R-MSA rows only (each compiled case traces the network again): every kind of row, eager and
+    # compiled, graphed, checkpointed and under a memory budget; the full case list is checked below.
     out = tmp_path / "bench.json"
     bench_gpu.main(["--device", "cpu", "--tiny", "--skip", "attention", "--compile-backend", "aot_eager",
-                    "--memory-budget", "0.5", "--json", str(out)])
+                    "--memory-budget", "0.5", "--network-filter", "attention=rmsa,precision=fp32", "--json", str(out)])
     rows = json.loads(out.read_text())["network"]
-    impls = {(r["attention"], r["region_impl"], r["precision"], r["compiled"], r["checkpointing"]) for r in rows}
-    assert ("rmsa", "auto", "bf16-mixed", True, False) in impls and ("msa", "auto", "fp32", False, False) in impls
-    assert ("rmsa", "auto", "fp32", False, True) in impls
-    graphed = [r for r in rows if r["graph"]]
-    assert {(r["attention"], r["compiled"]) for r in graphed} == {("rmsa", False), ("rmsa", True), ("msa", False),
-                                                                   ("msa", True)}
-    assert all(r["ms"] > 0 and r["captured"] is False for r in graphed)  # no CUDA: the step runs eagerly
-    assert {(r["precision"], r["memory_budget"], r["graph"]) for r in rows if r["compiled"]} == {
-        (precision, None, graph) for precision in ("fp32", "bf16-mixed") for graph in (False, True)} | {
-        ("fp32", 0.5, False), ("fp32", 0.5, True)}
+    impls = {(r["region_impl"], r["compiled"], r["graph"], r["checkpointing"], r["memory_budget"]) for r in rows}
+    assert {r["attention"] for r in rows} == {"rmsa"} and {r["precision"] for r in rows} == {"fp32"}
+    assert {("dense", False, False, False, None), ("sparse", False, False, False, None),
+            ("auto", False, False, True, None)} <= impls
+    assert {(r["compiled"], r["memory_budget"]) for r in rows if r["graph"]} == {(False, None), (True, None),
+                                                                                  (True, 0.5)}
+    assert all(r["ms"] > 0 and r["captured"] is False for r in rows if r["graph"])  # no CUDA: the step runs eagerly
+    assert {r["memory_budget"] for r in rows if r["compiled"] and not r["graph"]} == {None, 0.5}
     assert {r["case"] for r in rows} == {"train b1 32x32", "train b2 32x32", "infer 48x48"}
     assert all(r["ms"] > 0 for r in rows if r["region_impl"] not in bench_gpu.FLEX_METHODS)
     assert all(r["error"] == "no CPU backward" for r in rows if r["region_impl"] in bench_gpu.FLEX_METHODS)
@@ -56,6 +56,10 @@ def test_network_filter_selects_cases_by_their_keys():
     chosen = [c for c in cases if bench_gpu.selected(c, {"region_impl": "auto", "graph": "True", "memory_budget": "None"})]
     assert chosen and all(c["graph"] and c["region_impl"] == "auto" for c in chosen)
     assert len(chosen) == 8  # rmsa / msa x eager / compiled blocks x fp32 / bf16
+    step_kinds = {(c["attention"], c["precision"], c["compiled"], c["graph"]) for c in cases
+                  if c["region_impl"] == "auto" and not c["infer"] and c["memory_budget"] is None}
+    assert {(a, p, c, g) for a in ("rmsa", "msa") for p in ("fp32", "bf16-mixed") for c in (False, True)
+            for g in (False, True) if c or g} <= step_kinds
     assert len([c for c in cases if bench_gpu.selected(c, {"memory_budget": "0.5|0.3"})]) == 2  # fp32, graph or not
     assert len([c for c in cases if bench_gpu.selected(c, {})]) == len(cases)
 

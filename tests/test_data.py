@@ -260,7 +260,13 @@ def test_thinned_pet_counts_are_noisier():
     np.testing.assert_array_equal(low, low2)
 
 
-def test_embedded_builders_write_real_formats(tmp_path):
+def test_embedded_builders_write_real_formats(tmp_path, monkeypatch):
+    import ratlit.data.ct as ct_module
+
+    real = ct_module.real_ct_slices()  # every shipped slice reads, in HU at 512 x 512
+    assert [patient for patient, _, _ in real] == [patient for patient, _, _ in ct_module.REAL_CT_SLICES]
+    assert all(hu.shape == (512, 512) and hu.min() >= -1024 and hu.max() > 500 and mm > 0 for _, hu, mm in real)
+    monkeypatch.setattr(ct_module, "real_ct_slices", lambda: real[:1])  # one of them (and a phantom) simulated
     build_embedded_pet(tmp_path / "pet", seed=3, subjects=2, slice_step=12)
     build_embedded_ct(tmp_path / "ct", seed=3, phantom_patients=1, slices_per_phantom=1)
     build_embedded_pathology(tmp_path / "path")
