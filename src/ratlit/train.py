@@ -249,6 +249,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     wandb_id(cfg)
 
     datamodule = instantiate(cfg.data)
+    # Before the data is listed (and an embedded set built, or a user's folder read): a mistyped model, loss or
+    # optimiser value fails in seconds.
+    module = instantiate(cfg.model)
     splits = groups_by_split(datamodule)
     with open_dict(cfg):
         cfg.data.splits = splits  # the run config (and so every checkpoint) records the split it used
@@ -256,7 +259,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with open_dict(cfg):
         cfg.partition_used = partition
     log.info("partitioner: %s", partition)
-    module = instantiate(cfg.model)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     run_config = OmegaConf.to_yaml(resolved)
     if rank_zero_only.rank == 0:
