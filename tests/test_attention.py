@@ -61,6 +61,16 @@ def test_one_region_is_global_attention():
     torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("impl", ["auto", "sparse", "flex"])
+@pytest.mark.parametrize("batch, tokens", [(0, 16), (2, 0)])
+def test_no_tokens_give_an_empty_result_with_gradients(impl, batch, tokens):
+    q, k, v = (torch.randn(batch, 2, tokens, 4, requires_grad=True) for _ in range(3))
+    out = region_attention(q, k, v, torch.zeros(batch, tokens, dtype=torch.long), impl=impl)
+    assert out.shape == (batch, 2, tokens, 4)
+    out.sum().backward()
+    assert all(t.grad is not None and t.grad.shape == t.shape for t in (q, k, v))
+
+
 def test_tokens_alone_in_their_region_return_their_value():
     q, k, v = (torch.randn(1, 2, 30, 4) for _ in range(3))
     out = region_attention(q, k, v, torch.arange(30)[None])

@@ -256,7 +256,7 @@ def region_attention(
     layout = labels if isinstance(labels, RegionLayout) else None
     _check_qkv(q, k, v, layout.labels if layout is not None else labels)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if impl == "dense":
+    if impl == "dense" or q.shape[0] * q.shape[2] == 0:  # (no tokens: the reference gives the empty result)
         return dense_region_attention(q, k, v, layout.labels if layout is not None else labels, scale)
     if layout is None:
         layout = build_region_layout(labels.to(q.device), block_size, packed=wants_packed_layout(impl, q.device, q.dtype))
@@ -266,7 +266,7 @@ def region_attention(
         return layout.to_layout(t.transpose(1, 2).reshape(batch * n, heads, t.shape[-1]))
 
     out = region_attention_tokens(tokens(q), tokens(k), tokens(v), layout, scale, impl)
-    return layout.from_layout(out).view(batch, n, heads, -1).transpose(1, 2)
+    return layout.from_layout(out).view(batch, n, heads, v.shape[-1]).transpose(1, 2)
 
 
 def packed_block_size(device: torch.device) -> int:
