@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-# Under pytest-xdist (`-n 2`) each worker gets one thread of its own, so that two workers do not oversubscribe the cores.
+# Under pytest-xdist (`make test`: two workers) each worker gets one thread, so the two do not oversubscribe the cores.
 THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
 
 
