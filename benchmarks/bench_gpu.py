@@ -248,6 +248,18 @@ def selected(case: dict, filters: dict[str, str]) -> bool:
     return all(str(case.get(key)) in value.split("|") for key, value in filters.items())
 
 
+def network_filters(parser: argparse.ArgumentParser, text: str) -> dict[str, str]:
+    """``--network-filter key=value,...`` as a dict; a malformed item or a key no case has is a usage error."""
+    keys = set(network_cases("inductor", (0.5,))[0])
+    filters = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in keys:
+            parser.error(f"--network-filter: {item!r} is not key=value with a key of {', '.join(sorted(keys))}")
+        filters[key] = value
+    return filters
+
+
 def network_table(cfg: dict, device: torch.device, compile_backend: str | None, record,
                   filters: dict[str, str] | None = None, memory_budgets: tuple[float, ...] = ()) -> list[dict]:
     from bench_rat import slic_regions
@@ -415,6 +427,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--memory-budget", type=float, action="append", default=[],
                         help="also time the compiled step with this activation memory budget (0-1; repeatable)")
     args = parser.parse_args(argv)
+    filters = network_filters(parser, args.network_filter)
+    unknown_skip = set(filter(None, args.skip.split(","))) - {"attention", "network"}
+    if unknown_skip:
+        parser.error(f"--skip takes attention and/or network, got {', '.join(sorted(unknown_skip))}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU, or use --device cpu --tiny to check the script")
@@ -436,7 +452,6 @@ def main(argv: list[str] | None = None) -> dict:
     if "attention" not in skip:
         attention_table(cfg, device, recorder("attention"))
     if "network" not in skip:
-        filters = dict(item.split("=", 1) for item in args.network_filter.split(",") if item)
         network_table(cfg, device, None if args.no_compile else args.compile_backend, recorder("network"), filters,
                       tuple(args.memory_budget))
     print_tables(result["attention"], result["network"], device_name)

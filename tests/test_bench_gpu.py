@@ -64,6 +64,16 @@ def test_network_filter_selects_cases_by_their_keys():
     assert len([c for c in cases if bench_gpu.selected(c, {})]) == len(cases)
 
 
+@pytest.mark.parametrize("args", [["--network-filter", "impl=auto"], ["--network-filter", "graph"],
+                                  ["--skip", "atention"]])
+def test_misspelt_selection_is_a_usage_error(args, capsys):
+    import bench_gpu
+
+    with pytest.raises(SystemExit) as exit_info:
+        bench_gpu.main(["--device", "cpu", "--tiny", "--json", "/dev/null", *args])
+    assert exit_info.value.code == 2 and args[1] in capsys.readouterr().err
+
+
 def test_cuda_is_required_without_tiny_cpu_mode():
     import bench_gpu
     import torch
