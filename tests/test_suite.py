@@ -189,7 +189,6 @@ def test_sweep_with_ddp_is_refused(ct_root, tmp_path):
         (["data.patch_size=-1"], "patch_size and batch_size must be positive"),
         (["data.root=/no/such/folder"], "data root /no/such/folder does not exist"),
         (["model.net.scale_by=sqrt"], "scale_by must be one of"),
-        (["model.cuda_graph=maybe"], "cuda_graph must be one of"),
     ],
 )
 def test_bad_overrides(ct_root, tmp_path, args, message):
