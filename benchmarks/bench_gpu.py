@@ -428,15 +428,15 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also time the compiled step with this activation memory budget (0-1; repeatable)")
     args = parser.parse_args(argv)
     filters = network_filters(parser, args.network_filter)
-    unknown_skip = set(filter(None, args.skip.split(","))) - {"attention", "network"}
-    if unknown_skip:
-        parser.error(f"--skip takes attention and/or network, got {', '.join(sorted(unknown_skip))}")
+    skip = set(filter(None, args.skip.split(",")))
+    unknown = skip - {"attention", "network"}
+    if unknown:
+        parser.error(f"--skip takes attention and/or network, got {', '.join(sorted(unknown))}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU, or use --device cpu --tiny to check the script")
     torch.set_float32_matmul_precision("high")  # what a training run sets (float32_matmul_precision)
     cfg = TINY if args.tiny else FULL
-    skip = set(filter(None, args.skip.split(",")))
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     started = time.perf_counter()
     result = {"device": device_name, "torch": torch.__version__, "tiny": args.tiny, "attention": [], "network": []}
