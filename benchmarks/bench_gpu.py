@@ -1,13 +1,20 @@
-"""Region attention and paper-size RAT on one GPU: one command, several minutes, tables + JSON.
+"""Region attention and paper-size RAT on one GPU: one command, under 4 minutes, tables + JSON.
 
-    python benchmarks/bench_gpu.py [--json bench_gpu.json] [--no-compile]
+    python benchmarks/bench_gpu.py [--json bench_gpu.json] [--time-budget 225] [--no-compile] [--autotune]
+    python benchmarks/bench_gpu.py --time-budget 0            # every case, however long it takes
     python benchmarks/bench_gpu.py --device cpu --tiny      # the same logic at toy sizes (tests, no GPU)
+
+Cases run in priority order (the attention table, then the network cases that the issue's table and targets
+need, then the rest) and each starts only if it is expected to end within ``--time-budget`` seconds of the
+start (expected: the longest case of its kind so far, eager or compiled); those that would not are written
+as "skipped (time budget)" and listed at the end.
 
 Table 1, R-MSA forward + backward of one layer as RAT runs it (region layout built once per forward and
 reused, tokens already in region order; the layouts' own cost is their own columns): dense Eq. 3-4 / global
-SDPA / packed sparse / FlexAttention with 128- and 64-token block masks, and global SDPA, flex64 (also with
-autotuned tiles) and the sorted layout replayed from a CUDA graph, fp32 and bf16, on SLIC and Felzenszwalb
-partitions of scikit-image's camera image, at 64x64 tokens (B=8, 8 heads x 32) and 128x128 tokens (B=2).
+SDPA / packed sparse / FlexAttention with 128- and 64-token block masks, and global SDPA, flex64 (with
+``--autotune`` also with autotuned tiles) and the sorted layout replayed from a CUDA graph, fp32 and bf16, on
+SLIC and Felzenszwalb partitions of scikit-image's camera image, at 64x64 tokens (B=8, 8 heads x 32) and
+128x128 tokens (B=2).
 Table 2, paper-size RAT: one training step (forward, loss, backward, fused Adam) at batch 4, 256x256, and
 512x512 whole-image inference, for every region_impl and attention msa / wmsa, fp32 and bf16-mixed, eager
 and with compiled blocks (model.compile), replayed as a CUDA graph (model.cuda_graph) or not, with
@@ -154,7 +161,7 @@ def flex_block(block: int | None):
         attn.FLEX_BLOCK = saved
 
 
-def attention_table(cfg: dict, device: torch.device, record) -> list[dict]:
+def attention_table(cfg: dict, device: torch.device, record, budget: TimeBudget, autotune: bool = False) -> list[dict]:
     from ratlit.models import attention as attn
 
     rows = []
@@ -200,13 +207,20 @@ def attention_table(cfg: dict, device: torch.device, record) -> list[dict]:
                         continue
                     if (base.startswith("layout sorted") or method in GRAPH_METHODS) and device.type != "cuda":
                         continue  # flex_mask on the CPU: no kernel to feed; CUDA graphs need CUDA
+                    if method in AUTOTUNED and not autotune:
+                        continue
                     if base in FLEX_METHODS and device.type != "cuda":
                         r = {"ms": None, "peak_mb": None, "error": "no CPU backward"}  # FlexAttention's limit
-                    elif method in GRAPH_METHODS:
-                        with flex_autotuned(method in AUTOTUNED):
-                            r = measure(cuda_graphed(run(base)), device, cfg["warmup"], cfg["repeats"])
+                    elif not budget.allows("attention", ATTENTION_PRIOR_S * (device.type == "cuda"),
+                                           f"attention {side}x{side} {kind} {dtype} {method}"):
+                        r = dict(SKIPPED)
                     else:
-                        r = measure(run(method), device, cfg["warmup"], cfg["repeats"])
+                        with budget.timing("attention"):
+                            if method in GRAPH_METHODS:
+                                with flex_autotuned(method in AUTOTUNED):
+                                    r = measure(cuda_graphed(run(base)), device, cfg["warmup"], cfg["repeats"])
+                            else:
+                                r = measure(run(method), device, cfg["warmup"], cfg["repeats"])
                     rows.append({"tokens": f"{side}x{side}", "batch": batch, "partition": kind,
                                  "regions": int(counts.numel()), "work": work, "dtype": str(dtype).split(".")[-1],
                                  "method": method, **r})
@@ -216,30 +230,69 @@ def attention_table(cfg: dict, device: torch.device, record) -> list[dict]:
 
 
 def network_cases(compile_backend: str | None, memory_budgets: tuple[float, ...] = ()) -> list[dict]:
-    """The paper-size RAT cases: region_impl / attention / precision, compiled blocks, CUDA-graph replay,
-    activation checkpointing, and the compiled step under activation memory budgets."""
+    """The paper-size RAT cases in the order they run, the issue's table and targets first (``core``): every
+    region_impl a user chooses (auto, dense, sparse) and attention msa / wmsa, eager, fp32 and bf16-mixed, then
+    compiled blocks replayed as a CUDA graph (what ``model.compile=true`` trains with), activation memory budgets,
+    activation checkpointing; then the rest: the bench's own FlexAttention block sizes, a CUDA graph of eager
+    blocks, compiled blocks without a graph. A time budget (``--time-budget``) skips what no longer fits."""
     base = dict(compiled=False, graph=False, checkpointing=False, batch=None, infer=False, memory_budget=None)
-    cases = []
-    for precision in ("fp32", "bf16-mixed"):
-        for attention, impl in [("rmsa", "dense"), ("rmsa", "sparse"), *(("rmsa", m) for m in FLEX_METHODS),
-                                ("rmsa", "auto"), ("wmsa", "auto"), ("msa", "auto")]:
-            cases.append({**base, "attention": attention, "region_impl": impl, "precision": precision, "infer": True})
-        for compiled in ([False, True] if compile_backend else [False]):
-            for graph in (False, True):
-                if compiled or graph:
-                    for attention in ("rmsa", "msa"):
-                        cases.append({**base, "attention": attention, "region_impl": "auto", "precision": precision,
-                                      "compiled": compiled, "graph": graph})
-        if compile_backend and precision == "fp32":  # the memory target is fp32's (bf16 halves it anyway)
-            for budget in memory_budgets:
-                for graph in (False, True):
-                    cases.append({**base, "attention": "rmsa", "region_impl": "auto", "precision": precision,
-                                  "compiled": True, "graph": graph, "memory_budget": budget})
-        for batch in (None, "large"):  # memory with and without activation checkpointing
-            for checkpointing in ([True] if batch is None else [False, True]):
-                cases.append({**base, "attention": "rmsa", "region_impl": "auto", "precision": precision,
-                              "checkpointing": checkpointing, "batch": batch})
-    return cases
+    precisions = ("fp32", "bf16-mixed")
+
+    def case(core: bool, attention: str, precision: str, impl: str = "auto", **kw) -> dict:
+        return {**base, "attention": attention, "region_impl": impl, "precision": precision, "core": core, **kw}
+
+    core, extra = [], []
+    for precision in precisions:
+        for attention, impl in [("rmsa", "auto"), ("msa", "auto"), ("wmsa", "auto"), ("rmsa", "dense"),
+                                ("rmsa", "sparse")]:
+            core.append(case(True, attention, precision, impl, infer=True))
+        extra += [case(False, "rmsa", precision, impl, infer=True) for impl in FLEX_METHODS]
+        extra += [case(False, attention, precision, graph=True) for attention in ("rmsa", "msa")]
+    if compile_backend:
+        for precision in precisions:
+            core += [case(True, attention, precision, compiled=True, graph=True) for attention in ("rmsa", "msa")]
+            extra += [case(False, attention, precision, compiled=True) for attention in ("rmsa", "msa")]
+        for budget in memory_budgets:  # the memory target is fp32's (bf16 halves it anyway)
+            core.append(case(True, "rmsa", "fp32", compiled=True, memory_budget=budget))
+            extra.append(case(False, "rmsa", "fp32", compiled=True, graph=True, memory_budget=budget))
+    for precision in precisions:  # memory with and without activation checkpointing
+        core += [case(True, "rmsa", precision, checkpointing=True),
+                 case(True, "rmsa", precision, batch="large"),
+                 case(True, "rmsa", precision, checkpointing=True, batch="large")]
+    return core + extra
+
+
+class TimeBudget:
+    """Starts a case only if it should end within ``seconds`` of the start (0: no limit): a case's expected
+    duration is the longest so far of its kind (compiled or not), before any the ``prior`` given."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.start = seconds, time.perf_counter()
+        self.longest: dict[str, float] = {}
+        self.skipped: list[str] = []
+
+    def allows(self, kind: str, prior: float, name: str) -> bool:
+        if not self.seconds:
+            return True
+        expected = self.longest.get(kind, prior)
+        if time.perf_counter() - self.start + expected <= self.seconds:
+            return True
+        self.skipped.append(name)
+        return False
+
+    @contextlib.contextmanager
+    def timing(self, kind: str):
+        start = time.perf_counter()
+        yield
+        self.longest[kind] = max(self.longest.get(kind, 0.0), time.perf_counter() - start)
+
+
+SKIPPED = {"ms": None, "peak_mb": None, "error": "skipped (time budget)"}
+# Expected seconds of the first case of a kind on a GPU, before one has run (H100, cold caches: an attention
+# row 1-3 s; an eager network case 2-11 s, the first one paying CUDA's start; compiling the network 17-44 s).
+ATTENTION_PRIOR_S = 3.0
+NETWORK_PRIOR_S = {"eager": 10.0, "compiled": 45.0}
+DEFAULT_TIME_BUDGET_S = 225.0  # and about 15 s to import torch and start CUDA: the command ends within 4 minutes
 
 
 def selected(case: dict, filters: dict[str, str]) -> bool:
@@ -260,15 +313,11 @@ def network_filters(parser: argparse.ArgumentParser, text: str) -> dict[str, str
     return filters
 
 
-def network_table(cfg: dict, device: torch.device, compile_backend: str | None, record,
+def network_table(cfg: dict, device: torch.device, compile_backend: str | None, record, budget: TimeBudget,
                   filters: dict[str, str] | None = None, memory_budgets: tuple[float, ...] = ()) -> list[dict]:
     from bench_rat import slic_regions
 
-    from ratlit.compiling import compile_repeated_blocks
-    from ratlit.cuda_graph import GraphedBackward
     from ratlit.losses import FocalRegionLoss
-    from ratlit.models import RAT
-    from ratlit.validation import finite_checks
 
     rows = []
     batch, side = cfg["train"]
@@ -284,80 +333,102 @@ def network_table(cfg: dict, device: torch.device, compile_backend: str | None, 
         if not selected(case, filters or {}):
             continue
         size = cfg["large_batch"] if case["batch"] == "large" else batch
-        lq, lq_regions = image.repeat(size, 1, 1, 1), regions.repeat(size, 1, 1)
-        torch.manual_seed(0)
-        if case["compiled"]:
-            torch._dynamo.reset()  # each compiled case pays its own compilation (the on-disk caches stay)
-        impl = "flex" if case["region_impl"] in FLEX_METHODS else case["region_impl"]
-        model = RAT(attention=case["attention"], region_impl=impl,
-                    activation_checkpointing=case["checkpointing"], **cfg["rat"]).to(device)
-        if case["compiled"]:
-            budget = 1.0 if case["memory_budget"] is None else case["memory_budget"]
-            torch._functorch.config.activation_memory_budget = budget  # read when the graphs are partitioned
-            compile_repeated_blocks(model, backend=compile_backend)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as conf/optimizer/adam.yaml
-        autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if case["precision"] == "bf16-mixed"
-                    else contextlib.nullcontext())
-
-        block = FLEX_METHODS.get(case["region_impl"])
-
-        def step_loss(lq, hq, regions):
-            with finite_checks(False):  # as RestorationModule's training step
-                return loss_fn(model(lq, regions), hq, regions)
-
-        # As model.cuda_graph=true: forward, loss and backward replayed from one CUDA graph after warm-up.
-        graphed = GraphedBackward(step_loss, list(model.parameters()), warmup=2) if case["graph"] else None
-
-        def train_step() -> None:
-            with flex_block(block):
-                if graphed is not None:
-                    with autocast:
-                        graphed(lq=lq, hq=lq, regions=lq_regions)
-                    optimizer.step()  # the graph writes the same .grad tensors each replay: never set them to None
-                    return
-                with autocast:
-                    loss = step_loss(lq, lq, lq_regions)
-                loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        def infer() -> None:
-            with torch.inference_mode(), autocast, flex_block(block):
-                model.eval()(big_image, big_regions)
-            model.train()
-
         name = {k: case[k] for k in ("attention", "region_impl", "precision", "compiled", "graph", "checkpointing",
                                      "memory_budget")}
-        if impl == "flex" and device.type != "cuda":  # FlexAttention's limit
-            rows.append({**name, "case": f"train b{size} {side}x{side}", "ms": None, "peak_mb": None,
-                         "error": "no CPU backward"})
+        kind = "compiled" if case["compiled"] else "eager"
+        prior = NETWORK_PRIOR_S[kind] * (device.type == "cuda")
+        if not budget.allows(kind, prior, f"network {' '.join(f'{k}={v}' for k, v in name.items())} b{size}"):
+            rows.append({**name, "case": f"train b{size} {side}x{side}", **SKIPPED})
             record(rows[-1])
             continue
-        if device.type == "cuda":  # what the card must hold for the whole case (a CUDA graph keeps its own pool)
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            reserved_base, allocated_base = torch.cuda.memory_reserved(), torch.cuda.memory_allocated()
-        start = time.perf_counter()
-        first = measure(train_step, device, 0, 1)  # includes compilation when compiled
-        first_s = time.perf_counter() - start
-        timed = first if first.get("error") else measure(train_step, device, cfg["warmup"], cfg["repeats"])
-        rows.append({**name, "case": f"train b{size} {side}x{side}",
-                     "first_step_s": None if first.get("error") else first_s, **timed})
-        if device.type == "cuda":  # the whole case: first step, warm-up, capture and timed steps
-            most = max((r.get("max_allocated_mb") or 0.0) for r in (first, timed))
-            rows[-1]["case_peak_mb"] = most - allocated_base / 2**20
-            rows[-1]["reserved_mb"] = (torch.cuda.max_memory_reserved() - reserved_base) / 2**20
-        if graphed is not None:
-            rows[-1]["captured"] = graphed.captured
-            if graphed.failed:
-                rows[-1]["capture_error"] = graphed.failed.splitlines()[0]
-        record(rows[-1])
-        if case["infer"]:  # validation / inference run eagerly (README: compiled training)
-            rows.append({**name, "case": f"infer {cfg['infer']}x{cfg['infer']}",
-                         **measure(infer, device, 1, max(2, cfg["repeats"] // 2))})
-            record(rows[-1])
-        del model, optimizer, graphed
+        with budget.timing(kind):
+            rows += network_case(cfg, device, compile_backend, record, case, size, name, lq_inputs=(image, regions),
+                                 big_inputs=(big_image, big_regions), loss_fn=loss_fn)
     torch._functorch.config.activation_memory_budget = 1.0
+    return rows
+
+
+def network_case(cfg: dict, device: torch.device, compile_backend: str | None, record, case: dict, size: int,
+                 name: dict, lq_inputs: tuple, big_inputs: tuple, loss_fn) -> list[dict]:
+    """One network case's rows: its training step and, for the cases that time it, 512x512 inference."""
+    from ratlit.compiling import compile_repeated_blocks
+    from ratlit.cuda_graph import GraphedBackward
+    from ratlit.models import RAT
+    from ratlit.validation import finite_checks
+
+    rows = []
+    (image, regions), (big_image, big_regions) = lq_inputs, big_inputs
+    side = image.shape[-1]
+    impl = "flex" if case["region_impl"] in FLEX_METHODS else case["region_impl"]
+    if impl == "flex" and device.type != "cuda":  # FlexAttention's limit
+        rows.append({**name, "case": f"train b{size} {side}x{side}", "ms": None, "peak_mb": None,
+                     "error": "no CPU backward"})
+        record(rows[-1])
+        return rows
+    lq, lq_regions = image.repeat(size, 1, 1, 1), regions.repeat(size, 1, 1)
+    torch.manual_seed(0)
+    if case["compiled"]:
+        torch._dynamo.reset()  # each compiled case pays its own compilation (the on-disk caches stay)
+    model = RAT(attention=case["attention"], region_impl=impl,
+                activation_checkpointing=case["checkpointing"], **cfg["rat"]).to(device)
+    if case["compiled"]:
+        memory_budget = 1.0 if case["memory_budget"] is None else case["memory_budget"]
+        torch._functorch.config.activation_memory_budget = memory_budget  # read when the graphs are partitioned
+        compile_repeated_blocks(model, backend=compile_backend)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as conf/optimizer/adam.yaml
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if case["precision"] == "bf16-mixed"
+                else contextlib.nullcontext())
+
+    block = FLEX_METHODS.get(case["region_impl"])
+
+    def step_loss(lq, hq, regions):
+        with finite_checks(False):  # as RestorationModule's training step
+            return loss_fn(model(lq, regions), hq, regions)
+
+    # As model.cuda_graph=true: forward, loss and backward replayed from one CUDA graph after warm-up.
+    graphed = GraphedBackward(step_loss, list(model.parameters()), warmup=2) if case["graph"] else None
+
+    def train_step() -> None:
+        with flex_block(block):
+            if graphed is not None:
+                with autocast:
+                    graphed(lq=lq, hq=lq, regions=lq_regions)
+                optimizer.step()  # the graph writes the same .grad tensors each replay: never set them to None
+                return
+            with autocast:
+                loss = step_loss(lq, lq, lq_regions)
+            loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def infer() -> None:
+        with torch.inference_mode(), autocast, flex_block(block):
+            model.eval()(big_image, big_regions)
+        model.train()
+
+    if device.type == "cuda":  # what the card must hold for the whole case (a CUDA graph keeps its own pool)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        reserved_base, allocated_base = torch.cuda.memory_reserved(), torch.cuda.memory_allocated()
+    start = time.perf_counter()
+    first = measure(train_step, device, 0, 1)  # includes compilation when compiled
+    first_s = time.perf_counter() - start
+    timed = first if first.get("error") else measure(train_step, device, cfg["warmup"], cfg["repeats"])
+    rows.append({**name, "case": f"train b{size} {side}x{side}",
+                 "first_step_s": None if first.get("error") else first_s, **timed})
+    if device.type == "cuda":  # the whole case: first step, warm-up, capture and timed steps
+        most = max((r.get("max_allocated_mb") or 0.0) for r in (first, timed))
+        rows[-1]["case_peak_mb"] = most - allocated_base / 2**20
+        rows[-1]["reserved_mb"] = (torch.cuda.max_memory_reserved() - reserved_base) / 2**20
+    if graphed is not None:
+        rows[-1]["captured"] = graphed.captured
+        if graphed.failed:
+            rows[-1]["capture_error"] = graphed.failed.splitlines()[0]
+    record(rows[-1])
+    if case["infer"]:  # validation / inference run eagerly (README: compiled training)
+        rows.append({**name, "case": f"infer {cfg['infer']}x{cfg['infer']}",
+                     **measure(infer, device, 1, max(2, cfg["repeats"] // 2))})
+        record(rows[-1])
     return rows
 
 
@@ -367,8 +438,10 @@ def fmt(value, digits: int = 2) -> str:
 
 def print_tables(attn_rows: list[dict], net_rows: list[dict], device_name: str) -> None:
     print(f"\nR-MSA forward + backward, one layer as RAT runs it ({device_name}); layouts: built once per forward")
-    compute = ("dense", "global SDPA", "sparse", *FLEX_METHODS, *(m for m in GRAPH_METHODS if "layout" not in m))
-    layouts = [m for m in (*ATTENTION_METHODS, *GRAPH_METHODS) if m.startswith("layout")]
+    measured = {r["method"] for r in attn_rows}  # e.g. no graph rows on the CPU, autotuned rows on request
+    compute = tuple(m for m in ("dense", "global SDPA", "sparse", *FLEX_METHODS, *GRAPH_METHODS)
+                    if not m.startswith("layout") and m in measured)
+    layouts = [m for m in (*ATTENTION_METHODS, *GRAPH_METHODS) if m.startswith("layout") and m in measured]
     print("| tokens | B | partition | regions | sum n_i^2/N^2 | dtype | " + " | ".join(compute + tuple(layouts))
           + " | global / best flex | graphs: global / best flex |")
     print("|---" * (8 + len(compute) + len(layouts)) + "|")
@@ -426,7 +499,15 @@ def main(argv: list[str] | None = None) -> dict:
                              "e.g. region_impl=auto,graph=True")
     parser.add_argument("--memory-budget", type=float, action="append", default=[],
                         help="also time the compiled step with this activation memory budget (0-1; repeatable)")
+    parser.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET_S,
+                        help="seconds: start only the cases expected to end within it, in priority order (the "
+                             f"issue's table first); the rest are listed as skipped (default {DEFAULT_TIME_BUDGET_S:.0f}"
+                             ", the whole command under 4 minutes; 0: run everything)")
+    parser.add_argument("--autotune", action="store_true",
+                        help="also time FlexAttention with autotuned tile sizes (max-autotune: minutes of tuning)")
     args = parser.parse_args(argv)
+    if args.time_budget < 0:
+        parser.error(f"--time-budget must be >= 0 seconds, got {args.time_budget}")
     filters = network_filters(parser, args.network_filter)
     skip = set(filter(None, args.skip.split(",")))
     unknown = skip - {"attention", "network"}
@@ -438,8 +519,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_float32_matmul_precision("high")  # what a training run sets (float32_matmul_precision)
     cfg = TINY if args.tiny else FULL
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    started = time.perf_counter()
-    result = {"device": device_name, "torch": torch.__version__, "tiny": args.tiny, "attention": [], "network": []}
+    budget = TimeBudget(args.time_budget)
+    result = {"device": device_name, "torch": torch.__version__, "tiny": args.tiny, "time_budget_s": args.time_budget,
+              "attention": [], "network": []}
     json_path = Path(args.json)
 
     def recorder(table: str):
@@ -450,13 +532,17 @@ def main(argv: list[str] | None = None) -> dict:
         return record
 
     if "attention" not in skip:
-        attention_table(cfg, device, recorder("attention"))
+        attention_table(cfg, device, recorder("attention"), budget, args.autotune)
     if "network" not in skip:
-        network_table(cfg, device, None if args.no_compile else args.compile_backend, recorder("network"), filters,
+        network_table(cfg, device, None if args.no_compile else args.compile_backend, recorder("network"), budget, filters,
                       tuple(args.memory_budget))
     print_tables(result["attention"], result["network"], device_name)
-    result["seconds"] = time.perf_counter() - started
+    result["seconds"] = time.perf_counter() - budget.start
+    result["skipped"] = budget.skipped
     json_path.write_text(json.dumps(result, indent=2))
+    if budget.skipped:
+        print(f"\n{len(budget.skipped)} cases did not fit --time-budget {args.time_budget:.0f} s (listed in "
+              f"{args.json}, 'skipped'); --time-budget 0 runs them all, --network-filter / --skip a part")
     print(f"\n{result['seconds']:.0f} s; figures in {args.json}")
     return result
 

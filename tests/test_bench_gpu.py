@@ -64,8 +64,70 @@ def test_network_filter_selects_cases_by_their_keys():
     assert len([c for c in cases if bench_gpu.selected(c, {})]) == len(cases)
 
 
+def test_the_issues_cases_run_first():
+    import bench_gpu
+
+    cases = bench_gpu.network_cases("inductor", (0.5,))
+    flags = [c["core"] for c in cases]
+    assert flags == sorted(flags, reverse=True)  # every core case before any other
+    core = [c for c in cases if c["core"]]
+    # the issue's table: region_impl dense / sparse / auto x fp32 / bf16-mixed, training and 512x512 inference,
+    # compiled and not; msa beside rmsa in each mode (the step-time target); the fp32 memory budget; checkpointing
+    for precision in ("fp32", "bf16-mixed"):
+        for impl in ("dense", "sparse", "auto"):
+            assert any(c["region_impl"] == impl and c["precision"] == precision and c["infer"] and not c["compiled"]
+                       for c in core)
+        for attention in ("rmsa", "msa"):
+            assert any(c["attention"] == attention and c["precision"] == precision and c["compiled"] for c in core)
+            assert any(c["attention"] == attention and c["precision"] == precision and not c["compiled"]
+                       for c in core)
+        assert {(c["checkpointing"], c["batch"]) for c in core if c["precision"] == precision} >= {
+            (True, None), (False, "large"), (True, "large")}
+    assert any(c["memory_budget"] == 0.5 and c["precision"] == "fp32" for c in core)
+    assert not any(c["region_impl"] in bench_gpu.FLEX_METHODS for c in core)  # the bench's own block sizes
+
+
+def test_time_budget_starts_only_what_is_expected_to_fit(monkeypatch):
+    import bench_gpu
+
+    clock = [0.0]
+    monkeypatch.setattr(bench_gpu.time, "perf_counter", lambda: clock[0])
+    budget = bench_gpu.TimeBudget(100.0)
+    assert budget.allows("compiled", 45.0, "a")  # 0 + 45 <= 100
+    with budget.timing("compiled"):
+        clock[0] += 60.0  # the first compiled case took longer than its prior
+    assert not budget.allows("compiled", 30.0, "b")  # 60 + 60 > 100: the longest so far counts, not the prior
+    assert budget.allows("eager", 10.0, "c")  # 60 + 10: the prior, before any eager case ran
+    with budget.timing("eager"):
+        clock[0] += 2.0
+    clock[0] = 98.0
+    assert budget.allows("eager", 10.0, "d")  # 98 + 2 <= 100
+    clock[0] = 99.0
+    assert not budget.allows("eager", 10.0, "e")
+    assert budget.skipped == ["b", "e"]
+    unlimited = bench_gpu.TimeBudget(0.0)
+    clock[0] = 1e9
+    assert unlimited.allows("compiled", 45.0, "f") and unlimited.skipped == []
+
+
+def test_cases_past_the_time_budget_are_listed_as_skipped(tmp_path, capsys):
+    import bench_gpu
+
+    out = tmp_path / "bench.json"
+    result = bench_gpu.main(["--device", "cpu", "--tiny", "--time-budget", "1e-9", "--json", str(out),
+                             "--network-filter", "attention=rmsa,region_impl=auto,precision=fp32,compiled=False"])
+    saved = json.loads(out.read_text())
+    rows = saved["attention"] + saved["network"]
+    timed = [r for r in rows if r.get("error") != "no CPU backward"]
+    assert timed and all(r["error"] == "skipped (time budget)" and r["ms"] is None for r in timed)
+    assert len(saved["skipped"]) == len(timed) == len(result["skipped"])
+    assert any(name.startswith("network rmsa") or "attention=rmsa" in name for name in saved["skipped"])
+    printed = capsys.readouterr().out
+    assert "skipped (time budget)" in printed and f"{len(timed)} cases did not fit --time-budget" in printed
+
+
 @pytest.mark.parametrize("args", [["--network-filter", "impl=auto"], ["--network-filter", "graph"],
-                                  ["--skip", "atention"]])
+                                  ["--skip", "atention"], ["--time-budget", "-1"]])
 def test_misspelt_selection_is_a_usage_error(args, capsys):
     import bench_gpu
 
