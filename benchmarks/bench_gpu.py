@@ -501,8 +501,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also time the compiled step with this activation memory budget (0-1; repeatable)")
     parser.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET_S,
                         help="seconds: start only the cases expected to end within it, in priority order (the "
-                             f"issue's table first); the rest are listed as skipped (default {DEFAULT_TIME_BUDGET_S:.0f}"
-                             ", the whole command under 4 minutes; 0: run everything)")
+                             "issue's table first); the rest are listed as skipped (default "
+                             f"{DEFAULT_TIME_BUDGET_S:.0f}: the whole command under 4 minutes; 0: run everything)")
     parser.add_argument("--autotune", action="store_true",
                         help="also time FlexAttention with autotuned tile sizes (max-autotune: minutes of tuning)")
     args = parser.parse_args(argv)
@@ -534,8 +534,8 @@ def main(argv: list[str] | None = None) -> dict:
     if "attention" not in skip:
         attention_table(cfg, device, recorder("attention"), budget, args.autotune)
     if "network" not in skip:
-        network_table(cfg, device, None if args.no_compile else args.compile_backend, recorder("network"), budget, filters,
-                      tuple(args.memory_budget))
+        network_table(cfg, device, None if args.no_compile else args.compile_backend, recorder("network"), budget,
+                      filters, tuple(args.memory_budget))
     print_tables(result["attention"], result["network"], device_name)
     result["seconds"] = time.perf_counter() - budget.start
     result["skipped"] = budget.skipped
