@@ -119,6 +119,18 @@ def test_ct_series_keeps_hu_beyond_the_window(tmp_path):
         np.testing.assert_allclose(read_back(tmp_path / "out" / name), hu[k] + bias * 4096, atol=0.51)
 
 
+def test_input_values_beyond_the_window_come_back_unclipped(tmp_path):
+    rows, cols = np.mgrid[:40, :40]
+    hu = np.where((rows - 20) ** 2 + (cols - 20) ** 2 < 19**2, 40.0, -3024.0)  # air outside the scan circle
+    hu[18:21, 18:21] = 8000.0  # metal, above the window's 3072
+    hu[5, 20] = -1100.0  # air noise just below -1024
+    nib.save(nib.Nifti1Image(np.stack([hu, hu + 10.0], -1).astype(np.float32), np.eye(4)), tmp_path / "ct.nii")
+    ckpt = make_checkpoint(tmp_path / "ct.ckpt", "ct", bias=0.0)  # the identity on the HU window
+    restore_paths(ckpt, tmp_path / "ct.nii", tmp_path / "out", cache_dir=tmp_path / "cache")
+    restored = np.asarray(nib.load(tmp_path / "out" / "ct.nii").dataobj)
+    np.testing.assert_allclose(restored, np.stack([hu, hu + 10.0], -1), atol=0.01)
+
+
 def test_nifti_in_any_orientation_restores_as_training_reads_it(tmp_path):
     rng = np.random.default_rng(0)
     native = rng.uniform(500, 3000, (24, 20, 5)).astype(np.float32)
@@ -199,7 +211,7 @@ def test_compressed_dicom_is_restored_and_written_uncompressed(tmp_path, name):
     assert not after["PixelData"].is_undefined_length and len(after.PixelData) == after.Rows * after.Columns * 2
     assert after.file_meta.MediaStorageSOPInstanceUID == after.SOPInstanceUID
     assert after.file_meta.MediaStorageSOPClassUID == after.SOPClassUID
-    np.testing.assert_allclose(read_back(tmp_path / "out" / name), np.clip(values, -1024, 3072), atol=0.51)
+    np.testing.assert_allclose(read_back(tmp_path / "out" / name), values, atol=0.51)  # nothing clipped to the window
 
 
 def test_predict_without_output_says_so_in_one_line(caplog):

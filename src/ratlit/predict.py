@@ -4,7 +4,7 @@ Each input is read and normalised as the run's task reads its training data, one
 series (the files of one SeriesInstanceUID in the input folder, ordered along the slice normal) or a NIfTI
 file (reoriented to RAS+ and cut along ``slice_axis``, as training does) is mapped to the network's units
 by the task's DataModule (``unit_map``: CT its HU window, PET the whole LQ volume's 99.9th percentile) and
-restored slice by slice; PNG/TIFF/JPEG images are restored whole. Regions come from the partitioner the run
+restored slice by slice (values a window cut off come back as they went in); PNG/TIFF/JPEG images are restored whole. Regions come from the partitioner the run
 was trained with, computed once per image and cached.
 
 Outputs keep the input's format, name and geometry: DICOM slices as derived DICOM (header kept, ImageType
@@ -141,7 +141,14 @@ def restore_volume(volume: np.ndarray, mapping: UnitMap, job: Job) -> np.ndarray
         slicer: list[slice | int] = [slice(None)] * 3
         slicer[job.slice_axis] = index
         restored[tuple(slicer)] = job.restorer(piece[None])[0]
-    return mapping.from_unit(restored, job.floor)
+    values = mapping.from_unit(restored)
+    if mapping.clip is not None:
+        # The network sees the window training saw; what the window cut off (metal above it, the air outside
+        # the scan circle below it) comes back as it went in, so no input value returns clipped to the window.
+        unclipped = (np.asarray(volume, dtype=np.float32) - mapping.offset) / mapping.scale
+        cut = (unclipped < mapping.clip[0]) | (unclipped > mapping.clip[1])
+        values[cut] += (np.asarray(volume, dtype=np.float64)[cut] - mapping.from_unit(units[cut])).astype(np.float32)
+    return np.maximum(values, job.floor) if job.floor is not None else values
 
 
 def volume_map(job: Job, volume: np.ndarray, source: object, matches: bool) -> UnitMap:
