@@ -114,6 +114,20 @@ def test_pet_pairing_errors(tmp_path):
     (root / "hq" / "P2.nii.gz").write_bytes(b"\x1f\x8b broken")
     with pytest.raises(ValueError, match="cannot read NIfTI file .*P2.nii.gz"):
         _dm(PETDataModule, root, tmp_path).samples()
+    write_nifti(root / "hq" / "P1.nii", np.ones((4, 4, 4), np.float32))  # beside P1.nii.gz: which one?
+    with pytest.raises(ValueError, match=r"two PET volumes named 'P1' in .*hq: P1.nii and P1.nii.gz"):
+        _dm(PETDataModule, root, tmp_path).samples()
+
+
+def test_ct_series_folders_named_as_tcia_names_them(tmp_path):
+    root = tmp_path / "tcia"
+    _write_ct_patient(root, "L067", 2)
+    study = root / "L067" / "08-29-2018-NA-NA-12345"
+    study.mkdir()
+    (root / "L067" / "full_1mm").rename(study / "1.000000-Full Dose Images-96514")
+    (root / "L067" / "quarter_1mm").rename(study / "1.000000-Low Dose Images-41587")
+    samples = _dm(CTDataModule, root, tmp_path, patch_size=16).samples()
+    assert len(samples) == 2 and {s.group for s in samples} == {"L067"}
 
 
 def test_pet_dicom_series_volumes(tmp_path):

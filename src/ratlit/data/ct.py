@@ -23,7 +23,8 @@ import numpy as np
 from ratlit.data.base import RestorationDataModule, Sample, UnitMap, write_splits
 from ratlit.data.io import check_same_geometry, dicom_slice_corners, read_dicom, read_dicom_series, write_dicom
 
-FULL_DOSE_PATTERNS = ("full*", "*fd*", "*ndct*", "*normal*")
+# "*full dose*": TCIA LDCT-and-Projection-data names its series "1.000000-Full Dose Images-96514"
+FULL_DOSE_PATTERNS = ("full*", "*full dose*", "*full-dose*", "*full_dose*", "*fd*", "*ndct*", "*normal*")
 QUARTER_DOSE_PATTERNS = ("quarter*", "*qd*", "*ldct*", "*low*")
 
 

@@ -62,7 +62,13 @@ def find_pet_pairs(root: Path) -> list[tuple[str, Path, Path]]:
         entries = [p for p in sorted(folder.iterdir()) if not p.name.startswith(".") and (p.is_dir() or is_nifti(p))]
         if not entries:
             raise ValueError(f"no NIfTI volumes or DICOM series folders in {folder}")
-        folders[side] = {_volume_key(p): p for p in entries}
+        volumes: dict[str, Path] = {}
+        for path in entries:
+            key = _volume_key(path)
+            if key in volumes:  # e.g. P001.nii beside P001.nii.gz, or P001/ beside P001.nii.gz: which is meant?
+                raise ValueError(f"two PET volumes named {key!r} in {folder}: {volumes[key].name} and {path.name}")
+            volumes[key] = path
+        folders[side] = volumes
     lq, hq = folders["lq"], folders["hq"]
     unpaired = sorted(set(lq) ^ set(hq))
     if unpaired:
