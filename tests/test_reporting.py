@@ -187,6 +187,27 @@ def test_report_has_the_input_row_seeds_and_gains(tmp_path):
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_chart_marks_a_run_without_test_scores_instead_of_a_bar_at_zero(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from ratlit.report import bar_chart
+
+    _fake_run(tmp_path, "0", 0, 40.0, "msa")
+    _fake_run(tmp_path, "1", 0, 41.0, "rmsa")
+    untested = json.loads((tmp_path / "1" / "results.json").read_text())
+    del untested["test"]  # a run made with test_after_fit=false
+    (tmp_path / "1" / "results.json").write_text(json.dumps(untested))
+    notes, colours = [], []
+    annotate, bar = matplotlib.axes.Axes.annotate, matplotlib.axes.Axes.bar
+    monkeypatch.setattr(matplotlib.axes.Axes, "annotate",
+                        lambda ax, text, *a, **k: notes.append(text) or annotate(ax, text, *a, **k))
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar",
+                        lambda ax, x, h, **k: colours.append(k["color"]) or bar(ax, x, h, **k))
+    bar_chart(load_runs(tmp_path), tmp_path / "chart.png")
+    assert notes == ["n/a", "n/a"]  # PSNR and SSIM panels
+    assert all(list(c).count("none") == 1 for c in colours)  # the untested run has no bar in either panel
+
+
 
 
 def test_report_logged_to_the_sweeps_wandb_group(tmp_path, monkeypatch):

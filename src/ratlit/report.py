@@ -136,17 +136,21 @@ def bar_chart(runs: list[dict[str, Any]], path: Path) -> None:
     labels = [",".join(e["keys"][k] for k in keys) or e["label"] for e in bars]
     fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.1 * len(bars) + 4), 4.2))
     for ax, name, unit in zip(axes, ("psnr", "ssim"), (" dB", "")):
-        heights, image_err, seed_err = [], [], []
-        for e in bars:
+        heights, image_err, seed_err, missing = [], [], [], []
+        for i, e in enumerate(bars):
             base = e.get(f"input_{name}")
             score = e[name]
             ok = score is not None and base is not None
             heights.append(score["mean"] - base["mean"] if ok else 0.0)
             image_err.append(score["image_std"] if ok else 0.0)
             seed_err.append(score["seed_std"] if ok else 0.0)
+            if not ok:
+                missing.append(i)
         x = range(len(bars))
-        colours = ["tab:green" if h >= 0 else "tab:red" for h in heights]
+        colours = ["none" if i in missing else "tab:green" if h >= 0 else "tab:red" for i, h in enumerate(heights)]
         ax.bar(x, heights, color=colours, alpha=0.8)
+        for i in missing:  # no test score: a label, not a bar at 0 that would read "as good as the input"
+            ax.annotate("n/a", (i, 0), ha="center", va="bottom", fontsize=8, color="grey")
         ax.errorbar(x, heights, yerr=image_err, fmt="none", ecolor="black", elinewidth=1, capsize=5,
                     label="± std over images")
         if any(seed_err):
