@@ -1,7 +1,9 @@
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 
@@ -117,6 +119,28 @@ def test_pet_pairing_errors(tmp_path):
     write_nifti(root / "hq" / "P1.nii", np.ones((4, 4, 4), np.float32))  # beside P1.nii.gz: which one?
     with pytest.raises(ValueError, match=r"two PET volumes named 'P1' in .*hq: P1.nii and P1.nii.gz"):
         _dm(PETDataModule, root, tmp_path).samples()
+
+
+def test_one_patient_id_in_two_splits_is_warned_about(tmp_path, caplog):
+    root = tmp_path / "studies"
+    for folder in ("L067_2019", "L067_2020", "L096_2019"):  # one folder per study, as archives export them
+        _write_ct_patient(root, folder, 1)
+    for folder in ("L067_2019", "L067_2020"):
+        for path in (root / folder).rglob("*.dcm"):
+            header = pydicom.dcmread(path)
+            header.PatientID = "L067"
+            header.save_as(path)
+    apart = {"train": ["L067_2019"], "val": ["L096_2019"], "test": ["L067_2020"]}
+    dm = _dm(CTDataModule, root, tmp_path, patch_size=16, splits=apart)
+    with caplog.at_level(logging.WARNING, logger="ratlit"):
+        dm.resolve_splits(dm.samples())
+    assert "patient id 'L067' is in several splits (L067_2019: train, L067_2020: test)" in caplog.text
+    caplog.clear()
+    together = {"train": ["L067_2019", "L067_2020"], "test": ["L096_2019"]}
+    dm = _dm(CTDataModule, root, tmp_path, patch_size=16, splits=together)
+    with caplog.at_level(logging.WARNING, logger="ratlit"):
+        dm.resolve_splits(dm.samples())
+    assert "several splits" not in caplog.text
 
 
 def test_ct_series_folders_named_as_tcia_names_them(tmp_path):

@@ -60,11 +60,30 @@ class UnitMap:
 
 @dataclass(frozen=True)
 class Sample:
-    """One LQ/HQ pair: ``load() -> (lq, hq)`` float32 ``[C, H, W]``; ``group`` is the unit of splitting."""
+    """One LQ/HQ pair: ``load() -> (lq, hq)`` float32 ``[C, H, W]``; ``group`` is the unit of splitting;
+    ``person`` the scan's own patient id (DICOM PatientID) where it has one, checked across the splits."""
 
     name: str
     group: str
     load: Callable[[], tuple[np.ndarray, np.ndarray]]
+    person: str = ""
+
+
+def warn_on_people_in_several_splits(samples: Sequence[Sample], assigned: Mapping[str, Sequence[str]]) -> None:
+    """Warn where one patient id spans groups in different splits (e.g. one folder per study of one person)."""
+    split_of = {g: name for name, groups in assigned.items() for g in groups}
+    groups_of: dict[str, set[str]] = {}
+    for sample in samples:
+        if sample.person:
+            groups_of.setdefault(sample.person, set()).add(sample.group)
+    for person, groups in sorted(groups_of.items()):
+        splits = {g: split_of[g] for g in sorted(groups) if g in split_of}
+        if len(set(splits.values())) > 1:
+            log.warning(
+                "patient id %r is in several splits (%s): if these folders are one person, put them in one folder "
+                "or give data.splits, so that no test patient is trained on", person,
+                ", ".join(f"{g}: {split}" for g, split in splits.items()),
+            )
 
 
 def read_splits(source: str | os.PathLike | Mapping | None) -> dict[str, list[str]] | None:
@@ -313,9 +332,11 @@ class RestorationDataModule(L.LightningDataModule):
         source = self.splits_source
         if source is None and (self.data_root / "splits.json").exists():
             source = self.data_root / "splits.json"
-        return split_groups(
+        assigned = split_groups(
             [s.group for s in samples], read_splits(source), self.val_fraction, self.test_fraction, self.split_seed
         )
+        warn_on_people_in_several_splits(samples, assigned)
+        return assigned
 
     # --- Lightning hooks --------------------------------------------------------------------------
 

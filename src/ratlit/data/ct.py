@@ -45,6 +45,16 @@ def _find_series(patient: Path, patterns: tuple[str, ...]) -> list[Path]:
     return found
 
 
+def _patient_id(path: Path) -> str:
+    """The DICOM PatientID of one file ("" where it has none or cannot be read: pairing has read it already)."""
+    import pydicom
+
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"]).get("PatientID", ""))
+    except Exception:
+        return ""
+
+
 def pair_ct_series(quarter: Path, full: Path, tolerance_mm: float = 0.5) -> list[tuple[Path, Path, float]]:
     """Pair quarter- and full-dose slices by position; every slice must find a partner."""
     q_slices = read_dicom_series(quarter, pixels=False)
@@ -104,9 +114,11 @@ class CTDataModule(RestorationDataModule):
                     f"(names like full_1mm / quarter_1mm); found full={[str(f) for f in full]}, "
                     f"quarter={[str(q) for q in quarter]}"
                 )
-            for lq_path, hq_path, position in pair_ct_series(quarter[0], full[0], self.position_tolerance_mm):
+            pairs = pair_ct_series(quarter[0], full[0], self.position_tolerance_mm)
+            person = _patient_id(pairs[0][0]) if pairs else ""
+            for lq_path, hq_path, position in pairs:
                 load = partial(_load_ct_pair, lq_path, hq_path, self.window)
-                samples.append(Sample(f"{patient.name}/{lq_path.stem}", patient.name, load))
+                samples.append(Sample(f"{patient.name}/{lq_path.stem}", patient.name, load, person))
         return samples
 
     def build_embedded(self, folder: Path, seed: int) -> None:
