@@ -243,6 +243,31 @@ def test_pathology_image_goes_through_the_task(tmp_path):
     np.testing.assert_allclose(read_image(tmp_path / "out" / "tile.png"), np.clip(source + 0.1, 0, 1), atol=0.6 / 255)
 
 
+@pytest.mark.parametrize(("name", "dtype"), [("grey16.png", np.uint16), ("rgb8.tif", np.uint8)])
+def test_images_keep_their_bit_depth(tmp_path, name, dtype):
+    from skimage import io as skio
+
+    channels = (3,) if name.startswith("rgb") else ()
+    pixels = np.random.default_rng(1).integers(0, np.iinfo(dtype).max, (32, 32, *channels), endpoint=True)
+    (tmp_path / "in").mkdir()
+    skio.imsave(tmp_path / "in" / name, pixels.astype(dtype), check_contrast=False)
+    ckpt = make_checkpoint(tmp_path / "path.ckpt", "pathology", bias=0.0)  # the identity
+    restore_paths(ckpt, tmp_path / "in" / name, tmp_path / "out", cache_dir=tmp_path / "cache", force=True)
+    after = np.asarray(skio.imread(tmp_path / "out" / name))
+    assert after.dtype == dtype and after.shape == pixels.shape  # a grey tile goes through the RGB network
+    np.testing.assert_array_equal(after, pixels)
+
+
+def test_image_of_an_integer_type_that_is_not_8_or_16_bit_is_refused(tmp_path):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "i32.tif", np.full((16, 16), 40000, np.int32))
+    ckpt = make_checkpoint(tmp_path / "path.ckpt", "pathology", bias=0.0)
+    with pytest.raises(ValueError, match=r"i32.tif holds int32 pixels; save it as 8- or 16-bit unsigned"):
+        restore_paths(ckpt, tmp_path / "i32.tif", tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "out" / "i32.tif").exists()
+
+
 def test_unit_maps_of_the_three_tasks():
     from ratlit.data import CTDataModule, PathologyDataModule
 

@@ -10,7 +10,7 @@ was trained with, computed once per image and cached.
 Outputs keep the input's format, name and geometry: DICOM slices as derived DICOM (header kept, ImageType
 DERIVED\\SECONDARY, new SOP / series UIDs, RescaleSlope/Intercept chosen per slice so no restored value is
 clipped, uncompressed Explicit VR Little Endian whatever the input's encoding); NIfTI in the input's own
-orientation, affine and header (float32); images in their format. ``nonnegative`` keeps restored values
+orientation, affine and header (float32); images in their format, bit depth and channels. ``nonnegative`` keeps restored values
 >= 0 (default: the task's, on for PET activity). The input's modality (DICOM Modality) and format are
 checked against the checkpoint's task; ``force=true`` runs anyway.
 """
@@ -37,6 +37,7 @@ from ratlit.data.io import (
     DICOM_SUFFIXES,
     IMAGE_SUFFIXES,
     DicomSlice,
+    image_bits,
     is_nifti,
     read_dicom,
     read_image,
@@ -220,8 +221,9 @@ def restore_image(path: Path, out: Path, job: Job) -> Path:
     matches = check_format(job, "image", path)
     image = read_image(path)
     check_finite(image, path)
+    grey_through_rgb = image.shape[0] == 1 and job.channels == 3
     if image.shape[0] != job.channels:
-        if image.shape[0] == 1 and job.channels == 3:
+        if grey_through_rgb:
             image = np.repeat(image, 3, axis=0)
         else:
             raise ValueError(f"{path} has {image.shape[0]} channel(s); the checkpoint {job.ckpt} takes {job.channels}")
@@ -229,7 +231,10 @@ def restore_image(path: Path, out: Path, job: Job) -> Path:
         x = torch.from_numpy(image)[None]
         image = torch.nn.functional.interpolate(x, scale_factor=job.upscale, mode="bicubic").clamp(0, 1)[0].numpy()
     mapping = job.datamodule.unit_map(image, str(path)) if matches else UnitMap(clip=(0.0, 1.0))
-    write_image(out / path.name, mapping.from_unit(job.restorer(mapping.to_unit(image)), job.floor))
+    restored = mapping.from_unit(job.restorer(mapping.to_unit(image)), job.floor)
+    if grey_through_rgb:  # a grey image comes back grey, as it went in
+        restored = restored.mean(axis=0, keepdims=True)
+    write_image(out / path.name, restored, image_bits(path))  # a 16-bit input keeps its precision
     return out / path.name
 
 

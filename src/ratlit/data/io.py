@@ -291,14 +291,9 @@ def write_nifti(path: Path, volume: np.ndarray, voxel_mm: tuple[float, float, fl
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """A PNG / TIFF / JPEG image as float32 ``[C, H, W]`` in [0, 1] (C = 1 or 3; alpha dropped)."""
-    from skimage import io as skio
-
-    path = Path(path)
-    try:
-        image = np.asarray(skio.imread(path))
-    except Exception as err:
-        raise ValueError(f"cannot read image file {path}: {err}") from err
+    """A PNG / TIFF / JPEG image as float32 ``[C, H, W]`` in [0, 1] (C = 1 or 3; alpha dropped): 8- and 16-bit
+    unsigned pixels over their full range, floats as they are (or over their maximum where it exceeds 1)."""
+    image = _read_pixels(Path(path))
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[-1] not in (1, 2, 3, 4):
@@ -306,6 +301,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if image.shape[-1] in (2, 4):  # grey + alpha, RGB + alpha
         image = image[..., :-1]
     if np.issubdtype(image.dtype, np.integer):
+        if image.dtype not in (np.uint8, np.uint16):
+            # e.g. int32 holding 16-bit values: over int32's range the image would read (and train) as black
+            raise ValueError(f"image file {path} holds {image.dtype} pixels; save it as 8- or 16-bit unsigned "
+                             "integers (or floats in [0, 1])")
         scale = float(np.iinfo(image.dtype).max)
     elif image.dtype == bool:
         scale = 1.0
@@ -314,14 +313,35 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(image.astype(np.float32) / scale, -1, 0))
 
 
-def write_image(path: Path, image: np.ndarray) -> None:
-    """Save ``[C, H, W]`` in [0, 1] as an 8-bit (PNG/JPEG) or 16-bit (TIFF) image, atomically."""
+def _read_pixels(path: Path) -> np.ndarray:
+    from skimage import io as skio
+
+    try:
+        return np.asarray(skio.imread(path))
+    except Exception as err:
+        raise ValueError(f"cannot read image file {path}: {err}") from err
+
+
+def image_bits(path: str | os.PathLike) -> int:
+    """The bit depth :func:`write_image` should keep for an image like this file's: 16 for 16-bit or float
+    pixels, else 8."""
+    return 8 if _read_pixels(Path(path)).dtype in (np.uint8, np.bool_) else 16
+
+
+def write_image(path: Path, image: np.ndarray, bits: int | None = None) -> None:
+    """Save ``[C, H, W]`` in [0, 1] atomically with ``bits`` (8 or 16; None: 16 for TIFF, 8 for PNG/JPEG;
+    JPEG holds 8 only)."""
     from skimage import io as skio
 
     array = np.clip(np.moveaxis(np.asarray(image), 0, -1), 0, 1)
     if array.shape[-1] == 1:
         array = array[..., 0]
-    sixteen = path.suffix.lower() in (".tif", ".tiff")
+    suffix = path.suffix.lower()
+    if bits is None:
+        bits = 16 if suffix in (".tif", ".tiff") else 8
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits}")
+    sixteen = bits == 16 and suffix not in (".jpg", ".jpeg")
     array = np.round(array * (65535 if sixteen else 255)).astype(np.uint16 if sixteen else np.uint8)
     with atomic_output(path, path.suffix) as tmp:
         skio.imsave(tmp, array, check_contrast=False)
