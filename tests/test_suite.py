@@ -141,6 +141,10 @@ def test_resume_continues_from_the_last_checkpoint(ct_root, tmp_path):
     assert sorted(sum(splits.values(), [])) == ["P0", "P1", "P2", "P3"]
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["splits"] == splits  # and so the checkpoint
     steps = _steps(run_dir)
+    kept = {name: data for name, data in _snapshot(run_dir).items() if not name.startswith((".hydra", "train.log"))}
+    again = run("ratlit.train", *SMOKE, f"data.root={ct_root}", f"hydra.run.dir={run_dir}", cwd=tmp_path, check=False)
+    assert again.returncode == 2 and f"run folder {run_dir} already holds a run: resume=" in again.stdout + again.stderr
+    assert {name: data for name, data in _snapshot(run_dir).items() if name in kept} == kept  # nothing overwritten
     refused = run("ratlit.train", f"resume={run_dir}", "attention=msa", cwd=tmp_path, check=False)
     assert refused.returncode == 2 and "names no value of the saved run config" in refused.stdout + refused.stderr
     resumed = run("ratlit.train", f"resume={run_dir}", "trainer.max_steps=9", cwd=tmp_path)

@@ -70,6 +70,16 @@ def check_launch(cfg: DictConfig) -> None:
         )
 
 
+def refuse_used_run_dir(run_dir: Path) -> None:
+    """A new run never starts in another run's folder: its last.ckpt, metrics and results would mix with this
+    one's (and a later resume would continue the wrong weights)."""
+    checkpoints = run_dir / "checkpoints"
+    used = (run_dir / "config.yaml").exists() or (checkpoints.is_dir() and any(checkpoints.iterdir()))
+    if used:
+        raise ValueError(f"run folder {run_dir} already holds a run: resume={run_dir} continues it; for a new run "
+                         "give another folder (hydra.run.dir=...) or remove that one")
+
+
 def resumed_config(cfg: DictConfig) -> tuple[DictConfig, str, str]:
     """The saved config of the run folder ``cfg.resume`` (with this call's value overrides, and its paths
     moved into that folder), its last checkpoint, and the folder the run was made in (differs for a copy)."""
@@ -243,6 +253,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("resume"):
         cfg, ckpt_path, made_in = resumed_config(cfg)
     run_dir = Path(str(cfg.run_dir))
+    if ckpt_path is None:
+        refuse_used_run_dir(run_dir)
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
     absolute_data_paths(cfg.data, Path(hydra.utils.get_original_cwd()) if HydraConfig.initialized() else Path.cwd())
