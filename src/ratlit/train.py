@@ -253,7 +253,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("resume"):
         cfg, ckpt_path, made_in = resumed_config(cfg)
     run_dir = Path(str(cfg.run_dir))
-    if ckpt_path is None:
+    if ckpt_path is None and rank_zero_only.rank == 0:  # DDP's other ranks start later, in the same folder
         refuse_used_run_dir(run_dir)
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
