@@ -203,3 +203,14 @@ def test_a_wandb_run_gets_an_id_kept_for_resume():
     assert len(first) == 8 and first.isalnum() and cfg.logger.wandb.resume == "allow"
     wandb_id(cfg)  # a resumed run keeps its id
     assert cfg.logger.wandb.id == first
+
+
+def test_wandb_gets_the_run_config_as_values_not_built_objects(tmp_path, monkeypatch):
+    from ratlit.train import build_loggers
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    node = {"_target_": "lightning.pytorch.loggers.WandbLogger", "offline": True, "save_dir": str(tmp_path)}
+    cfg = OmegaConf.create({"logger": {"wandb": node}, "run_dir": str(tmp_path)})
+    run_config = {"cfg": {"model": {"_target_": "ratlit.models.RAT", "width": 8}, "seed": 1}}
+    wandb_logger, _ = build_loggers(cfg, ["t"], run_config)
+    assert wandb_logger._wandb_init["config"] == run_config  # what wandb.init(config=...) receives

@@ -146,8 +146,13 @@ def build_loggers(cfg: DictConfig, tags: list[str], config: dict[str, Any]) -> l
                 node["offline"] = not wandb_online()
             if node["offline"]:
                 log.info("W&B logs offline in %s; upload later with `wandb sync`", node.get("save_dir"))
-            node.update(tags=tags, config=config, name=run_name(cfg))
-        loggers.append(instantiate(node, _convert_="all"))  # plain dicts for wandb.init(config=...)
+            node.update(tags=tags, name=run_name(cfg))
+            # Called directly, not instantiated: instantiate would build every `_target_` inside the run config
+            # (a second network, Trainer, datamodule) and hand W&B those objects instead of the values.
+            logger_class = hydra.utils.get_class(node.pop("_target_"))
+            loggers.append(logger_class(**node, config=config))
+            continue
+        loggers.append(instantiate(node, _convert_="all"))
     if not any(isinstance(lg, CSVLogger) for lg in loggers):
         loggers.append(AppendingCSVLogger(save_dir=str(cfg.run_dir), name="csv", version=""))
     return loggers
