@@ -4,14 +4,14 @@ Each input is read and normalised as the run's task reads its training data, one
 series (the files of one SeriesInstanceUID in the input folder, ordered along the slice normal) or a NIfTI
 file (reoriented to RAS+ and cut along ``slice_axis``, as training does) is mapped to the network's units
 by the task's DataModule (``unit_map``: CT its HU window, PET the whole LQ volume's 99.9th percentile) and
-restored slice by slice (values a window cut off come back as they went in); PNG/TIFF/JPEG images are restored whole. Regions come from the partitioner the run
-was trained with, computed once per image and cached.
+restored slice by slice (values a window cut off come back as they went in); PNG/TIFF/JPEG images are
+restored whole. Regions come from the partitioner the run was trained with, computed once per image and cached.
 
 Outputs keep the input's format, name and geometry: DICOM slices as derived DICOM (header kept, ImageType
 DERIVED\\SECONDARY, new SOP / series UIDs, RescaleSlope/Intercept chosen per slice so no restored value is
 clipped, uncompressed Explicit VR Little Endian whatever the input's encoding); NIfTI in the input's own
-orientation, affine and header (float32); images in their format, bit depth and channels. ``nonnegative`` keeps restored values
->= 0 (default: the task's, on for PET activity). The input's modality (DICOM Modality) and format are
+orientation, affine and header (float32); images in their format, bit depth and channels. ``nonnegative``
+keeps restored values >= 0 (default: the task's, on for PET activity). The input's modality (DICOM Modality) and format are
 checked against the checkpoint's task; ``force=true`` runs anyway.
 """
 
