@@ -133,7 +133,7 @@ _AUTOTUNED_FLEX = None
 
 def cuda_graphed(step):
     """``step`` captured in a CUDA graph on its first call (after two warm-up runs on a side stream), then replayed."""
-    from ratlit.cuda_graph import capture, side_stream
+    from ratlit.training.cuda_graph import capture, side_stream
 
     graph = None
 
@@ -351,10 +351,10 @@ def network_table(cfg: dict, device: torch.device, compile_backend: str | None, 
 def network_case(cfg: dict, device: torch.device, compile_backend: str | None, record, case: dict, size: int,
                  name: dict, lq_inputs: tuple, big_inputs: tuple, loss_fn) -> list[dict]:
     """One network case's rows: its training step and, for the cases that time it, 512x512 inference."""
-    from ratlit.compiling import compile_repeated_blocks
-    from ratlit.cuda_graph import GraphedBackward
+    from ratlit.training.compiling import compile_repeated_blocks
+    from ratlit.training.cuda_graph import GraphedBackward
     from ratlit.models import RAT
-    from ratlit.validation import finite_checks
+    from ratlit.utils.checks import finite_checks
 
     rows = []
     (image, regions), (big_image, big_regions) = lq_inputs, big_inputs

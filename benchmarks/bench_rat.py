@@ -2,7 +2,7 @@
 
 Partitions are SLIC (about 80 regions) on scikit-image's camera image, as in bench_attention.py.
 Each case runs in a fresh subprocess: one warm-up step, then the best of ``--repeats``; peak memory is the
-process's peak RSS above its start. malloc keeps freed memory as the CLIs set it (ratlit.allocator);
+process's peak RSS above its start. malloc keeps freed memory as the CLIs set it (ratlit.utils.allocator);
 ``--malloc system`` measures glibc's defaults instead.
 
     python benchmarks/bench_rat.py [--threads 2] [--attention rmsa] [--repeats 2] [--malloc keep|system]
@@ -53,7 +53,7 @@ def network_step(train: bool, attention: str = "rmsa") -> tuple[Callable[[], Non
 
 def run_case(case: str, attention: str, repeats: int, malloc: str) -> dict:
     if malloc == "keep":
-        from ratlit.allocator import keep_freed_memory
+        from ratlit.utils.allocator import keep_freed_memory
 
         # The user's own malloc settings (RATLIT_MALLOC=system, GLIBC_TUNABLES, ...) win: report what ran.
         malloc = "keep" if keep_freed_memory() else "system"
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--attention", default="rmsa", choices=["rmsa", "wmsa", "msa"])
     parser.add_argument("--repeats", type=int, default=2, help="timed steps after the warm-up (the best counts)")
     parser.add_argument("--malloc", choices=["keep", "system"], default="keep",
-                        help="keep: freed memory kept for reuse, as the CLIs run (ratlit.allocator); system: glibc's defaults")
+                        help="keep: freed memory kept for reuse, as the CLIs run (ratlit.utils.allocator); system: glibc's defaults")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

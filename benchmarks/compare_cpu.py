@@ -13,7 +13,7 @@ and are what each R-MSA layer of RAT costs there (the layout is built once per f
 not timed here, tokens already in layout order); "kernels:..." times only the attention calls of that layout
 (the packed blocks and each group of large regions, forward + backward on tensors of their shapes): the
 bound for anything around them. ``--malloc keep`` runs both sides with glibc's malloc keeping freed memory
-(what ratlit's CLIs set, ratlit.allocator; through GLIBC_TUNABLES, as the old commit has no such setting);
+(what ratlit's CLIs set, ratlit.utils.allocator; through GLIBC_TUNABLES, as the old commit has no such setting);
 the default compares the code alone under glibc's defaults.
 """
 
@@ -33,7 +33,7 @@ NETWORK_CASES = ("train256", "infer512")
 ATTENTION_CASES = ("sparse:slic", "sparse:felzenszwalb", "sparse:single", "sparse:pixels", "msa:single")
 DENSE_CASES = ("dense:slic", "dense:felzenszwalb")
 NEW_ONLY = ("layout:felzenszwalb", "layout:slic", "kernels:felzenszwalb", "kernels:slic")
-# ratlit.allocator.keep_freed_memory, as environment for a process that may not have it
+# ratlit.utils.allocator.keep_freed_memory, as environment for a process that may not have it
 KEEP_FREED_MEMORY = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
 
 

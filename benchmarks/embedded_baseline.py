@@ -15,7 +15,7 @@ import time
 import torch
 
 from ratlit.data import DATAMODULES
-from ratlit.module import image_metrics
+from ratlit.training.module import image_metrics
 from ratlit.partition import GridPartitioner
 
 

@@ -35,10 +35,10 @@ def main(argv: list[str] | None = None) -> None:
     from bench_rat import slic_regions
     from torch.profiler import ProfilerActivity, profile
 
-    from ratlit.compiling import compile_repeated_blocks
+    from ratlit.training.compiling import compile_repeated_blocks
     from ratlit.losses import FocalRegionLoss
     from ratlit.models import RAT
-    from ratlit.validation import finite_checks
+    from ratlit.utils.checks import finite_checks
 
     device = torch.device(args.device)
     torch.set_float32_matmul_precision("high")

@@ -18,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from ratlit.module import image_metrics
+from ratlit.training.module import image_metrics
 
 NAME = re.compile(r"steps(\d+)_zero(true|false)_seed(\d+)")
 

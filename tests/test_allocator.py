@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from ratlit import allocator
+from ratlit.utils import allocator
 
 GLIBC = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
 
@@ -19,7 +19,7 @@ GLIBC = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get
 # a few rounds first (the heap grows until a freed block fits the next one).
 FAULTS = """
 import resource, sys, torch
-from ratlit.allocator import keep_freed_memory
+from ratlit.utils.allocator import keep_freed_memory
 print(keep_freed_memory())
 for _ in range(10):
     torch.ones(16 * 2**20)

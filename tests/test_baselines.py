@@ -14,7 +14,7 @@ from ratlit.models.rcan import RCAN
 from ratlit.models.redcnn import REDCNN
 from ratlit.models.swinir import SwinIR, SwinLayer
 from ratlit.models.unet import UNet
-from ratlit.perceptual import ResNet50Features
+from ratlit.models.perceptual import ResNet50Features
 
 SMALL = {
     "cnn": lambda c: ChenCNN(c, features=(8, 8)),

@@ -8,10 +8,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from ratlit.config import CONF_DIR
+from ratlit.utils.config import CONF_DIR
 from ratlit.losses import LOSSES
 from ratlit.models import RAT
-from ratlit.module import RestorationModule
+from ratlit.training.module import RestorationModule
 from ratlit.partition import Partitioner
 
 GROUPS = {

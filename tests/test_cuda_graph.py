@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from ratlit.cuda_graph import GraphedBackward
+from ratlit.training.cuda_graph import GraphedBackward
 from ratlit.losses import FocalRegionLoss
 from ratlit.models import RAT
-from ratlit.module import RestorationModule
-from ratlit.validation import finite_checks
+from ratlit.training.module import RestorationModule
+from ratlit.utils.checks import finite_checks
 
 TINY = dict(width=8, num_groups=1, layers_per_group=2, num_heads=2, window_size=4, zero_init_last=False)
 

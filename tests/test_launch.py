@@ -6,8 +6,8 @@ import os
 import pytest
 from hydra import compose, initialize_config_dir
 
-from ratlit.config import CONF_DIR
-from ratlit.launch import claim_gpu, gpu_count
+from ratlit.utils.config import CONF_DIR
+from ratlit.training.launch import claim_gpu, gpu_count
 
 try:
     from test_suite import ct_root  # noqa: F401  (the tiny CT set fixture, for the slow sweep below)
@@ -73,7 +73,7 @@ def test_matmul_precision_key(value):
     import torch
     from omegaconf import OmegaConf
 
-    from ratlit.train import set_matmul_precision
+    from ratlit.training.launch import set_matmul_precision
 
     before = torch.get_float32_matmul_precision()
     try:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ratlit.losses import LOSSES, CharbonnierLoss, FocalRegionLoss, L1Loss
-from ratlit.validation import finite_checks
+from ratlit.utils.checks import finite_checks
 
 
 def eq5_loop(pred, target, regions, gamma, delta):

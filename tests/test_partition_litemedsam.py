@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from ratlit.config import CONF_DIR
+from ratlit.utils.config import CONF_DIR
 from ratlit.partition import PartitionCache, SlicPartitioner, partitioner_from_spec
 from ratlit.partition import litemedsam as lms
 from ratlit.partition.base import file_digest

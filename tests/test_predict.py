@@ -20,11 +20,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from ratlit.config import CONF_DIR, instantiate
+from ratlit.utils.config import CONF_DIR, instantiate
 from ratlit.data import PETDataModule
 from ratlit.data.ct import write_ct_series
 from ratlit.partition import GridPartitioner, PartitionCache
-from ratlit.predict import predict, restore_paths
+from ratlit.cli.predict import predict, restore_paths
 from scans import write_pet_series
 
 
@@ -145,7 +145,7 @@ def test_nifti_in_any_orientation_restores_as_training_reads_it(tmp_path):
     np.testing.assert_array_equal(out.affine, affine)
     assert out.shape == native.shape and out.get_data_dtype() == np.float32
     # evaluate's route: the DataModule's samples (RAS+, slice_axis 2, per-volume scale), the same network.
-    from ratlit.checkpoint import build_module, load_checkpoint
+    from ratlit.training.checkpoint import build_module, load_checkpoint
 
     run_cfg, state = load_checkpoint(ckpt)
     module = build_module(run_cfg, state)

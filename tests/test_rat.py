@@ -219,7 +219,7 @@ def test_activation_checkpointing_gives_identical_gradients():
 
 
 def test_nan_input_error_can_be_deferred():
-    from ratlit.validation import finite_checks
+    from ratlit.utils.checks import finite_checks
 
     model = RAT(**TINY)
     lq = torch.randn(1, 1, 16, 16)
@@ -234,7 +234,7 @@ def test_nan_input_error_can_be_deferred():
 
 @pytest.mark.slow  # dynamo tracing of the blocks: about half a minute on 2 busy cores
 def test_compiled_blocks_match_eager_and_do_not_recompile_per_partition():
-    from ratlit.compiling import compile_repeated_blocks, eager
+    from ratlit.training.compiling import compile_repeated_blocks, eager
 
     torch._dynamo.reset()
     model = RAT(**{**TINY, "layer_scale_init": 0.5, "zero_init_last": False})
@@ -262,7 +262,7 @@ def test_compiled_blocks_match_eager_and_do_not_recompile_per_partition():
 
 @pytest.mark.gpu
 def test_compiled_blocks_on_cuda_train_in_bf16_and_evaluate_eagerly_with_compiled_flex():
-    from ratlit.compiling import compile_repeated_blocks, eager
+    from ratlit.training.compiling import compile_repeated_blocks, eager
 
     torch._dynamo.reset()
     config = {**TINY, "width": 16, "layer_scale_init": 0.5}

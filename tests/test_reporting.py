@@ -10,13 +10,14 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 
-from ratlit.callbacks import (BestValidation, RegionPanels, StepProgressBar, PerImageScores, WandbSummaries,
-                              comparison_columns, display_image, quiet_unactionable_messages, render_panels,
-                              to_display_scale)
+from ratlit.cli.command import quiet_unactionable_messages
+from ratlit.training.callbacks import BestValidation, PerImageScores, RegionPanels, StepProgressBar
+from ratlit.training.loggers import WandbSummaries, comparison_columns
+from ratlit.utils.display import display_image, render_panels, to_display_scale
 from ratlit.losses import L1Loss
 from ratlit.models.edsr import EDSR
-from ratlit.module import RestorationModule, image_metrics
-from ratlit.report import load_runs, report, table_rows
+from ratlit.training.module import RestorationModule, image_metrics
+from ratlit.cli.report import load_runs, report, table_rows
 
 import wandb_offline
 
@@ -190,7 +191,7 @@ def test_report_has_the_input_row_seeds_and_gains(tmp_path):
 def test_chart_marks_a_run_without_test_scores_instead_of_a_bar_at_zero(tmp_path, monkeypatch):
     import matplotlib.axes
 
-    from ratlit.report import bar_chart
+    from ratlit.cli.report import bar_chart
 
     _fake_run(tmp_path, "0", 0, 40.0, "msa")
     _fake_run(tmp_path, "1", 0, 41.0, "rmsa")
@@ -211,7 +212,7 @@ def test_chart_marks_a_run_without_test_scores_instead_of_a_bar_at_zero(tmp_path
 
 
 def test_report_logged_to_the_sweeps_wandb_group(tmp_path, monkeypatch):
-    from ratlit.report import log_to_wandb
+    from ratlit.cli.report import log_to_wandb
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -15,10 +15,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
-from ratlit.config import prepare_argv
-from ratlit.evaluate import split_checked_datamodule
-from ratlit.files import make_temp_dir, write_text_atomic
-from ratlit.runs import AppendingCSVLogger, RelocateCheckpointState, ValidateAtEnd, absolute_data_paths, relocate
+from ratlit.cli.command import prepare_argv
+from ratlit.cli.evaluate import split_checked_datamodule
+from ratlit.utils.files import make_temp_dir, write_text_atomic
+from ratlit.training.callbacks import ValidateAtEnd
+from ratlit.training.loggers import AppendingCSVLogger
+from ratlit.training.run_folder import RelocateCheckpointState, absolute_data_paths, relocate
 from ratlit.splits import check_not_seen, saved_splits
 
 
@@ -195,7 +197,7 @@ def test_evaluate_on_other_data_refuses_training_patients(tmp_path):
 
 
 def test_a_wandb_run_gets_an_id_kept_for_resume():
-    from ratlit.runs import wandb_id
+    from ratlit.training.loggers import wandb_id
 
     cfg = OmegaConf.create({"logger": {"wandb": {"_target_": "lightning.pytorch.loggers.WandbLogger", "id": None}}})
     wandb_id(cfg)
@@ -206,7 +208,7 @@ def test_a_wandb_run_gets_an_id_kept_for_resume():
 
 
 def test_wandb_gets_the_run_config_as_values_not_built_objects(tmp_path, monkeypatch):
-    from ratlit.train import build_loggers
+    from ratlit.training.loggers import build_loggers
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     node = {"_target_": "lightning.pytorch.loggers.WandbLogger", "offline": True, "save_dir": str(tmp_path)}

@@ -5,8 +5,8 @@ import torch
 
 from ratlit.losses import L1Loss
 from ratlit.models import RAT
-from ratlit.module import RestorationModule
-from ratlit.validation import DeferredFiniteCheck, finite_checks
+from ratlit.training.module import RestorationModule
+from ratlit.utils.checks import DeferredFiniteCheck, finite_checks
 
 TINY = dict(width=8, num_groups=1, layers_per_group=1, num_heads=2, window_size=4)
 
@@ -73,12 +73,12 @@ def test_compile_switch_compiles_the_repeated_blocks_in_place(monkeypatch):
 def test_compiled_training_step_then_eager_evaluation_of_other_sizes(monkeypatch):
     import functools
 
-    import ratlit.module
+    import ratlit.training.module
 
     # aot_eager: the same dynamo graphs and AOTAutograd joint graphs as inductor, without its C++ build (80 s on
     # a cold 2-core machine); inductor itself is exercised by the CUDA tests (test_rat.py, bash gpu_check.sh).
-    monkeypatch.setattr(ratlit.module, "compile_repeated_blocks",
-                        functools.partial(ratlit.module.compile_repeated_blocks, backend="aot_eager"))
+    monkeypatch.setattr(ratlit.training.module, "compile_repeated_blocks",
+                        functools.partial(ratlit.training.module.compile_repeated_blocks, backend="aot_eager"))
     torch._dynamo.reset()
     module = _module(compile=True)
     module.configure_model()

@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ratlit.data.base import SPLITS
-from ratlit.files import write_text_atomic
+from ratlit.utils.files import write_text_atomic
 
 SPLITS_FILE = "splits.json"
 

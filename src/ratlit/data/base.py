@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ratlit.files import make_temp_dir, write_text_atomic
+from ratlit.utils.files import make_temp_dir, write_text_atomic
 from ratlit.partition import CacheStats, PartitionCache, Partitioner, SlicPartitioner
 
 log = logging.getLogger(__name__)

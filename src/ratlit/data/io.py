@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ratlit.files import atomic_output
+from ratlit.utils.files import atomic_output
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ratlit.models.blocks import scaled_output
-from ratlit.validation import check_labels
+from ratlit.utils.checks import check_labels
 
 ATTENTION_MODES = ("rmsa", "wmsa", "msa")
 REGION_IMPLS = ("auto", "sparse", "flex", "dense")
@@ -391,7 +391,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor | None
 def _flex_tokens(q: Tensor, k: Tensor, v: Tensor, layout: RegionLayout, scale: float) -> Tensor:
     # The whole batch is one sequence of B*N rows; regions never span two items, so the block mask keeps them apart.
     qs, ks, vs = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
-    # The kernel stays compiled when the network runs eagerly (evaluation under ratlit.compiling.eager()):
+    # The kernel stays compiled when the network runs eagerly (evaluation under ratlit.training.compiling.eager()):
     # eager FlexAttention would materialise the whole score matrix.
     with torch.compiler.set_stance("default"):
         out = _compiled_flex(q.device.type)(qs, ks, vs, block_mask=layout.flex_mask(), scale=scale)

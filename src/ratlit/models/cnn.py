@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ratlit.validation import check_image
+from ratlit.utils.checks import check_image
 
 
 class ThreeLayerCNN(nn.Module):

@@ -18,7 +18,7 @@ from ratlit.models.attention import (
     window_reverse,
 )
 from ratlit.models.blocks import Downsample, Upsample, nafblocks, zero_init_
-from ratlit.validation import check_image, check_labels
+from ratlit.utils.checks import check_image, check_labels
 
 LABEL_DOWNSAMPLING = ("nearest", "majority")
 
@@ -123,7 +123,7 @@ class RAT(nn.Module):
     """
 
     # Compiled training compiles these in place, one compiled graph per class shared by all instances
-    # (ratlit.compiling.compile_repeated_blocks).
+    # (ratlit.training.compiling.compile_repeated_blocks).
     _repeated_blocks = ("NAFBlock", "RATLayer")
 
     def __init__(

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ratlit.models.attention import window_partition, window_reverse
 from ratlit.models.blocks import zero_init_
-from ratlit.validation import check_image
+from ratlit.utils.checks import check_image
 
 
 class WindowAttention(nn.Module):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ratlit.models.blocks import zero_init_
-from ratlit.validation import check_image
+from ratlit.utils.checks import check_image
 
 
 def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ratlit.files import atomic_write, write_text_atomic
+from ratlit.utils.files import atomic_write, write_text_atomic
 from ratlit.partition.base import Partitioner
 
 

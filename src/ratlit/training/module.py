@@ -1,6 +1,6 @@
 """The LightningModule: a restoration network, its loss, an optimiser and scheduler, PSNR / SSIM per image.
 
-Reporting (panels, the per-image table, the best validation score, W&B) lives in ``ratlit.callbacks``.
+Reporting (panels, the per-image table, the best validation score, W&B) lives in ``ratlit.training.callbacks``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from torch import Tensor, nn
 from torchmetrics import CatMetric
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from ratlit.compiling import compile_repeated_blocks, eager
-from ratlit.cuda_graph import GraphedBackward
-from ratlit.validation import DeferredFiniteCheck, finite_checks
+from ratlit.training.compiling import compile_repeated_blocks, eager
+from ratlit.training.cuda_graph import GraphedBackward
+from ratlit.utils.checks import DeferredFiniteCheck, finite_checks
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class RestorationModule(L.LightningModule):
     ``compile_memory_budget`` (with ``compile``): the fraction of the compiled blocks' activations that backward
     keeps (torch's ``activation_memory_budget``); below 1 the rest is recomputed (fp32 batch 4 at 256x256 on an
     H100: 10.0 GB at 1, 6.3 GB at 0.5). ``cuda_graph``: the training step's forward, loss and backward replayed
-    as one CUDA graph after ``cuda_graph_warmup`` eager steps (:class:`ratlit.cuda_graph.GraphedBackward`);
+    as one CUDA graph after ``cuda_graph_warmup`` eager steps (:class:`ratlit.training.cuda_graph.GraphedBackward`);
     ``"auto"`` wherever it can be (one CUDA device, fp32 or bf16, no gradient accumulation), ``True`` insists
     (an error where it cannot be, eager with a warning on the CPU), ``False`` never.
     """

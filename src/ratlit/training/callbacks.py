@@ -1,5 +1,5 @@
-"""Reporting callbacks: region panels, per-image test scores, the best validation score, W&B summaries,
-a step-counting progress bar, and the run's config stored in every checkpoint.
+"""Reporting callbacks: region panels, per-image test scores, the best validation score, training speed,
+a step-counting progress bar, a last validation at the end, and the run's config stored in every checkpoint.
 
 The LightningModule only computes scores; what is shown, written and summarised is decided here.
 """
@@ -21,103 +21,12 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 from torchmetrics import MaxMetric
 
-from ratlit.files import atomic_output, write_text_atomic
+from ratlit.utils.display import colourise, render_panels, to_display_scale
+from ratlit.utils.files import atomic_output, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-PANEL_COLUMNS = ("LQ", "restored", "HQ", "|error|", "regions")
 PER_IMAGE_COLUMNS = ("name", "psnr", "ssim", "input_psnr", "input_ssim", "psnr_gain", "ssim_gain")
-
-
-# --------------------------------------------------------------------------------------------- pictures
-
-
-def display_image(x: Tensor, value_range: Sequence[float] | None = None, window: Sequence[float] | None = None,
-                  cmap: str = "gray") -> np.ndarray:
-    """A ``[C, H, W]`` image in the task's normalised units as ``[H, W, 3]`` RGB in [0, 1] for display.
-
-    ``value_range`` ``(lo, hi)``: the physical values that 0 and 1 stand for (CT: HU). ``window``
-    ``(level, width)`` in those units (CT soft tissue: 40, 400); None shows [0, 1]. Single-channel images get
-    the colour map ``cmap`` (matplotlib name); RGB images are shown as they are.
-    """
-    x = x.detach().float().cpu()
-    if x.shape[0] >= 3:
-        return x[:3].clamp(0, 1).permute(1, 2, 0).numpy()
-    return colourise(to_display_scale(x[0], value_range, window).numpy(), cmap)
-
-
-def to_display_scale(x: Tensor, value_range: Sequence[float] | None, window: Sequence[float] | None) -> Tensor:
-    """Normalised values to [0, 1] of the display window (no window: clamped to [0, 1])."""
-    if window is not None:
-        if value_range is None:
-            raise ValueError("a display window needs value_range, the physical values of 0 and 1")
-        lo, hi = float(value_range[0]), float(value_range[1])
-        level, width = float(window[0]), float(window[1])
-        if width <= 0:
-            raise ValueError(f"display window width must be positive, got {width}")
-        x = (lo + x * (hi - lo) - (level - width / 2)) / width
-    return x.clamp(0, 1)
-
-
-def colourise(gray: np.ndarray, cmap: str = "gray") -> np.ndarray:
-    """``[H, W]`` in [0, 1] through a matplotlib colour map: ``[H, W, 3]``."""
-    import matplotlib
-
-    if cmap not in matplotlib.colormaps:
-        raise ValueError(f"unknown colour map {cmap!r}; e.g. gray, hot, inferno, magma, viridis")
-    return matplotlib.colormaps[cmap](gray)[..., :3]
-
-
-def error_scale(value_range: Sequence[float] | None, window: Sequence[float] | None) -> float:
-    """Factor from normalised error to the display window's scale (1 without a window)."""
-    if window is None or value_range is None:
-        return 1.0
-    return (float(value_range[1]) - float(value_range[0])) / float(window[1])
-
-
-def render_panels(rows: list[dict[str, Any]], value_range: Sequence[float] | None = None,
-                  window: Sequence[float] | None = None, cmap: str = "gray", error_gain: float = 4.0) -> np.ndarray:
-    """Rows of LQ | restored | HQ | |error| | regions, each column titled (with the image's PSNR), as one
-    ``[H, W, 3]`` uint8 picture. A row: ``lq``, ``restored``, ``hq`` ``[C, H, W]``, ``regions`` ``[H, W]``,
-    ``psnr`` and ``input_psnr`` (dB) and optionally ``name``. The error is shown on the display scale (the
-    window's width with a window), times ``error_gain``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from skimage.segmentation import mark_boundaries
-
-    height, width = rows[0]["lq"].shape[-2:]
-    size = 2.6
-    fig, axes = plt.subplots(len(rows), 5, figsize=(5 * size, len(rows) * size * height / width + 0.45 * len(rows)),
-                             squeeze=False)
-    scale = error_gain * error_scale(value_range, window)
-    for axs, row in zip(axes, rows):
-        lq = display_image(row["lq"], value_range, window, cmap)
-        error = (row["restored"].float() - row["hq"].float()).abs().mean(0).cpu() * scale
-        pictures = [
-            lq,
-            display_image(row["restored"], value_range, window, cmap),
-            display_image(row["hq"], value_range, window, cmap),
-            colourise(error.clamp(0, 1).numpy(), "gray"),
-            mark_boundaries(lq, row["regions"].cpu().numpy(), color=(1, 0.2, 0.2)),
-        ]
-        regions = int(row["regions"].unique().numel())
-        gain = f" x{error_gain:g}" if error_gain != 1 else ""
-        titles = [f"LQ {row['input_psnr']:.2f} dB", f"restored {row['psnr']:.2f} dB", "HQ", f"|error|{gain}",
-                  f"regions ({regions})"]
-        for ax, picture, title in zip(axs, pictures, titles):
-            ax.imshow(np.clip(picture, 0, 1), interpolation="nearest")
-            ax.set_title(title, fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        if row.get("name"):
-            axs[0].set_ylabel(str(row["name"])[:40], fontsize=7)
-    fig.tight_layout(pad=0.3)
-    fig.canvas.draw()
-    picture = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return picture
 
 
 class RegionPanels(Callback):
@@ -338,30 +247,6 @@ def find_callback(trainer: L.Trainer, kind: type) -> Any:
     return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
 
 
-# -------------------------------------------------------------------------------------------------- W&B
-
-
-class WandbSummaries(Callback):
-    """Tells W&B what each run's summary holds, for comparing runs: val PSNR / SSIM keep their max and last
-    value; everything else its last value: the best validation with its step (``val/best_psnr``,
-    ``val/best_ssim``, ``val/best_step``), test mean and std (``test/psnr``, ``test/psnr_std``, ...) and the
-    input's scores (``test/input_psnr``, ...)."""
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
-                run = logger.experiment
-                run.define_metric("trainer/global_step")
-                for key in ("val/psnr", "val/ssim"):
-                    run.define_metric(key, step_metric="trainer/global_step", summary="max,last")
-                run.define_metric("train/loss", step_metric="trainer/global_step", summary="min,last")
-
-
-def comparison_columns(task: str, model: str, attention: str | None, loss: str, partition: str) -> dict[str, str]:
-    """The top-level W&B config columns that runs are grouped and compared by."""
-    return {"task": task, "model": model, "attention": attention or "none", "loss": loss, "partition": partition}
-
-
 # -------------------------------------------------------------------------------------- progress, config
 
 
@@ -404,30 +289,19 @@ class RunConfigInCheckpoint(Callback):
         checkpoint["ratlit_config"] = self.config_yaml
 
 
-# ------------------------------------------------------------------------------------ console messages
+class ValidateAtEnd(Callback):
+    """Validate on the last training step when the ``val_check_interval`` schedule would not: a run shorter
+    than the interval (or ending between two checks) still gets validated, and so a best checkpoint."""
 
-# Messages a ratlit user cannot act on, matched exactly (everything else still shows).
-UNACTIONABLE_WARNINGS = (
-    # Lightning's own pytree helper on torch >= 2.10; fixed in Lightning, nothing to change in user code.
-    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-)
-UNACTIONABLE_LOG_PREFIXES = (
-    "💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger]",
-    "💡 Tip: For seamless cloud uploads and versioning, try installing [litmodels]",
-)
-
-
-class _DropPrefixes(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith(UNACTIONABLE_LOG_PREFIXES)
-
-
-def quiet_unactionable_messages() -> None:
-    """Hide Lightning's product tips and a deprecation inside Lightning itself, by their exact text."""
-    import warnings
-
-    for pattern in UNACTIONABLE_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
-    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _DropPrefixes) for f in rank_zero_log.filters):
-        rank_zero_log.addFilter(_DropPrefixes())
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loop = trainer.fit_loop
+        last_step = trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
+        last_epoch = (
+            trainer.max_epochs not in (None, -1)
+            and trainer.current_epoch + 1 >= trainer.max_epochs
+            and loop.epoch_loop.batch_progress.is_last_batch
+        )
+        if (last_step or last_epoch) and not trainer.should_stop:
+            # Lightning validates a step at which the trainer is asked to stop (as for early stopping).
+            trainer.should_stop = True

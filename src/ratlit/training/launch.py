@@ -1,4 +1,5 @@
-"""One sweep job per GPU on one machine: ``python -m ratlit.train -m hydra/launcher=local_gpus ...``.
+"""How a run's process starts: launch checks (no DDP inside a local multirun), the float32 matmul precision, and
+one sweep job per GPU on one machine: ``python -m ratlit.train -m hydra/launcher=local_gpus ...``.
 
 The preset (conf/hydra/launcher/local_gpus.yaml) runs ``n_jobs`` jobs at once with hydra-joblib-launcher,
 one job per GPU. joblib's loky workers are processes that run job after job, so a GPU belongs to a worker,
@@ -17,7 +18,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 _PIN: dict[str, object] = {}  # this process's claim: slot, gpu, cpus, and the open lock file
@@ -94,3 +98,41 @@ def pin_parallel_job(cfg: DictConfig) -> None:
         with open_dict(cfg):
             cfg.data.num_workers = len(pin["cpus"])
     log.info("sweep job %s: GPU %s (slot %s), CPUs %s", hydra_cfg.job.num, pin["gpu"], pin["slot"], pin["cpus"])
+
+
+def is_multi_process(trainer_cfg: DictConfig) -> bool:
+    """Whether the trainer config starts more than one process (several devices or nodes)."""
+    devices = trainer_cfg.get("devices", 1)
+    if isinstance(devices, (list, ListConfig)):
+        many = len(devices) > 1
+    elif devices in ("auto", -1, "-1"):
+        many = torch.cuda.device_count() > 1
+    else:
+        many = int(devices) > 1
+    return many or int(trainer_cfg.get("num_nodes", 1) or 1) > 1
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Refuse DDP inside a local Hydra multirun (Lightning #15737): children would re-start the sweep."""
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    launcher = str(hydra_cfg.launcher.get("_target_", ""))
+    if hydra_cfg.mode == RunMode.MULTIRUN and is_multi_process(cfg.trainer) and "submitit" not in launcher:
+        raise ValueError(
+            "a multirun (-m) cannot use a multi-process trainer (several devices or nodes): Lightning's DDP "
+            "launcher would re-start the sweep in every child. Run the sweep one job per GPU "
+            "(trainer.devices=1, jobs one after another), or as a SLURM array with hydra/launcher=slurm, "
+            "where each job may use several GPUs."
+        )
+
+
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def set_matmul_precision(cfg: DictConfig) -> None:
+    """``float32_matmul_precision`` (TF32 on Ampere+ GPUs at ``high``), set before the trainer exists."""
+    precision = str(cfg.get("float32_matmul_precision", "high"))
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"float32_matmul_precision must be one of {MATMUL_PRECISIONS}, got {precision!r}")
+    torch.set_float32_matmul_precision(precision)

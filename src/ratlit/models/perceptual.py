@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from ratlit.files import load_weights
+from ratlit.utils.files import load_weights
 
 
 class Bottleneck(nn.Module):

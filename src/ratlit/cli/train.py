@@ -1,0 +1,106 @@
+"""Train (and test) a restoration model: ``python -m ratlit.train task=pet attention=rmsa``.
+
+Sweeps: ``python -m ratlit.train -m task=ct attention=msa,wmsa,rmsa loss=l1,fr sweep_name=table4_ct``.
+Resume an interrupted run: ``python -m ratlit.train resume=<run folder>``.
+Each run folder holds ``config.yaml`` (the full resolved config, with the partitioner actually used and
+the split in ``data.splits``), ``splits.json``, ``checkpoints/`` (best by validation PSNR, and last),
+``csv/metrics.csv``, ``panels/``, ``results.json`` (test scores beside the input's own) and
+``test_results.csv`` (per image, restored and input).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ratlit.cli.command import exit_on_user_error, hydra_command
+from ratlit.splits import groups_by_split, save_run_splits
+from ratlit.training.callbacks import RunConfigInCheckpoint
+from ratlit.training.launch import check_launch, pin_parallel_job, set_matmul_precision
+from ratlit.training.loggers import build_loggers, comparison_columns, finish_wandb, run_tags, wandb_id
+from ratlit.training.results import (fit_results, loss_name, model_name, scores_after_test, summary_line,
+                                     write_results)
+from ratlit.training.run_folder import (RelocateCheckpointState, absolute_data_paths, refuse_used_run_dir,
+                                        resumed_config)
+from ratlit.utils.config import instantiate
+from ratlit.utils.files import write_text_atomic
+
+log = logging.getLogger("ratlit.train")
+
+
+@exit_on_user_error
+def train(cfg: DictConfig) -> dict[str, Any]:
+    check_launch(cfg)
+    pin_parallel_job(cfg)  # before anything starts CUDA
+    set_matmul_precision(cfg)
+    ckpt_path, made_in = None, None
+    if cfg.get("resume"):
+        cfg, ckpt_path, made_in = resumed_config(cfg)
+    run_dir = Path(str(cfg.run_dir))
+    if ckpt_path is None and rank_zero_only.rank == 0:  # DDP's other ranks start later, in the same folder
+        refuse_used_run_dir(run_dir)
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True)
+    absolute_data_paths(cfg.data)
+    wandb_id(cfg)
+
+    datamodule = instantiate(cfg.data)
+    # Before the data is listed (and an embedded set built, or a user's folder read): a mistyped model, loss or
+    # optimiser value fails in seconds.
+    module = instantiate(cfg.model)
+    splits = groups_by_split(datamodule)
+    partition = datamodule.partitioner.spec
+    log.info("partitioner: %s", partition)
+    with open_dict(cfg):
+        cfg.data.splits = splits  # the run config (and so every checkpoint) records the split it used
+        cfg.partition_used = partition
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    run_config = OmegaConf.to_yaml(resolved)
+    if rank_zero_only.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", run_config)
+        save_run_splits(run_dir, splits)
+
+    saved_mode = os.environ.get("WANDB_MODE")
+    columns = comparison_columns(str(cfg.task_name), model_name(cfg), cfg.model.net.get("attention"),
+                                 loss_name(cfg), str(partition["name"]))
+    # W&B: the comparison columns at the top level, the whole config below them under `cfg`.
+    loggers = build_loggers(cfg, run_tags(cfg, partition), {**columns, "cfg": resolved})
+    try:
+        for lg in loggers:
+            if not isinstance(lg, WandbLogger):
+                lg.log_hyperparams(resolved)
+        callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
+        if made_in is not None and Path(made_in).resolve() != run_dir.resolve():
+            callbacks.append(RelocateCheckpointState(made_in, str(run_dir)))
+        callbacks.append(RunConfigInCheckpoint(run_config))
+        trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        results = fit_results(cfg, trainer, partition, columns)
+        if cfg.get("test_after_fit", True):
+            trainer.test(module, datamodule=datamodule, ckpt_path=results["best_checkpoint"], weights_only=True)
+            results.update(scores_after_test(trainer))
+        if trainer.is_global_zero:
+            write_results(run_dir, results)
+            print(summary_line(cfg, results))
+        return results
+    finally:
+        finish_wandb(loggers, saved_mode)
+
+
+def _test_psnr(cfg: DictConfig) -> float | None:
+    """Hydra's return value for sweepers that optimise: the test PSNR."""
+    return (train(cfg).get("test") or {}).get("psnr")
+
+
+main = hydra_command("train", _test_psnr)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Loggers: every W&B piece in one place (online or offline, run ids that survive a resume, names, tags, the
+summary a run keeps, the comparison columns, finishing a run) and a CSV logger that appends on resume."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import secrets
+import socket
+import string
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import hydra
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ratlit.utils.config import instantiate, overrides
+
+log = logging.getLogger(__name__)
+
+
+def wandb_online() -> bool:
+    """Credentials present and the W&B server reachable; otherwise runs log offline."""
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
+        return False
+    has_key = bool(os.environ.get("WANDB_API_KEY"))
+    if not has_key:
+        try:
+            import netrc
+
+            host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+            has_key = netrc.netrc().authenticators(host) is not None
+        except (OSError, netrc.NetrcParseError):
+            has_key = False
+    if not has_key:
+        return False
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def wandb_id(cfg: DictConfig) -> None:
+    """Give the run's W&B logger a fixed run id (kept in the saved config), so a resume continues the
+    same W&B run (``resume="allow"``) instead of starting another."""
+    node = OmegaConf.select(cfg, "logger.wandb", default=None)
+    if node is None or not str(node.get("_target_", "")).endswith("WandbLogger"):
+        return
+    with open_dict(node):
+        if not node.get("id"):  # W&B's own form: 8 characters of [a-z0-9]
+            node.id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+        node.resume = "allow"
+
+
+def build_loggers(cfg: DictConfig, tags: list[str], config: dict[str, Any]) -> list[Logger]:
+    loggers: list[Logger] = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is None:
+            continue
+        node = OmegaConf.to_container(node, resolve=True)
+        if node["_target_"].endswith("WandbLogger"):
+            if node.get("offline", "auto") == "auto":
+                node["offline"] = not wandb_online()
+            if node["offline"]:
+                log.info("W&B logs offline in %s; upload later with `wandb sync`", node.get("save_dir"))
+            node.update(tags=tags, name=run_name(cfg))
+            # Called directly, not instantiated: instantiate would build every `_target_` inside the run config
+            # (a second network, Trainer, datamodule) and hand W&B those objects instead of the values.
+            logger_class = hydra.utils.get_class(node.pop("_target_"))
+            loggers.append(logger_class(**node, config=config))
+            continue
+        loggers.append(instantiate(node, _convert_="all"))
+    if not any(isinstance(lg, CSVLogger) for lg in loggers):
+        loggers.append(AppendingCSVLogger(save_dir=str(cfg.run_dir), name="csv", version=""))
+    return loggers
+
+
+def run_name(cfg: DictConfig) -> str:
+    """A readable name: the run's own overrides (paths left out), else its folder name."""
+    parts = [o for o in overrides() if not any(k in o for k in ("root=", "dir=", "checkpoint=", "sweep_name="))]
+    return (",".join(parts) or Path(str(cfg.run_dir)).name)[:128]
+
+
+def run_tags(cfg: DictConfig, partition: dict[str, Any]) -> list[str]:
+    loss = str(cfg.model.loss._target_).rsplit(".", 1)[-1]
+    tags = [f"task:{cfg.task_name}", f"attention:{cfg.model.net.get('attention', 'none')}", f"loss:{loss}",
+            f"partition:{partition['name']}"]
+    return tags + [str(t) for t in cfg.get("tags") or []]
+
+
+
+class WandbSummaries(Callback):
+    """Tells W&B what each run's summary holds, for comparing runs: val PSNR / SSIM keep their max and last
+    value; everything else its last value: the best validation with its step (``val/best_psnr``,
+    ``val/best_ssim``, ``val/best_step``), test mean and std (``test/psnr``, ``test/psnr_std``, ...) and the
+    input's scores (``test/input_psnr``, ...)."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+                run = logger.experiment
+                run.define_metric("trainer/global_step")
+                for key in ("val/psnr", "val/ssim"):
+                    run.define_metric(key, step_metric="trainer/global_step", summary="max,last")
+                run.define_metric("train/loss", step_metric="trainer/global_step", summary="min,last")
+
+
+def comparison_columns(task: str, model: str, attention: str | None, loss: str, partition: str) -> dict[str, str]:
+    """The top-level W&B config columns that runs are grouped and compared by."""
+    return {"task": task, "model": model, "attention": attention or "none", "loss": loss, "partition": partition}
+
+
+def finish_wandb(loggers: list[Logger], saved_mode: str | None) -> None:
+    """End the W&B run and restore WANDB_MODE, so the next job of a multirun starts clean."""
+    if any(isinstance(lg, WandbLogger) for lg in loggers):
+        import wandb
+
+        wandb.finish()
+    if saved_mode is None:
+        os.environ.pop("WANDB_MODE", None)
+    else:
+        os.environ["WANDB_MODE"] = saved_mode
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv when it starts; this one keeps its rows and
+    appends (a new column rewrites the file with the old rows under the widened header)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as file:
+                header = next(csv.reader(file), [])
+            self.metrics_keys = sorted(header)
+
+
+class AppendingCSVLogger(CSVLogger):
+    """``lightning``'s CSVLogger whose ``metrics.csv`` survives a resume: steps 0..N stay, N..M follow."""
+
+    @property
+    def experiment(self) -> ExperimentWriter:  # type: ignore[override]
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment

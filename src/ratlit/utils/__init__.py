@@ -1,0 +1,1 @@
+"""Helpers every layer may use: whole-file writes, input checks, Hydra helpers, display, tables, malloc."""

@@ -1,0 +1,53 @@
+"""Hydra helpers shared by the commands and training: where the configs are, instantiate with the user's own error, this run's
+command-line overrides, and paths the user typed made absolute against the folder the command started in."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig
+
+# The configs travel inside the package: a plain (non-editable) install runs every command from any folder.
+# Users add their own config folders with Hydra's search path (README, "Your own configs").
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# Errors that mean bad input: the commands print them as one line and exit 2.
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, TypeError)
+
+
+def instantiate(cfg: DictConfig | dict, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that re-raises the user's error itself, not Hydra's wrapper around it."""
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(cfg, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, USER_ERRORS):
+            raise cause from None
+        raise
+
+
+def overrides() -> list[str]:
+    """This Hydra job's command-line overrides (none outside a Hydra job)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def start_dir() -> Path:
+    """The folder the command was started in (Hydra may have changed into the run folder since)."""
+    if HydraConfig.initialized():
+        from hydra.utils import get_original_cwd
+
+        return Path(get_original_cwd())
+    return Path.cwd()
+
+
+def user_path(value: str | os.PathLike, base: Path | None = None) -> Path:
+    """A path the user typed: ``~`` expanded, made absolute against ``base`` (default :func:`start_dir`)."""
+    path = Path(os.path.expanduser(str(value)))
+    return path if path.is_absolute() else ((base or start_dir()) / path).absolute()
