@@ -357,9 +357,11 @@ class WandbSummaries(Callback):
                 run.define_metric("train/loss", step_metric="trainer/global_step", summary="min,last")
 
 
-def comparison_columns(task: str, model: str, attention: str | None, loss: str, partition: str) -> dict[str, str]:
-    """The top-level W&B config columns that runs are grouped and compared by."""
-    return {"task": task, "model": model, "attention": attention or "none", "loss": loss, "partition": partition}
+def comparison_columns(task: str, model: str, attention: str | None, loss: str, partition: str,
+                       seed: int | None = None) -> dict[str, Any]:
+    """The top-level W&B config columns that runs are grouped and compared by (``seed``: None when unseeded)."""
+    return {"task": task, "model": model, "attention": attention or "none", "loss": loss, "partition": partition,
+            "seed": None if seed is None else int(seed)}
 
 
 # -------------------------------------------------------------------------------------- progress, config

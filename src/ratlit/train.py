@@ -177,8 +177,7 @@ def finish_wandb(loggers: list[Logger], saved_mode: str | None) -> None:
 
 
 def run_tags(cfg: DictConfig, partition: dict[str, Any]) -> list[str]:
-    loss = str(cfg.model.loss._target_).rsplit(".", 1)[-1]
-    tags = [f"task:{cfg.task_name}", f"attention:{cfg.model.net.get('attention', 'none')}", f"loss:{loss}",
+    tags = [f"task:{cfg.task_name}", f"attention:{cfg.model.net.get('attention', 'none')}", f"loss:{loss_name(cfg)}",
             f"partition:{partition['name']}"]
     return tags + [str(t) for t in cfg.get("tags") or []]
 
@@ -229,6 +228,19 @@ def model_name(cfg: DictConfig) -> str:
         if choice:
             return str(choice)
     return str(cfg.model.net._target_).rsplit(".", 1)[-1].lower()
+
+
+def loss_name(cfg: DictConfig) -> str:
+    """The loss as typed (``fr``, ``l1``: the Hydra choice); on resume the conf/loss file whose ``_target_`` is
+    the run's loss class; else the class name."""
+    if HydraConfig.initialized() and not cfg.get("resume"):
+        choice = HydraConfig.get().runtime.choices.get("loss")
+        if choice:
+            return str(choice)
+    target = str(cfg.model.loss._target_)
+    named = [p.stem for p in sorted((CONF_DIR / "loss").glob("*.yaml"))
+             if (OmegaConf.load(p).get("_target_") or "") == target]
+    return named[0] if len(named) == 1 else target.rsplit(".", 1)[-1]
 
 
 def metric(trainer: L.Trainer, key: str) -> float | None:
@@ -285,7 +297,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     saved_mode = os.environ.get("WANDB_MODE")
     columns = comparison_columns(str(cfg.task_name), model_name(cfg), cfg.model.net.get("attention"),
-                                 str(cfg.model.loss._target_).rsplit(".", 1)[-1], str(partition["name"]))
+                                 loss_name(cfg), str(partition["name"]), cfg.get("seed"))
     # W&B: the comparison columns at the top level, the whole config below them under `cfg`.
     loggers = build_loggers(cfg, run_tags(cfg, partition), {**columns, "cfg": resolved})
     try:
