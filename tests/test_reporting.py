@@ -133,7 +133,8 @@ def test_wandb_offline_run_is_ready_to_compare(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    columns = comparison_columns("ct", "rat", "rmsa", "FocalRegionLoss", "slic")
+    columns = comparison_columns("ct", "rat", "rmsa", "fr", "slic", 3)
+    assert columns["loss"] == "fr" and columns["seed"] == 3
     logger = WandbLogger(project="ratlit-test", save_dir=str(tmp_path), offline=True, group="sweep-x",
                          config={**columns, "cfg": {"trainer": {"max_steps": 4}}})
     data = Pairs(3, 2)
@@ -166,13 +167,19 @@ def test_wandb_offline_run_is_ready_to_compare(tmp_path, monkeypatch):
     assert table["columns"][:5] == ["name", "psnr", "ssim", "input_psnr", "input_ssim"] and len(table["data"]) == 3
 
 
-def _fake_run(folder, name, seed, psnr, attention="rmsa", task="ct"):
+def _fake_run(folder, name, seed, psnr, attention="rmsa", task="ct", per_image=None):
+    """A run folder: results.json, and test_results.csv when ``per_image`` (PSNR per image) is given."""
     run = folder / name
     run.mkdir(parents=True)
     result = {"task": task, "overrides": [f"attention={attention}", f"seed={seed}"], "partition": {"name": "slic"},
               "sweep_name": "t4", "test": {"psnr": psnr, "psnr_std": 1.0, "ssim": 0.9, "ssim_std": 0.01},
-              "input": {"psnr": 38.8, "psnr_std": 2.3, "ssim": 0.88, "ssim_std": 0.04}}
+              "input": {"psnr": 38.8, "psnr_std": 2.3, "ssim": 0.88, "ssim_std": 0.04},
+              "columns": {"task": task, "attention": attention, "loss": "fr", "seed": seed}}
     (run / "results.json").write_text(json.dumps(result))
+    if per_image is not None:
+        lines = ["name,psnr,ssim,input_psnr,input_ssim,psnr_gain,ssim_gain"]
+        lines += [f"img{i},{p:.6f},{p / 50:.6f},{p - 5:.6f},0.5,5,0" for i, p in enumerate(per_image)]
+        (run / "test_results.csv").write_text("\n".join(lines) + "\n")
 
 
 def test_report_has_the_input_row_seeds_and_gains(tmp_path):
@@ -188,27 +195,128 @@ def test_report_has_the_input_row_seeds_and_gains(tmp_path):
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_chart_marks_a_run_without_test_scores_instead_of_a_bar_at_zero(tmp_path, monkeypatch):
+def _study(folder):
+    """msa (the reference, 2 seeds), rmsa +0.5 dB on every image (2 seeds), wmsa: noise around msa (1 seed)."""
+    base = 37 + 4.7 * np.random.default_rng(0).standard_normal(30)
+    noise = 0.01 * np.random.default_rng(1).standard_normal(15)
+    _fake_run(folder, "a0", 0, base.mean(), "msa", per_image=base)
+    _fake_run(folder, "a1", 1, base.mean(), "msa", per_image=base)
+    _fake_run(folder, "b0", 0, base.mean() + 0.5, "rmsa", per_image=base + 0.5)
+    _fake_run(folder, "b1", 1, base.mean() + 0.5, "rmsa", per_image=base + 0.5)
+    _fake_run(folder, "c0", 0, base.mean(), "wmsa", per_image=base + np.concatenate([noise, -noise]))
+    return base
+
+
+def _csv_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_report_csv_holds_one_number_per_cell(tmp_path):
+    _study(tmp_path)
+    report(tmp_path, resamples=500)
+    rows = _csv_rows(tmp_path / "report.csv")
+    assert [r["run"] for r in rows] == ["input", "a0 (+1 seeds)", "b0 (+1 seeds)", "c0"]
+    for row in rows:
+        for key in ("psnr_mean", "psnr_std_images", "psnr_gain", "ssim_mean"):
+            float(row[key])  # a number, not "37.1 ± 4.7"
+    rmsa = rows[2]
+    assert (rmsa["attention"], rmsa["seeds"], rmsa["images"]) == ("rmsa", "2", "30")
+    assert float(rmsa["psnr_gain_ci_low"]) == pytest.approx(5.0, abs=1e-4)  # per image: test - input = 5
+    assert float(rmsa["psnr_std_seeds"]) == 0.0 and rows[0]["psnr_std_seeds"] == ""
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.read_csv(tmp_path / "report.csv")
+    assert frame["psnr_mean"].dtype.kind == "f" and frame["psnr_gain_ci_high"].dtype.kind == "f"
+
+
+def test_paired_table_against_the_first_row_by_default(tmp_path):
+    _study(tmp_path)
+    report(tmp_path, resamples=1000)
+    rows = {(r["attention"], r["metric"]): r for r in _csv_rows(tmp_path / "paired.csv")}
+    assert set(rows) == {("rmsa", "psnr"), ("rmsa", "ssim"), ("wmsa", "psnr"), ("wmsa", "ssim")}
+    gain, noise = rows[("rmsa", "psnr")], rows[("wmsa", "psnr")]
+    assert gain["reference"] == noise["reference"] == "a0 (+1 seeds)"
+    assert float(gain["mean"]) == pytest.approx(0.5, abs=1e-5) and gain["verdict"] == "resolved: higher"
+    assert float(gain["ci_low"]) == pytest.approx(0.5, abs=1e-5) and float(gain["wilcoxon_p"]) < 1e-4
+    assert (gain["images"], gain["seeds"], gain["reference_seeds"], gain["seed_pairing"]) == ("30", "2", "2", "paired")
+    assert noise["verdict"] == "not resolved" and float(noise["ci_low"]) < 0 < float(noise["ci_high"])
+    markdown = (tmp_path / "paired.md").read_text()
+    assert "excludes 0" in markdown and "| b0 (+1 seeds) | a0 (+1 seeds) | PSNR | +0.5000 |" in markdown
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.read_csv(tmp_path / "paired.csv")
+    assert all(frame[c].dtype.kind in "fi" for c in ("mean", "std", "ci_low", "ci_high", "wilcoxon_p", "images"))
+
+
+def test_reference_is_chosen_by_override_run_or_input(tmp_path):
+    from ratlit.cli.report import paired_table
+
+    _study(tmp_path)
+    runs = load_runs(tmp_path)
+    _, rows, _ = paired_table(runs, "attention=rmsa", resamples=300)
+    msa = next(r for r in rows if r["attention"] == "msa" and r["metric"] == "psnr")
+    assert msa["reference"] == "b0 (+1 seeds)" and msa["mean"] == pytest.approx(-0.5, abs=1e-5)
+    assert msa["verdict"] == "resolved: lower"
+    assert {r["reference"] for r in paired_table(runs, "c0", resamples=300)[1]} == {"c0"}
+    against_input = paired_table(runs, "input", resamples=300)[1]
+    assert len(against_input) == 3 * 2 and {r["reference"] for r in against_input} == {"input"}
+    assert next(r for r in against_input if r["attention"] == "msa")["mean"] == pytest.approx(5.0, abs=1e-5)
+    with pytest.raises(ValueError, match="matches 3 rows"):
+        paired_table(runs, "task=ct")
+    with pytest.raises(ValueError, match="matches no run"):
+        paired_table(runs, "attention=none")
+
+
+def test_paired_warns_when_image_sets_differ(tmp_path):
+    from ratlit.cli.report import paired_table
+
+    _fake_run(tmp_path, "a", 0, 40.0, "msa", per_image=[40.0, 41.0, 42.0, 43.0])
+    _fake_run(tmp_path, "b", 0, 40.0, "rmsa", per_image=[40.5, 41.5, 42.5])
+    _, rows, notes = paired_table(load_runs(tmp_path), resamples=200)
+    assert rows[0]["images"] == 3 and notes == ["b: 0 image(s) only in it, 1 only in a; compared on the 3 common "
+                                                "image(s) (different splits or test sets?)"]
+    report(tmp_path, resamples=200)
+    assert "warning: b: 0 image(s) only in it" in (tmp_path / "paired.md").read_text()
+
+
+def test_chart_marks_a_run_without_test_scores_instead_of_a_point_at_zero(tmp_path, monkeypatch):
     import matplotlib.axes
 
     from ratlit.cli.report import bar_chart
 
-    _fake_run(tmp_path, "0", 0, 40.0, "msa")
-    _fake_run(tmp_path, "1", 0, 41.0, "rmsa")
-    untested = json.loads((tmp_path / "1" / "results.json").read_text())
-    del untested["test"]  # a run made with test_after_fit=false
-    (tmp_path / "1" / "results.json").write_text(json.dumps(untested))
-    notes, colours = [], []
-    annotate, bar = matplotlib.axes.Axes.annotate, matplotlib.axes.Axes.bar
+    _fake_run(tmp_path, "0", 0, 40.0, "msa", per_image=[40.0, 41.0])
+    _fake_run(tmp_path, "1", 0, 41.0, "rmsa")  # no test_results.csv: a run made with test_after_fit=false
+    notes, drawn = [], []
+    annotate, errorbar = matplotlib.axes.Axes.annotate, matplotlib.axes.Axes.errorbar
     monkeypatch.setattr(matplotlib.axes.Axes, "annotate",
                         lambda ax, text, *a, **k: notes.append(text) or annotate(ax, text, *a, **k))
-    monkeypatch.setattr(matplotlib.axes.Axes, "bar",
-                        lambda ax, x, h, **k: colours.append(k["color"]) or bar(ax, x, h, **k))
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar",
+                        lambda ax, x, y, **k: drawn.append(y) or errorbar(ax, x, y, **k))
     bar_chart(load_runs(tmp_path), tmp_path / "chart.png")
     assert notes == ["n/a", "n/a"]  # PSNR and SSIM panels
-    assert all(list(c).count("none") == 1 for c in colours)  # the untested run has no bar in either panel
+    assert drawn == []  # nothing drawn for it
 
 
+def test_chart_is_scaled_by_the_differences_around_zero(tmp_path, monkeypatch):
+    """A -0.003 dB mean among per-image differences of ~0.01 dB: a point with its interval inside an axis that
+    holds 0 and the images' differences, no bar."""
+    import matplotlib.axes
+    import matplotlib.pyplot as plt
+
+    from ratlit.cli.report import bar_chart
+
+    base = 37 + 4.7 * np.random.default_rng(0).standard_normal(40)
+    diffs = -0.003 + 0.01 * np.random.default_rng(1).standard_normal(40)
+    _fake_run(tmp_path, "a", 0, base.mean(), "msa", per_image=base)
+    _fake_run(tmp_path, "b", 0, base.mean(), "rmsa", per_image=base + diffs)
+    limits, bars = [], []
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", lambda *a, **k: bars.append(a))
+    savefig = plt.Figure.savefig
+    monkeypatch.setattr(plt.Figure, "savefig", lambda fig, *a, **k: limits.extend(ax.get_ylim() for ax in fig.axes)
+                        or savefig(fig, *a, **k))
+    bar_chart(load_runs(tmp_path), tmp_path / "chart.png")
+    low, high = limits[0]  # the PSNR panel
+    assert bars == [] and low < min(diffs.min(), 0) and high > max(diffs.max(), 0)
+    assert high - low < 0.2  # the differences' scale (0.01 dB), not the images' (4.7 dB)
 
 
 def test_report_logged_to_the_sweeps_wandb_group(tmp_path, monkeypatch):
@@ -217,16 +325,23 @@ def test_report_logged_to_the_sweeps_wandb_group(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    _fake_run(tmp_path, "0", 0, 40.0, "msa")
-    _fake_run(tmp_path, "1", 0, 41.0, "rmsa")
-    report(tmp_path)
+    _fake_run(tmp_path, "0", 0, 40.0, "msa", per_image=[40.0, 41.0, 42.0])
+    _fake_run(tmp_path, "1", 0, 41.0, "rmsa", per_image=[41.0, 42.0, 43.0])
+    report(tmp_path, resamples=200)
     assert log_to_wandb(tmp_path, tmp_path) == "offline"
     records = wandb_offline.read_finished_run(tmp_path)
     run = wandb_offline.of_type(records, "run")[0]
     assert run.run_group == "t4" and run.job_type == "report"
     summary = wandb_offline.summary(records)
     assert summary["report/table/_type"] == "table-file" and summary["report/table/nrows"] == 3
+    assert summary["report/paired/_type"] == "table-file" and summary["report/paired/nrows"] == 2  # PSNR, SSIM
     assert summary["report/chart/_type"] == "image-file"
+    run_dir = wandb_offline.run_file(tmp_path).parent
+    tables = {p.name.split("_")[0]: json.loads(p.read_text()) for p in run_dir.rglob("*.table.json")}
+    paired = tables["paired"]
+    row = dict(zip(paired["columns"], paired["data"][0]))
+    assert row["mean"] == pytest.approx(1.0) and row["verdict"] == "resolved: higher" and row["images"] == 3
+    assert isinstance(dict(zip(tables["table"]["columns"], tables["table"]["data"][1]))["psnr_mean"], float)
 
 
 def test_unactionable_messages_are_hidden_by_their_text(caplog):
@@ -245,3 +360,14 @@ def test_unactionable_messages_are_hidden_by_their_text(caplog):
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
         warnings.warn("something else is deprecated", FutureWarning)
     assert [str(w.message) for w in caught] == ["something else is deprecated"]
+
+
+def test_loss_column_names_the_loss_as_typed_without_hydra():
+    """Outside Hydra (a resume, a direct call) the loss is named by its conf/loss file, as typed (fr, l1)."""
+    from omegaconf import OmegaConf
+
+    from ratlit.training.results import loss_name
+
+    named = {t: loss_name(OmegaConf.create({"model": {"loss": {"_target_": f"ratlit.losses.{t}"}}}))
+             for t in ("FocalRegionLoss", "L1Loss", "NoSuchLoss")}
+    assert named == {"FocalRegionLoss": "fr", "L1Loss": "l1", "NoSuchLoss": "NoSuchLoss"}

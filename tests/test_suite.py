@@ -120,6 +120,12 @@ def test_sweep_with_wandb_offline_and_report(ct_root, tmp_path):
     assert {"msa", "wmsa", "rmsa"} == {line.split("|")[2].strip() for line in lines[3:]}
     assert (sweep / "report.png").read_bytes()[:4] == b"\x89PNG" and (sweep / "report.csv").exists()
     assert "± " in report.stdout
+    columns = json.loads((runs[0] / "results.json").read_text())["columns"]
+    assert (columns["loss"], columns["seed"]) == ("fr", 0)  # the loss as typed (the config's choice), the seed
+    with open(sweep / "paired.csv", newline="") as f:
+        paired = list(csv.DictReader(f))
+    assert len(paired) == 2 * 2 and {r["reference"] for r in paired} == {lines[3].split("|")[1].strip()}
+    assert all(float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) for r in paired)
 
 
 def _steps(run_dir: Path) -> list[int]:

@@ -70,7 +70,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     saved_mode = os.environ.get("WANDB_MODE")
     columns = comparison_columns(str(cfg.task_name), model_name(cfg), cfg.model.net.get("attention"),
-                                 loss_name(cfg), str(partition["name"]))
+                                 loss_name(cfg), str(partition["name"]), cfg.get("seed"))
     # W&B: the comparison columns at the top level, the whole config below them under `cfg`.
     loggers = build_loggers(cfg, run_tags(cfg, partition), {**columns, "cfg": resolved})
     try:

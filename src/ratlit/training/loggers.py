@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ratlit.training.results import loss_name
 from ratlit.utils.config import instantiate, overrides
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,7 @@ def run_name(cfg: DictConfig) -> str:
 
 
 def run_tags(cfg: DictConfig, partition: dict[str, Any]) -> list[str]:
-    loss = str(cfg.model.loss._target_).rsplit(".", 1)[-1]
-    tags = [f"task:{cfg.task_name}", f"attention:{cfg.model.net.get('attention', 'none')}", f"loss:{loss}",
+    tags = [f"task:{cfg.task_name}", f"attention:{cfg.model.net.get('attention', 'none')}", f"loss:{loss_name(cfg)}",
             f"partition:{partition['name']}"]
     return tags + [str(t) for t in cfg.get("tags") or []]
 
@@ -113,9 +113,11 @@ class WandbSummaries(Callback):
                 run.define_metric("train/loss", step_metric="trainer/global_step", summary="min,last")
 
 
-def comparison_columns(task: str, model: str, attention: str | None, loss: str, partition: str) -> dict[str, str]:
-    """The top-level W&B config columns that runs are grouped and compared by."""
-    return {"task": task, "model": model, "attention": attention or "none", "loss": loss, "partition": partition}
+def comparison_columns(task: str, model: str, attention: str | None, loss: str, partition: str,
+                       seed: int | None = None) -> dict[str, Any]:
+    """The top-level W&B config columns that runs are grouped and compared by (``seed``: None when unseeded)."""
+    return {"task": task, "model": model, "attention": attention or "none", "loss": loss, "partition": partition,
+            "seed": None if seed is None else int(seed)}
 
 
 def finish_wandb(loggers: list[Logger], saved_mode: str | None) -> None:

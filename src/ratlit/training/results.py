@@ -10,15 +10,28 @@ from typing import Any
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ratlit.training.callbacks import BestValidation, TrainingSpeed, find_callback
-from ratlit.utils.config import overrides
+from ratlit.utils.config import CONF_DIR, overrides
 from ratlit.utils.files import write_text_atomic
 
 
-def loss_name(cfg: DictConfig) -> str:
+def loss_class(cfg: DictConfig) -> str:
     return str(cfg.model.loss._target_).rsplit(".", 1)[-1]
+
+
+def loss_name(cfg: DictConfig) -> str:
+    """The loss as typed (``fr``, ``l1``: the Hydra choice); on resume the conf/loss file whose ``_target_`` is
+    the run's loss class; else the class name."""
+    if HydraConfig.initialized() and not cfg.get("resume"):
+        choice = HydraConfig.get().runtime.choices.get("loss")
+        if choice:
+            return str(choice)
+    target = str(cfg.model.loss._target_)
+    named = [p.stem for p in sorted((CONF_DIR / "loss").glob("*.yaml"))
+             if (OmegaConf.load(p).get("_target_") or "") == target]
+    return named[0] if len(named) == 1 else loss_class(cfg)
 
 
 def fit_results(cfg: DictConfig, trainer: L.Trainer, partition: dict[str, Any], columns: dict[str, str]
@@ -31,7 +44,7 @@ def fit_results(cfg: DictConfig, trainer: L.Trainer, partition: dict[str, Any], 
     return {
         "task": cfg.task_name,
         "attention": cfg.model.net.get("attention"),
-        "loss": loss_name(cfg),
+        "loss": loss_class(cfg),
         "partition": partition,
         "overrides": overrides(),
         "steps": trainer.global_step,

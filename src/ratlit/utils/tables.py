@@ -17,5 +17,5 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 def csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """CSV text with ``header`` and one line per row."""
     text = io.StringIO()
-    csv.writer(text).writerows([list(header), *rows])
+    csv.writer(text, lineterminator="\n").writerows([list(header), *rows])
     return text.getvalue()

@@ -1,0 +1,1 @@
+"""Comparing runs: per-image paired statistics between variants of a study."""
