@@ -157,3 +157,22 @@ def test_cpu_presets_work_for_every_model(experiment, task):
         loss.backward()
         assert pred.shape == lq.shape and torch.isfinite(loss), model
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()), model
+
+
+def test_a_module_built_in_code_gets_the_optimiser_of_the_config_file():
+    import torch
+    from omegaconf import OmegaConf
+
+    from ratlit.losses import L1Loss
+    from ratlit.models.edsr import EDSR
+    from ratlit.training.module import RestorationModule
+
+    written = OmegaConf.load(CONF_DIR / "optimizer" / "adam.yaml")
+    module = RestorationModule(EDSR(1, features=4, blocks=1), L1Loss())
+    optimizer = module.optimizer_factory(module.parameters())
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert optimizer.defaults["lr"] == written.optimizer.lr
+    assert tuple(optimizer.defaults["betas"]) == tuple(written.optimizer.betas)
+    cosine = module.scheduler_factory(optimizer, T_max=10)
+    assert isinstance(cosine, torch.optim.lr_scheduler.CosineAnnealingLR) and cosine.eta_min == written.scheduler.eta_min
+    assert RestorationModule(EDSR(1, features=4, blocks=1), L1Loss(), scheduler=None).scheduler_factory is None

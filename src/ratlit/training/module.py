@@ -14,9 +14,11 @@ from typing import Any, Callable
 import lightning as L
 import torch
 from torch import Tensor, nn
+from omegaconf import OmegaConf
 from torchmetrics import CatMetric
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from ratlit.utils.config import CONF_DIR, instantiate
 from ratlit.training.compiling import compile_repeated_blocks, eager
 from ratlit.training.cuda_graph import GraphedBackward
 from ratlit.utils.checks import DeferredFiniteCheck, finite_checks
@@ -36,14 +38,10 @@ def image_metrics(pred: Tensor, target: Tensor, data_range: float) -> tuple[Tens
     return psnr.reshape(-1), ssim.reshape(-1)
 
 
-def default_optimizer(params: Any) -> torch.optim.Optimizer:
-    """The public code's Adam: lr 2e-4, betas (0.5, 0.999)."""
-    return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999))
-
-
-def default_scheduler(optimizer: torch.optim.Optimizer, T_max: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Cosine annealing to 1e-6 over the run."""
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=T_max, eta_min=1e-6)
+def default_optimization(node: str) -> Callable[..., Any]:
+    """``optimizer`` or ``scheduler`` partial of conf/optimizer/adam.yaml (the public code's Adam, cosine to 1e-6):
+    the defaults are written in that one file, for the configs and for modules built in code alike."""
+    return instantiate(OmegaConf.load(CONF_DIR / "optimizer" / "adam.yaml")[node])
 
 
 class RestorationModule(L.LightningModule):
@@ -51,7 +49,7 @@ class RestorationModule(L.LightningModule):
     input's own scores (``input_psnr``, ``input_ssim``: LQ against HQ on the same images).
 
     ``optimizer`` is a partial taking the parameters, ``scheduler`` a partial taking the optimiser (stepped
-    every step; None keeps the learning rate constant); a scheduler with a length argument (``T_max``, ``total_steps``) left unset gets the trainer's
+    every step; None keeps the learning rate constant; both default to conf/optimizer/adam.yaml's); a scheduler with a length argument (``T_max``, ``total_steps``) left unset gets the trainer's
     ``max_steps``, so a resumed run that trains longer stretches it. Validation and test run on whole images;
     ``validation_step`` / ``test_step`` return the restored batch and its per-image scores for callbacks.
     ``compile_memory_budget`` (with ``compile``): the fraction of the compiled blocks' activations that backward
@@ -66,8 +64,8 @@ class RestorationModule(L.LightningModule):
         self,
         net: nn.Module,
         loss: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer] = default_optimizer,
-        scheduler: Callable[..., Any] | None = default_scheduler,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None | str = "default",
         data_range: float = 1.0,
         compile: bool = False,
         compile_memory_budget: float = 1.0,
@@ -76,7 +74,8 @@ class RestorationModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.net, self.loss = net, loss
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.optimizer_factory = optimizer or default_optimization("optimizer")
+        self.scheduler_factory = default_optimization("scheduler") if scheduler == "default" else scheduler
         self.data_range = data_range
         self.metrics = nn.ModuleDict({f"{stage}_{name}": CatMetric() for stage in ("val", "test") for name in SCORES})
         # torch.compile of the network's repeated blocks, used by the training step only: validation and test
