@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ratlit.models.attention import build_region_layout
+from ratlit.models.region_attention import build_region_layout
 from ratlit.validation import check_image, check_labels, check_same_batch
 
 
