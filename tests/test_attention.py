@@ -377,3 +377,17 @@ def test_flex_layout_and_block_mask_never_wait_for_the_gpu():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert not layout.packed
+
+
+def test_sparse_is_an_alias_of_packed_and_unknown_impls_are_named():
+    from ratlit.models import RAT
+
+    assert MultiHeadSelfAttention(16, num_heads=2, region_impl="sparse").region_impl == "packed"
+    assert RAT(width=8, num_groups=1, layers_per_group=1, num_heads=2, region_impl="sparse").region_impl == "packed"
+    q, k, v = _qkv(1, 2, 20, 8)
+    labels = torch.randint(0, 3, (1, 20))
+    torch.testing.assert_close(region_attention(q, k, v, labels, impl="sparse"), dense_region_attention(q, k, v, labels))
+    with pytest.raises(ValueError, match="region_impl must be one of"):
+        MultiHeadSelfAttention(16, num_heads=2, region_impl="blocky")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        MultiHeadSelfAttention(16, num_heads=2, attention="rmsa2")
