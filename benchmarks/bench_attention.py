@@ -55,7 +55,7 @@ def rss(field: str) -> int:
 
 
 def run_case(impl: str, kind: str, repeats: int) -> dict:
-    from ratlit.models.attention import dense_region_attention, region_attention
+    from ratlit.models.region_attention import dense_region_attention, region_attention
 
     torch.manual_seed(0)
     labels = torch.from_numpy(partition(kind)).reshape(1, -1).repeat(BATCH, 1)
@@ -70,7 +70,7 @@ def run_case(impl: str, kind: str, repeats: int) -> dict:
         elif impl == "msa":
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
         else:
-            out = region_attention(q, k, v, labels, scale, impl="sparse")
+            out = region_attention(q, k, v, labels, scale, impl="packed")
         out.sum().backward()
 
     step()  # warm-up
@@ -104,8 +104,8 @@ def main() -> None:
         print(json.dumps(run_case(impl, kind, args.repeats)))
         return
 
-    cases = [(impl, kind) for kind in ("slic", "felzenszwalb") for impl in ("dense", "sparse")]
-    cases += [("sparse", "single"), ("sparse", "pixels"), ("msa", "single")]
+    cases = [(impl, kind) for kind in ("slic", "felzenszwalb") for impl in ("dense", "packed")]
+    cases += [("packed", "single"), ("packed", "pixels"), ("msa", "single")]
     rows = []
     for impl, kind in cases:
         cmd = [sys.executable, __file__, "--threads", str(args.threads), "--repeats", str(args.repeats)]
@@ -121,7 +121,7 @@ def main() -> None:
         ref = dense.get(r["partition"], dense["slic"])
         speed = ref["seconds"] / r["seconds"]
         mem = ref["peak_mb"] / max(r["peak_mb"], 1e-6)
-        name = {"dense": "dense mask (Eq. 3-4)", "sparse": "ratlit packed", "msa": "global MSA (SDPA)"}[r["impl"]]
+        name = {"dense": "dense mask (Eq. 3-4)", "packed": "ratlit packed", "msa": "global MSA (SDPA)"}[r["impl"]]
         print(f"| {r['partition']} | {r['regions']} | {r['work']:.4f} | {name} | {r['seconds']:.3f} | "
               f"{r['peak_mb']:.0f} | {speed:.1f}x | {mem:.1f}x |")
 

@@ -11,7 +11,7 @@ as "skipped (time budget)" and listed at the end.
 
 Table 1, R-MSA forward + backward of one layer as RAT runs it (region layout built once per forward and
 reused, tokens already in region order; the layouts' own cost is their own columns): dense Eq. 3-4 / global
-SDPA / packed sparse / FlexAttention with 128- and 64-token block masks, and global SDPA, flex64 (with
+SDPA / packed / FlexAttention with 128- and 64-token block masks, and global SDPA, flex64 (with
 ``--autotune`` also with autotuned tiles) and the sorted layout replayed from a CUDA graph, fp32 and bf16, on
 SLIC and Felzenszwalb partitions of scikit-image's camera image, at 64x64 tokens (B=8, 8 heads x 32) and
 128x128 tokens (B=2).
@@ -98,7 +98,7 @@ def measure(fn, device: torch.device, warmup: int, repeats: int) -> dict:
 
 
 FLEX_METHODS = {"flex": 128, "flex64": 64}  # FlexAttention with a block mask of 128 / 64 tokens
-ATTENTION_METHODS = ("dense", "global SDPA", "sparse", *FLEX_METHODS, "layout packed",
+ATTENTION_METHODS = ("dense", "global SDPA", "packed", *FLEX_METHODS, "layout packed",
                      *(f"layout sorted {m}" for m in FLEX_METHODS))
 # The same calls replayed from a CUDA graph (as model.cuda_graph trains): kernel time without launch overhead.
 GRAPH_METHODS = {"global SDPA graph": "global SDPA", "flex64 graph": "flex64", "flex64 autotuned graph": "flex64",
@@ -110,7 +110,7 @@ AUTOTUNED = {"flex64 autotuned graph"}
 @contextlib.contextmanager
 def flex_autotuned(enabled: bool):
     """Inside: region attention's FlexAttention kernel compiled with autotuned tile sizes (one compilation)."""
-    from ratlit.models import attention as attn
+    from ratlit.models.region_attention import flex
 
     if not enabled:
         yield
@@ -120,12 +120,12 @@ def flex_autotuned(enabled: bool):
         from torch.nn.attention.flex_attention import flex_attention
 
         _AUTOTUNED_FLEX = torch.compile(flex_attention, dynamic=True, mode="max-autotune-no-cudagraphs")
-    saved = attn._compiled_flex
-    attn._compiled_flex = lambda device_type: _AUTOTUNED_FLEX
+    saved = flex._compiled_flex
+    flex._compiled_flex = lambda device_type: _AUTOTUNED_FLEX
     try:
         yield
     finally:
-        attn._compiled_flex = saved
+        flex._compiled_flex = saved
 
 
 _AUTOTUNED_FLEX = None
@@ -151,18 +151,18 @@ def cuda_graphed(step):
 @contextlib.contextmanager
 def flex_block(block: int | None):
     """Run the flex path with a block mask of ``block`` tokens (None: the default)."""
-    from ratlit.models import attention as attn
+    from ratlit.models.region_attention import flex
 
-    saved = attn.FLEX_BLOCK
-    attn.FLEX_BLOCK = block or saved
+    saved = flex.FLEX_BLOCK
+    flex.FLEX_BLOCK = block or saved
     try:
         yield
     finally:
-        attn.FLEX_BLOCK = saved
+        flex.FLEX_BLOCK = saved
 
 
 def attention_table(cfg: dict, device: torch.device, record, budget: TimeBudget, autotune: bool = False) -> list[dict]:
-    from ratlit.models import attention as attn
+    from ratlit.models import region_attention as attn
 
     rows = []
     heads, dim = cfg["heads"], cfg["head_dim"]
@@ -231,7 +231,7 @@ def attention_table(cfg: dict, device: torch.device, record, budget: TimeBudget,
 
 def network_cases(compile_backend: str | None, memory_budgets: tuple[float, ...] = ()) -> list[dict]:
     """The paper-size RAT cases in the order they run, the issue's table and targets first (``core``): every
-    region_impl a user chooses (auto, dense, sparse) and attention msa / wmsa, eager, fp32 and bf16-mixed, then
+    region_impl a user chooses (auto, dense, packed) and attention msa / wmsa, eager, fp32 and bf16-mixed, then
     compiled blocks replayed as a CUDA graph (what ``model.compile=true`` trains with), activation memory budgets,
     activation checkpointing; then the rest: the bench's own FlexAttention block sizes, a CUDA graph of eager
     blocks, compiled blocks without a graph. A time budget (``--time-budget``) skips what no longer fits."""
@@ -244,7 +244,7 @@ def network_cases(compile_backend: str | None, memory_budgets: tuple[float, ...]
     core, extra = [], []
     for precision in precisions:
         for attention, impl in [("rmsa", "auto"), ("msa", "auto"), ("wmsa", "auto"), ("rmsa", "dense"),
-                                ("rmsa", "sparse")]:
+                                ("rmsa", "packed")]:
             core.append(case(True, attention, precision, impl, infer=True))
         extra += [case(False, "rmsa", precision, impl, infer=True) for impl in FLEX_METHODS]
         extra += [case(False, attention, precision, graph=True) for attention in ("rmsa", "msa")]
@@ -439,7 +439,7 @@ def fmt(value, digits: int = 2) -> str:
 def print_tables(attn_rows: list[dict], net_rows: list[dict], device_name: str) -> None:
     print(f"\nR-MSA forward + backward, one layer as RAT runs it ({device_name}); layouts: built once per forward")
     measured = {r["method"] for r in attn_rows}  # e.g. no graph rows on the CPU, autotuned rows on request
-    compute = tuple(m for m in ("dense", "global SDPA", "sparse", *FLEX_METHODS, *GRAPH_METHODS)
+    compute = tuple(m for m in ("dense", "global SDPA", "packed", *FLEX_METHODS, *GRAPH_METHODS)
                     if not m.startswith("layout") and m in measured)
     layouts = [m for m in (*ATTENTION_METHODS, *GRAPH_METHODS) if m.startswith("layout") and m in measured]
     print("| tokens | B | partition | regions | sum n_i^2/N^2 | dtype | " + " | ".join(compute + tuple(layouts))

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--attention", default="rmsa")
-    parser.add_argument("--region-impl", default="auto")
+    parser.add_argument("--region-impl", default="auto", help="auto, packed, flex or dense (sparse: alias of packed)")
     parser.add_argument("--precision", default="bf16-mixed", choices=["fp32", "bf16-mixed"])
     parser.add_argument("--compile", action="store_true", help="compile the repeated blocks (as model.compile=true)")
     parser.add_argument("--batch", type=int, default=4)

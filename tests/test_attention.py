@@ -6,11 +6,11 @@ import torch
 from ratlit.models.attention import (
     MultiHeadSelfAttention,
     attention_scale,
-    dense_region_attention,
     region_attention,
     window_partition,
     window_reverse,
 )
+from ratlit.models.region_attention import dense_region_attention
 
 
 def _qkv(batch, heads, n, d, dtype=torch.float64):
@@ -31,11 +31,11 @@ def _awkward_labels():
 
 @pytest.mark.parametrize("case", list(_awkward_labels()))
 @pytest.mark.parametrize("block_size", [1, 16, 64, 128])
-def test_sparse_matches_dense_forward_and_backward(case, block_size):
+def test_packed_matches_dense_forward_and_backward(case, block_size):
     labels = _awkward_labels()[case]
     q, k, v = _qkv(2, 3, labels.shape[1], 8)
     scale = 0.37
-    out = region_attention(q, k, v, labels, scale, block_size=block_size, impl="sparse")
+    out = region_attention(q, k, v, labels, scale, block_size=block_size, impl="packed")
     ref = dense_region_attention(q, k, v, labels, scale)
     assert out.shape == ref.shape
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
@@ -61,7 +61,7 @@ def test_one_region_is_global_attention():
     torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("impl", ["auto", "sparse", "flex"])
+@pytest.mark.parametrize("impl", ["auto", "packed", "flex"])
 @pytest.mark.parametrize("batch, tokens", [(0, 16), (2, 0)])
 def test_no_tokens_give_an_empty_result_with_gradients(impl, batch, tokens):
     q, k, v = (torch.randn(batch, 2, tokens, 4, requires_grad=True) for _ in range(3))
@@ -135,8 +135,8 @@ def test_window_partition_roundtrip():
 
 def test_wmsa_equals_rmsa_on_window_labels():
     torch.manual_seed(0)
-    wmsa = MultiHeadSelfAttention(16, num_heads=2, mode="wmsa", window_size=4)
-    rmsa = MultiHeadSelfAttention(16, num_heads=2, mode="rmsa", window_size=4)
+    wmsa = MultiHeadSelfAttention(16, num_heads=2, attention="wmsa", window_size=4)
+    rmsa = MultiHeadSelfAttention(16, num_heads=2, attention="rmsa", window_size=4)
     rmsa.load_state_dict(wmsa.state_dict())
     x = torch.randn(2, 8, 12, 16)
     rows, cols = torch.meshgrid(torch.arange(8), torch.arange(12), indexing="ij")
@@ -145,16 +145,16 @@ def test_wmsa_equals_rmsa_on_window_labels():
 
 
 def test_msa_equals_rmsa_on_one_region():
-    msa = MultiHeadSelfAttention(16, num_heads=4, mode="msa")
-    rmsa = MultiHeadSelfAttention(16, num_heads=4, mode="rmsa")
+    msa = MultiHeadSelfAttention(16, num_heads=4, attention="msa")
+    rmsa = MultiHeadSelfAttention(16, num_heads=4, attention="rmsa")
     rmsa.load_state_dict(msa.state_dict())
     x = torch.randn(2, 4, 4, 16)
     torch.testing.assert_close(rmsa(x, torch.full((2, 4, 4), 9)), msa(x), atol=1e-5, rtol=0)
 
 
-def test_dense_impl_module_matches_sparse():
-    a = MultiHeadSelfAttention(16, num_heads=2, mode="rmsa", region_impl="dense")
-    b = MultiHeadSelfAttention(16, num_heads=2, mode="rmsa", region_impl="sparse")
+def test_dense_impl_module_matches_packed():
+    a = MultiHeadSelfAttention(16, num_heads=2, attention="rmsa", region_impl="dense")
+    b = MultiHeadSelfAttention(16, num_heads=2, attention="rmsa", region_impl="packed")
     b.load_state_dict(a.state_dict())
     x = torch.randn(1, 8, 8, 16)
     labels = torch.randint(0, 4, (1, 8, 8))
@@ -165,7 +165,7 @@ def test_dense_impl_module_matches_sparse():
 
 @pytest.mark.parametrize("case", list(_awkward_labels()))
 def test_flex_block_mask_covers_exactly_the_needed_blocks(case):
-    from ratlit.models.attention import region_block_mask
+    from ratlit.models.region_attention import region_block_mask
 
     labels = _awkward_labels()[case]  # 131 tokens: 5 blocks of 32, the last partial
     sorted_labels, _ = labels.sort(dim=1)
@@ -191,7 +191,7 @@ def test_flex_block_mask_covers_exactly_the_needed_blocks(case):
 
 
 def test_flex_block_mask_lists_the_inside_of_large_regions_as_full():
-    from ratlit.models.attention import region_block_mask
+    from ratlit.models.region_attention import region_block_mask
 
     sorted_labels = torch.repeat_interleave(torch.tensor([0, 1, 2]), torch.tensor([10, 300, 74]))[None]
     mask = region_block_mask(sorted_labels, block=32)  # region 1: tokens 10-309
@@ -212,12 +212,12 @@ def test_flex_path_forward_matches_dense_on_large_regions():
 @pytest.mark.parametrize("case", list(_awkward_labels()))
 @pytest.mark.parametrize("block_size, packed", [(1, True), (7, True), (64, True), (128, True), (7, False), (128, False)])
 def test_prebuilt_layout_is_exact_in_float64(case, block_size, packed):
-    from ratlit.models.attention import build_region_layout
+    from ratlit.models.region_attention import build_region_layout
 
     labels = _awkward_labels()[case]
-    layout = build_region_layout(labels, block_size, packed=packed)  # not packed: the sparse path packs its rows
+    layout = build_region_layout(labels, block_size, packed=packed)  # not packed: the packed path packs its rows
     q, k, v = _qkv(2, 3, labels.shape[1], 8)
-    out = region_attention(q, k, v, layout, 0.37, impl="sparse")
+    out = region_attention(q, k, v, layout, 0.37, impl="packed")
     ref = dense_region_attention(q, k, v, labels, 0.37)
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
     grad_out = torch.randn_like(out)
@@ -238,12 +238,12 @@ def test_prebuilt_layout_is_exact_in_float64(case, block_size, packed):
 @pytest.mark.parametrize("block_size", [1, 7, 64])
 def test_module_token_path_matches_dense_forward_and_backward(case, block_size):
     # The layer's own path: qkv gathered once into the packed blocks, large regions as split parts.
-    from ratlit.models.attention import build_region_layout
+    from ratlit.models.region_attention import build_region_layout
 
     labels = _awkward_labels()[case]
     torch.manual_seed(0)
-    sparse = MultiHeadSelfAttention(16, num_heads=2, mode="rmsa", region_impl="sparse").double()
-    dense = MultiHeadSelfAttention(16, num_heads=2, mode="rmsa", region_impl="dense", mask_value=float("-inf")).double()
+    sparse = MultiHeadSelfAttention(16, num_heads=2, attention="rmsa", region_impl="packed").double()
+    dense = MultiHeadSelfAttention(16, num_heads=2, region_impl="dense", mask_value=float("-inf")).double()
     dense.load_state_dict(sparse.state_dict())
     x = torch.randn(2, labels.shape[1], 1, 16, dtype=torch.float64, requires_grad=True)
     out = sparse(x, build_region_layout(labels, block_size))
@@ -260,7 +260,7 @@ def test_module_token_path_matches_dense_forward_and_backward(case, block_size):
 @pytest.mark.parametrize("masked", [False, True])
 def test_attention_kernel_choice_is_invisible(tokens, batch, masked):
     # The CPU's matmul form (short sequences, small score tensors) and SDPA give the same values and gradients.
-    from ratlit.models.attention import attention, matmul_form_is_faster
+    from ratlit.models.region_attention import attention, matmul_form_is_faster
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(batch, 8, tokens, 8, generator=g, requires_grad=True) for _ in range(3))
@@ -281,14 +281,14 @@ def test_attention_kernel_choice_is_invisible(tokens, batch, masked):
 
 
 def test_packed_block_size_by_device():
-    from ratlit.models.attention import build_region_layout, packed_block_size
+    from ratlit.models.region_attention import build_region_layout, packed_block_size
 
     assert packed_block_size(torch.device("cpu")) == 64 and packed_block_size(torch.device("cuda")) == 128
     assert build_region_layout(torch.zeros(1, 10, dtype=torch.long)).block_size == 64
 
 
 def test_layout_reused_across_calls_and_labels_rejected_when_mismatched():
-    from ratlit.models.attention import build_region_layout
+    from ratlit.models.region_attention import build_region_layout
 
     labels = torch.randint(0, 9, (2, 40))
     layout = build_region_layout(labels)
@@ -301,23 +301,22 @@ def test_layout_reused_across_calls_and_labels_rejected_when_mismatched():
 
 
 def test_module_accepts_a_prebuilt_layout():
-    from ratlit.models.attention import build_region_layout
+    from ratlit.models.region_attention import build_region_layout
 
-    attn = MultiHeadSelfAttention(16, num_heads=2, mode="rmsa", region_impl="sparse").double()
+    attn = MultiHeadSelfAttention(16, num_heads=2, attention="rmsa", region_impl="packed").double()
     x = torch.randn(2, 6, 5, 16, dtype=torch.float64)
     labels = torch.randint(0, 4, (2, 6, 5))
-    dense = MultiHeadSelfAttention(16, num_heads=2, mode="rmsa", region_impl="dense", mask_value=float("-inf")).double()
+    dense = MultiHeadSelfAttention(16, num_heads=2, region_impl="dense", mask_value=float("-inf")).double()
     dense.load_state_dict(attn.state_dict())
     layout = build_region_layout(labels.reshape(2, -1))
     torch.testing.assert_close(attn(x, layout), dense(x, labels), atol=1e-12, rtol=1e-12)
 
 
 def test_auto_impl_by_device_and_precision():
-    from ratlit.models.attention import auto_region_impl
+    from ratlit.models.region_attention import auto_region_impl
 
-    assert auto_region_impl(torch.device("cpu"), torch.bfloat16) == "sparse"
-    assert auto_region_impl(torch.device("cpu"), torch.float32) == "sparse"
-    assert auto_region_impl(torch.device("cuda"), torch.float32) == "flex"  # fastest on an H200 in fp32 too
+    assert auto_region_impl(torch.device("cpu")) == "packed"
+    assert auto_region_impl(torch.device("cuda")) == "flex"  # fastest on an H200, in bf16 and fp32
 
 
 def _large_region_labels() -> torch.Tensor:
@@ -332,10 +331,9 @@ def _large_region_labels() -> torch.Tensor:
 @pytest.mark.parametrize("case", ["awkward", "large regions"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_flex_matches_dense_on_cuda_forward_and_backward(dtype, case, block, monkeypatch):
-    from ratlit.models import attention
-    from ratlit.models.attention import auto_region_impl
+    from ratlit.models.region_attention import auto_region_impl, flex
 
-    monkeypatch.setattr(attention, "FLEX_BLOCK", block)
+    monkeypatch.setattr(flex, "FLEX_BLOCK", block)
     labels = (_awkward_labels()["different per item"] if case == "awkward" else _large_region_labels()).cuda()
     q, k, v = (torch.randn(2, 2, labels.shape[1], 32, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
     out = region_attention(q, k, v, labels, 0.3, impl="flex")
@@ -345,20 +343,20 @@ def test_flex_matches_dense_on_cuda_forward_and_backward(dtype, case, block, mon
     grad_out = torch.randn_like(out)
     for g, g_ref in zip(torch.autograd.grad(out, (q, k, v), grad_out), torch.autograd.grad(ref, (q, k, v), grad_out)):
         torch.testing.assert_close(g, g_ref, atol=5 * tol, rtol=5 * tol)
-    assert auto_region_impl(q.device, torch.bfloat16) == "flex"
+    assert auto_region_impl(q.device) == "flex"
 
 
 def test_failed_flex_falls_back_to_the_packed_path_on_a_sorted_layout(monkeypatch):
-    from ratlit.models import attention
+    from ratlit.models.region_attention import build_region_layout, dispatch, flex
 
     def broken(*args, **kwargs):
         raise RuntimeError("no kernel")
 
-    monkeypatch.setattr(attention, "_flex_tokens", broken)
-    monkeypatch.setattr(attention, "_FLEX_BROKEN", set())
-    monkeypatch.setattr(attention, "auto_region_impl", lambda device, dtype: "flex")  # as on CUDA in bf16
+    monkeypatch.setattr(dispatch, "flex_tokens", broken)
+    monkeypatch.setattr(flex, "_FLEX_BROKEN", set())
+    monkeypatch.setattr(dispatch, "auto_region_impl", lambda device: "flex")  # as on CUDA
     labels = _awkward_labels()["different per item"]
-    layout = attention.build_region_layout(labels, packed=False)
+    layout = build_region_layout(labels, packed=False)
     q, k, v = _qkv(2, 2, labels.shape[1], 8)
     with pytest.warns(UserWarning, match="FlexAttention failed"):
         out = region_attention(q, k, v, layout, 0.3)
@@ -374,8 +372,22 @@ def test_flex_layout_and_block_mask_never_wait_for_the_gpu():
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        layout = model.region_labels(regions, pad_h=-37 % 16, pad_w=-45 % 16, dtype=torch.bfloat16)
+        layout = model.region_layout(regions, pad_h=-37 % 16, pad_w=-45 % 16)
         layout.flex_mask()
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert not layout.packed
+
+
+def test_sparse_is_an_alias_of_packed_and_unknown_impls_are_named():
+    from ratlit.models import RAT
+
+    assert MultiHeadSelfAttention(16, num_heads=2, region_impl="sparse").region_impl == "packed"
+    assert RAT(width=8, num_groups=1, layers_per_group=1, num_heads=2, region_impl="sparse").region_impl == "packed"
+    q, k, v = _qkv(1, 2, 20, 8)
+    labels = torch.randint(0, 3, (1, 20))
+    torch.testing.assert_close(region_attention(q, k, v, labels, impl="sparse"), dense_region_attention(q, k, v, labels))
+    with pytest.raises(ValueError, match="region_impl must be one of"):
+        MultiHeadSelfAttention(16, num_heads=2, region_impl="blocky")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        MultiHeadSelfAttention(16, num_heads=2, attention="rmsa2")

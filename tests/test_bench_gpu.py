@@ -18,7 +18,7 @@ def test_attention_table_at_toy_size(tmp_path, capsys):
     methods = {(r["partition"], r["dtype"], r["method"]) for r in result["attention"]}
     for partition in ("slic", "felzenszwalb"):
         for dtype in ("float32", "bfloat16"):
-            assert {(partition, dtype, m) for m in ("dense", "global SDPA", "sparse", "flex", "flex64")} <= methods
+            assert {(partition, dtype, m) for m in ("dense", "global SDPA", "packed", "flex", "flex64")} <= methods
         assert (partition, "float32", "layout packed") in methods
     timed = [r for r in result["attention"] if r["method"] not in bench_gpu.FLEX_METHODS]
     assert all(r["ms"] > 0 for r in timed)
@@ -38,7 +38,7 @@ def test_network_table_at_toy_size(tmp_path):
     rows = json.loads(out.read_text())["network"]
     impls = {(r["region_impl"], r["compiled"], r["graph"], r["checkpointing"], r["memory_budget"]) for r in rows}
     assert {r["attention"] for r in rows} == {"rmsa"} and {r["precision"] for r in rows} == {"fp32"}
-    assert {("dense", False, False, False, None), ("sparse", False, False, False, None),
+    assert {("dense", False, False, False, None), ("packed", False, False, False, None),
             ("auto", False, False, True, None)} <= impls
     assert {(r["compiled"], r["memory_budget"]) for r in rows if r["graph"]} == {(False, None), (True, None),
                                                                                   (True, 0.5)}
@@ -71,10 +71,10 @@ def test_the_issues_cases_run_first():
     flags = [c["core"] for c in cases]
     assert flags == sorted(flags, reverse=True)  # every core case before any other
     core = [c for c in cases if c["core"]]
-    # the issue's table: region_impl dense / sparse / auto x fp32 / bf16-mixed, training and 512x512 inference,
+    # the issue's table: region_impl dense / packed / auto x fp32 / bf16-mixed, training and 512x512 inference,
     # compiled and not; msa beside rmsa in each mode (the step-time target); the fp32 memory budget; checkpointing
     for precision in ("fp32", "bf16-mixed"):
-        for impl in ("dense", "sparse", "auto"):
+        for impl in ("dense", "packed", "auto"):
             assert any(c["region_impl"] == impl and c["precision"] == precision and c["infer"] and not c["compiled"]
                        for c in core)
         for attention in ("rmsa", "msa"):

@@ -194,7 +194,7 @@ def test_captured_step_replays_the_eager_gradients_on_cuda(precision):
 
 @pytest.mark.gpu
 def test_a_step_that_waits_for_the_host_is_not_captured_and_trains_on():
-    net, loss = RAT(**TINY, region_impl="sparse").cuda(), FocalRegionLoss()  # packing reads region lengths
+    net, loss = RAT(**TINY, region_impl="packed").cuda(), FocalRegionLoss()  # packing reads region lengths
     step = GraphedBackward(_loss_fn(net, loss), list(net.parameters()), warmup=2)
     batch = _batch(device="cuda")
     step(**batch)

@@ -95,13 +95,13 @@ def test_rmsa_uses_regions_and_others_do_not():
         assert (model(lq, a) - model(lq, b)).abs().max() > 1e-6 if differs else torch.allclose(model(lq, a), model(lq, b))
 
 
-def test_sparse_and_dense_impls_agree_in_the_network():
+def test_packed_and_dense_impls_agree_in_the_network():
     torch.manual_seed(0)
-    sparse = RAT(layer_scale_init=0.5, region_impl="sparse", **TINY)
+    packed = RAT(layer_scale_init=0.5, region_impl="packed", **TINY)
     dense = RAT(layer_scale_init=0.5, region_impl="dense", **TINY)
-    dense.load_state_dict(sparse.state_dict())
+    dense.load_state_dict(packed.state_dict())
     lq, regions = torch.randn(2, 1, 24, 24), _regions(2, 24, 24)
-    torch.testing.assert_close(sparse(lq, regions), dense(lq, regions), atol=1e-5, rtol=0)
+    torch.testing.assert_close(packed(lq, regions), dense(lq, regions), atol=1e-5, rtol=0)
 
 
 def test_gradients_reach_every_parameter():
@@ -182,23 +182,23 @@ def test_bad_constructor_arguments(kwargs, match):
 
 def _float64_pair(**kwargs):
     torch.manual_seed(0)
-    sparse = RAT(layer_scale_init=0.5, region_impl="sparse", **TINY, **kwargs).double()
+    packed = RAT(layer_scale_init=0.5, region_impl="packed", **TINY, **kwargs).double()
     dense = RAT(layer_scale_init=0.5, region_impl="dense", mask_value=float("-inf"), **TINY, **kwargs).double()
-    dense.load_state_dict(sparse.state_dict())
-    return sparse, dense
+    dense.load_state_dict(packed.state_dict())
+    return packed, dense
 
 
 @pytest.mark.parametrize("size", [(24, 40), (19, 21)])
-def test_sparse_network_equals_dense_reference_in_float64(size):
+def test_packed_network_equals_dense_reference_in_float64(size):
     # One layout per forward and tokens moved once per sub-layer change nothing, forward or backward.
-    sparse, dense = _float64_pair()
+    packed, dense = _float64_pair()
     lq, regions = torch.randn(2, 1, *size, dtype=torch.float64), _regions(2, *size)
-    out_s, out_d = sparse(lq, regions), dense(lq, regions)
+    out_s, out_d = packed(lq, regions), dense(lq, regions)
     torch.testing.assert_close(out_s, out_d, atol=1e-10, rtol=1e-10)
     grad = torch.randn_like(out_s)
     out_s.backward(grad)
     out_d.backward(grad)
-    for (name, a), b in zip(sparse.named_parameters(), dense.parameters()):
+    for (name, a), b in zip(packed.named_parameters(), dense.parameters()):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-10, rtol=1e-10, msg=name)
 
 
@@ -267,7 +267,7 @@ def test_compiled_blocks_on_cuda_train_in_bf16_and_evaluate_eagerly_with_compile
     torch._dynamo.reset()
     config = {**TINY, "width": 16, "layer_scale_init": 0.5}
     model = RAT(**config).cuda()
-    reference = RAT(**{**config, "region_impl": "sparse"}).cuda()
+    reference = RAT(**{**config, "region_impl": "packed"}).cuda()
     reference.load_state_dict(model.state_dict())
     compile_repeated_blocks(model)
     lq = torch.rand(2, 1, 32, 32, device="cuda")
@@ -285,15 +285,15 @@ def test_compiled_blocks_on_cuda_train_in_bf16_and_evaluate_eagerly_with_compile
     torch._dynamo.reset()
 
 
-def test_flex_network_forward_matches_sparse_on_a_sorted_layout():
+def test_flex_network_forward_matches_packed_on_a_sorted_layout():
     flex = RAT(**{**TINY, "region_impl": "flex", "layer_scale_init": 0.5}).eval()
-    sparse = RAT(**{**TINY, "region_impl": "sparse", "layer_scale_init": 0.5}).eval()
-    sparse.load_state_dict(flex.state_dict())
+    packed = RAT(**{**TINY, "region_impl": "packed", "layer_scale_init": 0.5}).eval()
+    packed.load_state_dict(flex.state_dict())
     lq, regions = torch.randn(2, 1, 21, 30), _regions(2, 21, 30, 6)
-    assert not flex.region_labels(regions, 11, 2).packed and sparse.region_labels(regions, 11, 2).packed
+    assert not flex.region_layout(regions, 11, 2).packed and packed.region_layout(regions, 11, 2).packed
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # eager flex on CPU warns that it is unfused
-        torch.testing.assert_close(flex(lq, regions), sparse(lq, regions), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(flex(lq, regions), packed(lq, regions), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])

@@ -216,3 +216,25 @@ def test_wandb_gets_the_run_config_as_values_not_built_objects(tmp_path, monkeyp
     run_config = {"cfg": {"model": {"_target_": "ratlit.models.RAT", "width": 8}, "seed": 1}}
     wandb_logger, _ = build_loggers(cfg, ["t"], run_config)
     assert wandb_logger._wandb_init["config"] == run_config  # what wandb.init(config=...) receives
+
+
+def test_run_configs_saved_before_the_package_was_regrouped_still_load(tmp_path):
+    """A checkpoint's config names the classes where they were (ratlit.module, ratlit.callbacks, ratlit.runs)."""
+    import torch
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from ratlit.training.checkpoint import MOVED_TARGETS, load_checkpoint
+
+    old = {"model": {"_target_": "ratlit.module.RestorationModule"},
+           "callbacks": {"end": {"_target_": "ratlit.runs.ValidateAtEnd"},
+                         "w": {"_target_": "ratlit.callbacks.WandbSummaries"}},
+           "logger": {"csv": {"_target_": "ratlit.runs.AppendingCSVLogger"}}}
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": {}, "ratlit_config": OmegaConf.to_yaml(OmegaConf.create(old))}, path)
+    cfg, _ = load_checkpoint(path)
+    assert cfg.model._target_ == "ratlit.training.module.RestorationModule"
+    assert cfg.callbacks.end._target_ == "ratlit.training.callbacks.ValidateAtEnd"
+    assert cfg.logger.csv._target_ == "ratlit.training.loggers.AppendingCSVLogger"
+    for new in MOVED_TARGETS.values():
+        get_class(new)  # every new name imports

@@ -8,16 +8,17 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ratlit.models.attention import (
-    ATTENTION_MODES,
+    ATTENTION_CHOICES,
     MultiHeadSelfAttention,
-    RegionLayout,
-    build_region_layout,
-    compute_dtype,
-    wants_packed_layout,
     window_partition,
     window_reverse,
 )
 from ratlit.models.blocks import Downsample, Upsample, nafblocks, zero_init_
+from ratlit.models.region_attention import (
+    RegionLayout,
+    region_impl_choice,
+    region_layout,
+)
 from ratlit.utils.checks import check_image, check_labels
 
 LABEL_DOWNSAMPLING = ("nearest", "majority")
@@ -56,20 +57,23 @@ class RATLayer(nn.Module):
         super().__init__()
         common = dict(num_heads=num_heads, window_size=window_size, scale_by=scale_by)
         self.norm1 = nn.LayerNorm(dim)
-        self.attn1 = MultiHeadSelfAttention(dim, mode=attention, region_impl=region_impl, mask_value=mask_value, **common)
+        self.attn1 = MultiHeadSelfAttention(
+            dim, attention=attention, region_impl=region_impl, mask_value=mask_value, **common
+        )
         self.scale1 = nn.Parameter(torch.full((dim,), float(layer_scale_init)))
         self.norm2 = nn.LayerNorm(dim)
         self.mlp1 = Mlp(dim, mlp_ratio)
         self.norm3 = nn.LayerNorm(dim)
-        self.attn2 = MultiHeadSelfAttention(dim, mode="wmsa", **common)
+        self.attn2 = MultiHeadSelfAttention(dim, attention="wmsa", **common)
         self.scale2 = nn.Parameter(torch.full((dim,), float(layer_scale_init)))
         self.norm4 = nn.LayerNorm(dim)
         self.mlp2 = Mlp(dim, mlp_ratio)
 
     def forward(self, x: Tensor, labels: Tensor | RegionLayout | None) -> Tensor:
+        """``x [B, H, W, C]``; ``labels``: the token labels ``[B, H, W]`` or their layout (R-MSA only)."""
         batch, height, width, channels = x.shape
         attn1 = self.attn1
-        if attn1.mode == "rmsa" and attn1.region_impl != "dense":
+        if attn1.attention == "rmsa":
             layout = attn1.region_layout(x, labels)
             # Tokens move into region order once: norm, attention, projection and MLP all run there.
             y = layout.to_layout(x.reshape(-1, channels))
@@ -77,12 +81,12 @@ class RATLayer(nn.Module):
             y = y + self.mlp1(self.norm2(y))
             x = layout.from_layout(y).view(x.shape)
         else:
-            x = x + attn1(self.norm1(x), labels, self.scale1)
+            x = x + attn1(self.norm1(x), None, self.scale1)
             x = x + self.mlp1(self.norm2(x))
         # Likewise the W-MSA sub-layer and its MLP run on windows, moved once.
         ws = self.attn2.window_size
         y = window_partition(x, ws)
-        y = y + self.attn2.window_tokens(self.norm3(y), self.scale2)
+        y = y + self.attn2.unmasked_tokens(self.norm3(y), self.scale2)
         y = y + self.mlp2(self.norm4(y))
         return window_reverse(y, ws, batch, height, width)
 
@@ -109,12 +113,12 @@ class RAT(nn.Module):
     """Region Attention Transformer: ``model(lq [B, C, H, W], regions [B, H, W] int) -> [B, C, H, W]``.
 
     ``num_groups=0`` is RAT's U-Net without attention (NAFNet-style, the ``nafnet`` baseline); ``regions`` may
-    be None whenever no R-MSA layer needs it. Any H, W: the input is zero-padded to a multiple of ``2**levels * window_size`` (padded pixels form a
-    region of their own) and the output cropped back. ``regions`` holds arbitrary integer ids.
+    be None whenever no R-MSA layer needs it. Any H, W: the input is zero-padded to a multiple of
+    ``2**levels * window_size`` (padded pixels form a region of their own) and the output cropped back. ``regions`` holds arbitrary integer ids.
 
     Paper defaults: width 64, 2 + 2 NAFBlocks per encoder level and 2 + 2 per decoder level, 12 RAT layers
     (4 groups of 3, as in the public code), 8 heads, window 4, MLP ratio 2, attention scaled by 1/sqrt(heads).
-    ``mask_value`` is the paper's lambda; it is used literally by ``region_impl="dense"``. The sparse and flex
+    ``mask_value`` is the paper's lambda; it is used literally by ``region_impl="dense"``. The packed and flex
     kernels compute its -inf limit, identical in float32 to lambda = -1000 unless scores in one row differ by
     more than about 900. ``zero_init_last`` zero-initialises the last conv, so an untrained network returns
     ``lq`` unchanged and training starts from the input's own score.
@@ -148,8 +152,9 @@ class RAT(nn.Module):
         activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        if attention not in ATTENTION_MODES:
-            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+        if attention not in ATTENTION_CHOICES:
+            raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
+        region_impl = region_impl_choice(region_impl)
         if label_downsampling not in LABEL_DOWNSAMPLING:
             raise ValueError(f"label_downsampling must be one of {LABEL_DOWNSAMPLING}, got {label_downsampling!r}")
         if len(enc_blocks) != len(dec_blocks):
@@ -208,10 +213,11 @@ class RAT(nn.Module):
         pad_h = -height % self.pad_multiple
         pad_w = -width % self.pad_multiple
         x_in = F.pad(lq, (0, pad_w, 0, pad_h))
-        labels = None
+        layout = None
         if regions is not None or self.needs_regions:
             check_labels("regions", regions, (lq.shape[0], *lq.shape[2:]))
-            labels = self.region_labels(regions.to(lq.device), pad_h, pad_w, compute_dtype(lq))
+        if self.needs_regions:  # built once here, shared by every R-MSA layer
+            layout = self.region_layout(regions.to(lq.device), pad_h, pad_w)
 
         x = self.intro(x_in.contiguous(memory_format=torch.channels_last))
         skips = []
@@ -222,23 +228,19 @@ class RAT(nn.Module):
         for group in self.middle:
             if self.activation_checkpointing and torch.is_grad_enabled():
                 # Recomputed in backward: only each group's input is kept (batch 8-16 at 256x256 on 24 GB).
-                x = checkpoint(group, x, labels, use_reentrant=False)
+                x = checkpoint(group, x, layout, use_reentrant=False)
             else:
-                x = group(x, labels)
+                x = group(x, layout)
         for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
             x = decoder(up(x) + skip)
         return (x_in + self.ending(x))[..., :height, :width]
 
     @torch.compiler.disable  # data-dependent (region count, lengths): eager, so nothing recompiles per partition
-    def region_labels(self, regions: Tensor, pad_h: int = 0, pad_w: int = 0,
-                      dtype: torch.dtype = torch.float32) -> Tensor | RegionLayout:
-        """Token labels ``[B, H', W']``, or for R-MSA their :class:`RegionLayout`: one sort (and packing or
-        block mask) for the whole forward, shared by every R-MSA layer; ``dtype``: what the layers compute in."""
+    def region_layout(self, regions: Tensor, pad_h: int = 0, pad_w: int = 0) -> RegionLayout:
+        """The :class:`RegionLayout` of the token labels (:meth:`token_labels`) for this network's ``region_impl``:
+        one sort (and packing or block mask) for the whole forward, shared by every R-MSA layer."""
         labels = self.token_labels(regions, pad_h, pad_w)
-        if self.needs_regions and self.region_impl != "dense":
-            packed = wants_packed_layout(self.region_impl, labels.device, dtype)
-            return build_region_layout(labels.reshape(labels.shape[0], -1), packed=packed)
-        return labels
+        return region_layout(labels.reshape(labels.shape[0], -1), self.region_impl)
 
     def token_labels(self, regions: Tensor, pad_h: int = 0, pad_w: int = 0) -> Tensor:
         """Label map ``[B, H, W]`` -> ids at the RAT resolution ``[B, H', W']``, padding as a region of its own.

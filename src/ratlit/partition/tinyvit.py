@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ratlit.models.blocks import LayerNorm2d
+from ratlit.partition._torchvision_compat import import_segment_anything
 
 
 class ConvBN(nn.Sequential):
@@ -194,6 +194,8 @@ class TinyViT(nn.Module):
                 stride = resolutions[i] // resolutions[i + 1]
                 downsample = PatchMerging(dim, embed_dims[i + 1], stride)
             self.layers.append(Stage(blocks, downsample, resolutions[i]))
+        # segment_anything's own channel norm, as in LiteMedSAM (partitions are made apart from ratlit.models).
+        LayerNorm2d = import_segment_anything().modeling.common.LayerNorm2d  # noqa: N806
         self.neck = nn.Sequential(
             nn.Conv2d(embed_dims[-1], out_chans, 1, bias=False),
             LayerNorm2d(out_chans),
