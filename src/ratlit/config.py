@@ -11,6 +11,8 @@ from typing import Any
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from ratlit.files import default_cache_dir
+
 # conf/ sits at the repository root; hydra.main finds it relative to this file (editable install).
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, TypeError)
@@ -20,6 +22,8 @@ log = logging.getLogger("ratlit")
 # lives in the folder given to resume=, not in a new dated folder.
 if not OmegaConf.has_resolver("ratlit.if"):
     OmegaConf.register_new_resolver("ratlit.if", lambda condition, then, otherwise: then if condition else otherwise)
+if not OmegaConf.has_resolver("ratlit.cache_dir"):  # conf/paths/default.yaml: one default cache folder
+    OmegaConf.register_new_resolver("ratlit.cache_dir", lambda: str(default_cache_dir()))
 
 
 def instantiate(cfg: DictConfig | dict, **kwargs: Any) -> Any:

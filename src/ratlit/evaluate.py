@@ -21,10 +21,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ratlit.allocator import keep_freed_memory
 from ratlit.checkpoint import build_module, load_checkpoint, resolve_path
 from ratlit.config import CONF_DIR, exit_on_user_error, instantiate, prepare_argv
+from ratlit.data.splits import check_not_seen, saved_splits
 from ratlit.files import write_text_atomic
 from ratlit.callbacks import PerImageScores, per_image_csv, quiet_unactionable_messages
 from ratlit.runs import absolute_data_paths
-from ratlit.splits import check_not_seen, saved_splits
 
 log = logging.getLogger("ratlit.evaluate")
 

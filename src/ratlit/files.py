@@ -10,6 +10,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+def default_cache_dir() -> Path:
+    """Where embedded data sets and partition label maps go: ``$RATLIT_CACHE``, else ``~/.cache/ratlit`` (the one
+    statement of it: conf/paths/default.yaml reads it through the ``ratlit.cache_dir`` resolver)."""
+    return Path(os.environ.get("RATLIT_CACHE") or "~/.cache/ratlit").expanduser()
+
+
 def user_mode(directory: bool = False) -> int:
     """The permission bits a plain ``open`` / ``mkdir`` would give under the process's umask."""
     return (0o777 if directory else 0o666) & ~_umask()

@@ -34,10 +34,10 @@ from ratlit.allocator import keep_freed_memory
 from ratlit.callbacks import (BestValidation, RunConfigInCheckpoint, TrainingSpeed, comparison_columns, find_callback,
                               quiet_unactionable_messages)
 from ratlit.config import CONF_DIR, exit_on_user_error, instantiate, prepare_argv
+from ratlit.data.splits import groups_by_split, write_splits
 from ratlit.files import write_text_atomic
 from ratlit.launch import pin_parallel_job
 from ratlit.runs import AppendingCSVLogger, RelocateCheckpointState, absolute_data_paths, relocate, wandb_id
-from ratlit.splits import groups_by_split, save_run_splits
 
 log = logging.getLogger("ratlit.train")
 _ABSENT = object()
@@ -281,7 +281,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if rank_zero_only.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", run_config)
-        save_run_splits(run_dir, splits)
+        write_splits(run_dir, splits)
 
     saved_mode = os.environ.get("WANDB_MODE")
     columns = comparison_columns(str(cfg.task_name), model_name(cfg), cfg.model.net.get("attention"),
