@@ -13,7 +13,9 @@ import tempfile
 import time
 
 import torch
+from omegaconf import OmegaConf
 
+from ratlit.utils.config import CONF_DIR
 from ratlit.data import DATAMODULES
 from ratlit.training.module import image_metrics
 from ratlit.partition import GridPartitioner
@@ -28,13 +30,14 @@ def main() -> None:
     print("| task | build (s) | test images | LQ vs HQ PSNR | LQ vs HQ SSIM |")
     print("|---|---|---|---|---|")
     for task, cls in DATAMODULES.items():
+        data_range = float(OmegaConf.load(CONF_DIR / "task" / f"{task}.yaml").data_range)  # the task's metric range
         dm = cls(cache_dir=cache, partitioner=GridPartitioner())
         start = time.perf_counter()
         dm.ensure_embedded()
         built = time.perf_counter() - start
         psnr, ssim = [], []
         for batch in dm.test_dataloader():
-            p, s = image_metrics(batch["lq"], batch["hq"], dm.data_range)
+            p, s = image_metrics(batch["lq"], batch["hq"], data_range)
             psnr.append(p)
             ssim.append(s)
         p, s = torch.cat(psnr), torch.cat(ssim)

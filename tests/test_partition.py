@@ -1,4 +1,6 @@
 import multiprocessing as mp
+import os
+import time
 
 import numpy as np
 import pytest
@@ -320,6 +322,42 @@ def test_two_processes_writing_one_key(tmp_path):
         assert entry["labels"].shape == (64, 64)
     assert cache.contains(data.camera()[::8, ::8])
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def _fill_cache(root, log_path, barrier, queue):
+    """One run filling the cache: every partitioning it does is appended to ``log_path`` (shared by runs)."""
+    partitioner = GridPartitioner(8)
+    compute = partitioner._partition
+
+    def counted(image):
+        with open(log_path, "a") as log:
+            log.write(f"{os.getpid()}\n")
+        time.sleep(0.05)  # long enough that the two runs overlap on every entry
+        return compute(image)
+
+    partitioner._partition = counted
+    cache, stats = PartitionCache(root, partitioner), CacheStats()
+    barrier.wait()
+    for seed in range(12):
+        cache.labels(np.random.default_rng(seed).uniform(0, 1, (32, 32)), stats)
+    queue.put((stats.computed, stats.reused, stats.repaired))
+
+
+def test_two_runs_on_a_fresh_cache_compute_each_entry_once(tmp_path):
+    ctx = mp.get_context("spawn")
+    barrier, queue, log_path = ctx.Barrier(2), ctx.Queue(), tmp_path / "computed.log"
+    procs = [ctx.Process(target=_fill_cache, args=(tmp_path / "cache", log_path, barrier, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert len(log_path.read_text().split()) == 12  # 12 entries, each partitioned by one of the two runs
+    assert sum(r[0] for r in results) == 12 and sum(r[1] for r in results) == 12 and all(r[2] == 0 for r in results)
+    cache = PartitionCache(tmp_path / "cache", GridPartitioner(8))
+    assert all(cache.contains(np.random.default_rng(seed).uniform(0, 1, (32, 32))) for seed in range(12))
+    assert not list((tmp_path / "cache").rglob("*.tmp")) and not list((tmp_path / "cache").rglob("*.lock"))
 
 
 def test_unwritable_cache_folder(tmp_path):

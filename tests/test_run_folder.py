@@ -20,8 +20,8 @@ from ratlit.cli.evaluate import split_checked_datamodule
 from ratlit.utils.files import make_temp_dir, write_text_atomic
 from ratlit.training.callbacks import ValidateAtEnd
 from ratlit.training.loggers import AppendingCSVLogger
+from ratlit.data.splits import check_not_seen, saved_splits
 from ratlit.training.run_folder import RelocateCheckpointState, absolute_data_paths, relocate
-from ratlit.splits import check_not_seen, saved_splits
 
 
 @pytest.fixture
@@ -194,6 +194,31 @@ def test_evaluate_on_other_data_refuses_training_patients(tmp_path):
     with pytest.raises(ValueError, match="train split"):  # val: only training patients count
         check_not_seen(RUN_SPLIT, "val", ["P2"], "run")
     check_not_seen(RUN_SPLIT, "val", ["P3"], "run")
+
+
+def _old_rule(groups: list, val_fraction: float, test_fraction: float, seed: int) -> dict:
+    """The split before the hash rule: a seeded permutation of all the groups (one added group reshuffled it)."""
+    order = [int(i) for i in np.random.default_rng(seed).permutation(len(groups))]
+    n_test, n_val = (max(1, int(len(groups) * f + 0.5)) for f in (test_fraction, val_fraction))
+    chosen = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+    return {name: sorted(groups[i] for i in chosen[name]) for name in ("train", "val", "test")}
+
+
+def test_runs_made_with_the_old_split_rule_keep_their_split(tmp_path):
+    from ratlit.utils.config import instantiate
+    from ratlit.data.splits import groups_by_split
+
+    root = tmp_path / "pet"
+    patients = ["P1", "P2", "P3", "P4", "P5"]
+    for p in patients:
+        _pet_patient(root, p)
+    old = _old_rule(patients, 0.25, 0.25, seed=0)
+    fresh = _run_cfg(root, tmp_path, None)
+    assert groups_by_split(instantiate(fresh.data)) != old  # a new run on this data uses the hash rule
+    run_cfg = _run_cfg(root, tmp_path, old)  # the old run's config.yaml / checkpoint records its split
+    assert groups_by_split(instantiate(run_cfg.data)) == old  # resume: the DataModule built from the saved config
+    dm = split_checked_datamodule(run_cfg.copy(), _eval_cfg(), "run")
+    assert {s.group for s in dm.split_samples("test")} == set(old["test"])
 
 
 def test_a_wandb_run_gets_an_id_kept_for_resume():

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ratlit.utils.allocator import keep_freed_memory
 from ratlit.utils.config import CONF_DIR, USER_ERRORS
@@ -21,10 +21,6 @@ from ratlit.utils.config import CONF_DIR, USER_ERRORS
 T = TypeVar("T")
 log = logging.getLogger("ratlit")
 
-# conf/train.yaml: a resumed run's Hydra job (its train.log, and its .hydra/ record under resume-<date>/)
-# lives in the folder given to resume=, not in a new dated folder.
-if not OmegaConf.has_resolver("ratlit.if"):
-    OmegaConf.register_new_resolver("ratlit.if", lambda condition, then, otherwise: then if condition else otherwise)
 
 
 def prepare_argv(argv: list[str], open_nodes: tuple[str, ...] = ()) -> list[str]:

@@ -15,7 +15,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ratlit.cli.command import exit_on_user_error, hydra_command
-from ratlit.splits import check_not_seen, saved_splits
+from ratlit.data.splits import check_not_seen, saved_splits
 from ratlit.training.callbacks import PerImageScores, per_image_csv
 from ratlit.training.checkpoint import build_module, load_checkpoint
 from ratlit.training.run_folder import absolute_data_paths

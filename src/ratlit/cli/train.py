@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ratlit.cli.command import exit_on_user_error, hydra_command
-from ratlit.splits import groups_by_split, save_run_splits
+from ratlit.data.splits import groups_by_split, write_splits
 from ratlit.training.callbacks import RunConfigInCheckpoint
 from ratlit.training.launch import check_launch, pin_parallel_job, set_matmul_precision
 from ratlit.training.loggers import build_loggers, comparison_columns, finish_wandb, run_tags, wandb_id
@@ -66,7 +66,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if rank_zero_only.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", run_config)
-        save_run_splits(run_dir, splits)
+        write_splits(run_dir, splits)
 
     saved_mode = os.environ.get("WANDB_MODE")
     columns = comparison_columns(str(cfg.task_name), model_name(cfg), cfg.model.net.get("attention"),

@@ -1,9 +1,10 @@
 """The three tasks' data: real-format loaders, embedded simulated data sets, LightningDataModules."""
 
-from ratlit.data.base import PairedDataset, RestorationDataModule, Sample, UnitMap, random_paired_crop, split_groups
+from ratlit.data.base import PairedDataset, RestorationDataModule, Sample, UnitMap, random_paired_crop
 from ratlit.data.ct import CTDataModule
 from ratlit.data.pathology import PathologyDataModule, bicubic_degrade
 from ratlit.data.pet import PETDataModule
+from ratlit.data.splits import group_names, split_groups
 
 DATAMODULES = {"ct": CTDataModule, "pet": PETDataModule, "pathology": PathologyDataModule}
 
@@ -17,6 +18,7 @@ __all__ = [
     "Sample",
     "UnitMap",
     "bicubic_degrade",
+    "group_names",
     "random_paired_crop",
     "split_groups",
 ]

@@ -10,15 +10,13 @@ paired crops with the label map cropped alongside and one of the 8 flips/rotatio
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
-import math
 import os
 import shutil
 import time
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,13 +25,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ratlit.utils.files import make_temp_dir, write_text_atomic
+from ratlit.data.splits import (
+    SPLITS,
+    group_names,
+    group_pattern,
+    read_splits,
+    split_groups,
+    warn_on_people_in_several_splits,
+)
+from ratlit.utils.config import default_cache_dir
+from ratlit.utils.files import make_temp_dir
 from ratlit.partition import CacheStats, PartitionCache, Partitioner, SlicPartitioner
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "val", "test")
-STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-DEFAULT_CACHE = "~/.cache/ratlit"
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}  # no predict_dataloader
 
 
 @dataclass(frozen=True)
@@ -67,96 +72,6 @@ class Sample:
     group: str
     load: Callable[[], tuple[np.ndarray, np.ndarray]]
     person: str = ""
-
-
-def warn_on_people_in_several_splits(samples: Sequence[Sample], assigned: Mapping[str, Sequence[str]]) -> None:
-    """Warn where one patient id spans groups in different splits (e.g. one folder per study of one person)."""
-    split_of = {g: name for name, groups in assigned.items() for g in groups}
-    groups_of: dict[str, set[str]] = {}
-    for sample in samples:
-        if sample.person:
-            groups_of.setdefault(sample.person, set()).add(sample.group)
-    for person, groups in sorted(groups_of.items()):
-        splits = {g: split_of[g] for g in sorted(groups) if g in split_of}
-        if len(set(splits.values())) > 1:
-            log.warning(
-                "patient id %r is in several splits (%s): if these folders are one person, put them in one folder "
-                "or give data.splits, so that no test patient is trained on", person,
-                ", ".join(f"{g}: {split}" for g, split in splits.items()),
-            )
-
-
-def read_splits(source: str | os.PathLike | Mapping | None) -> dict[str, list[str]] | None:
-    """Splits from a mapping or a JSON/YAML file: ``{"train": [groups], "val": [...], "test": [...]}``."""
-    if source is None:
-        return None
-    if not isinstance(source, Mapping):
-        path = Path(source).expanduser()
-        try:
-            text = path.read_text()
-        except OSError as err:
-            raise ValueError(f"cannot read split file {path}: {err}") from err
-        try:
-            import yaml
-
-            source = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
-        except Exception as err:
-            raise ValueError(f"split file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {err}") from err
-        if not isinstance(source, Mapping):
-            raise ValueError(f"split file {path} must map split names to lists of groups")
-    unknown = set(source) - set(SPLITS)
-    if unknown:
-        raise ValueError(f"splits has unknown names {sorted(unknown)}; use {list(SPLITS)}")
-    for name in SPLITS:
-        if isinstance(source.get(name), (str, bytes)) or not isinstance(source.get(name) or [], Sequence):
-            raise ValueError(f"splits: {name!r} must be a list of group names, got {source.get(name)!r}")
-    return {name: [str(g) for g in source.get(name) or []] for name in SPLITS}
-
-
-def write_splits(folder: Path, splits: Mapping[str, Sequence[str]]) -> None:
-    """Write ``splits.json`` (the default split of a data folder)."""
-    write_text_atomic(folder / "splits.json", json.dumps({k: list(v) for k, v in splits.items()}, indent=2) + "\n")
-
-
-def _listing(names: Sequence[str], limit: int = 50) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
-
-
-def split_groups(
-    groups: Sequence[str],
-    splits: Mapping[str, Sequence[str]] | None,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-) -> dict[str, list[str]]:
-    """Assign every group to exactly one split; never a patient in two splits."""
-    groups = sorted(set(groups))
-    if splits is not None:
-        seen: dict[str, str] = {}
-        for name in SPLITS:
-            for g in splits.get(name, []):
-                if g in seen:
-                    raise ValueError(f"group {g!r} is in both the {seen[g]} and the {name} split")
-                seen[g] = name
-        missing = sorted(set(seen) - set(groups))
-        if missing:
-            raise ValueError(
-                f"splits name {len(missing)} group(s) that are not in the data: {missing[:10]}; "
-                f"the data's groups are: {_listing(groups)}"
-            )
-        unlisted = [g for g in groups if g not in seen]
-        if unlisted:
-            log.warning("%d group(s) of the data are in no split and are left out: %s", len(unlisted),
-                        _listing(unlisted))
-        return {name: [g for g in groups if seen.get(g) == name] for name in SPLITS}
-    order = list(np.random.default_rng(seed).permutation(len(groups)))
-    n_test = max(1, math.floor(len(groups) * test_fraction + 0.5)) if len(groups) >= 3 else 0
-    n_val = max(1, math.floor(len(groups) * val_fraction + 0.5)) if len(groups) >= 3 else 0
-    test = sorted(groups[i] for i in order[:n_test])
-    val = sorted(groups[i] for i in order[n_test : n_test + n_val])
-    train = sorted(groups[i] for i in order[n_test + n_val :])
-    return {"train": train, "val": val, "test": test}
 
 
 def random_paired_crop(
@@ -215,23 +130,25 @@ class PairedDataset(Dataset):
         return {"lq": lq_t, "hq": hq_t, "regions": regions_t, "name": sample.name}
 
 
-class RestorationDataModule(L.LightningDataModule):
-    """Base DataModule of a task. Subclasses list samples from ``root`` and build the embedded data set.
+class RestorationDataModule(L.LightningDataModule, ABC):
+    """Base DataModule of a task. Subclasses list samples from ``root`` and build the embedded data set
+    (the abstract methods below: a subclass that lacks one cannot be made).
 
-    ``root=None`` uses the embedded data set, built on first use under ``cache_dir`` from ``embedded_seed``.
-    ``splits``: a mapping or a JSON/YAML file ``{train, val, test: [groups]}``; else ``<root>/splits.json``
-    if present; else a seeded split of the groups by ``val_fraction`` / ``test_fraction``.
+    ``root=None`` uses the embedded data set, built on first use under ``cache_dir`` (default: $RATLIT_CACHE
+    or ~/.cache/ratlit) from ``embedded_seed``. ``splits``: a mapping or a JSON/YAML file ``{train, val, test:
+    [groups]}``; else ``<root>/splits.json`` if present; else each group by a hash of its name and
+    ``split_seed`` (``ratlit.data.splits.split_groups``). ``group_by``: a regex naming the group of each
+    task-given group name (e.g. the slide of a tile), see ``ratlit.data.splits.group_names``. Channels and
+    the metrics' data range are the task config's (``in_channels``, ``data_range`` in conf/task/).
     """
 
     task: ClassVar[str]
-    channels: ClassVar[int]
     embedded_version: ClassVar[int] = 1
-    data_range: float = 1.0  # PSNR/SSIM range of the normalised intensities
 
     def __init__(
         self,
         root: str | None = None,
-        cache_dir: str = DEFAULT_CACHE,
+        cache_dir: str | os.PathLike | None = None,
         partitioner: Partitioner | None = None,
         patch_size: int = 256,
         batch_size: int = 8,
@@ -244,6 +161,7 @@ class RestorationDataModule(L.LightningDataModule):
         in_memory: bool = True,
         epoch_size: int | None = None,
         embedded_seed: int = 0,
+        group_by: str | None = None,
     ) -> None:
         super().__init__()
         if patch_size < 1 or batch_size < 1:
@@ -251,13 +169,14 @@ class RestorationDataModule(L.LightningDataModule):
         self.root = None if root in (None, "") else Path(root).expanduser()
         if self.root is not None and not self.root.exists():
             raise ValueError(f"data root {self.root} does not exist")
-        self.cache_dir = Path(cache_dir).expanduser()
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir not in (None, "") else default_cache_dir()
         self.partitioner = partitioner if partitioner is not None else SlicPartitioner()
         self.patch_size, self.batch_size, self.num_workers = patch_size, batch_size, num_workers
         self.augment, self.in_memory, self.epoch_size = augment, in_memory, epoch_size
         self.splits_source = splits
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
-        self.embedded_seed = embedded_seed
+        self.embedded_seed, self.group_by = embedded_seed, group_by
+        group_pattern(group_by)  # a bad regex fails here, before any data is read
         self.datasets: dict[str, PairedDataset] = {}
         self.split_groups: dict[str, list[str]] = {}
         self._samples: list[Sample] | None = None
@@ -325,6 +244,9 @@ class RestorationDataModule(L.LightningDataModule):
             samples = self.list_samples(self.ensure_embedded())
             if not samples:
                 raise ValueError(f"no {self.task} image pairs found under {self.data_root}")
+            if self.group_by:
+                group_of = group_names(sorted({s.group for s in samples}), self.group_by)
+                samples = [replace(s, group=group_of[s.group]) for s in samples]
             self._samples = samples
         return self._samples
 
@@ -364,7 +286,7 @@ class RestorationDataModule(L.LightningDataModule):
         return [s for s in self.samples() if s.group in members]
 
     def setup(self, stage: str | None = None) -> None:
-        for split in STAGE_SPLITS.get(stage, SPLITS):
+        for split in SPLITS if stage is None else STAGE_SPLITS.get(stage, ()):
             self.dataset(split)
 
     def dataset(self, split: str) -> PairedDataset:

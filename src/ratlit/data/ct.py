@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ratlit.data.base import RestorationDataModule, Sample, UnitMap, write_splits
+from ratlit.data.base import RestorationDataModule, Sample, UnitMap
+from ratlit.data.splits import write_splits
 from ratlit.data.io import check_same_geometry, dicom_slice_corners, read_dicom, read_dicom_series, write_dicom
 
 # "*full dose*": TCIA LDCT-and-Projection-data names its series "1.000000-Full Dose Images-96514"
@@ -82,7 +83,6 @@ class CTDataModule(RestorationDataModule):
     """AAPM-Mayo-style CT pairs (quarter dose -> full dose), one channel, HU window mapped to [0, 1]."""
 
     task = "ct"
-    channels = 1
 
     def __init__(
         self,

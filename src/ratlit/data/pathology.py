@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ratlit.data.base import RestorationDataModule, Sample, UnitMap, write_splits
+from ratlit.data.base import RestorationDataModule, Sample, UnitMap
+from ratlit.data.splits import write_splits
 from ratlit.data.io import find_images, read_image, write_image
 
 
@@ -45,7 +46,6 @@ class PathologyDataModule(RestorationDataModule):
     """HQ pathology images -> (4x bicubic LQ, HQ) pairs, three channels in [0, 1]."""
 
     task = "pathology"
-    channels = 3
 
     def __init__(self, root: str | None = None, scale: int = 4, **kwargs) -> None:
         super().__init__(root=root, **kwargs)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ratlit.data.base import RestorationDataModule, Sample, UnitMap, write_splits
+from ratlit.data.base import RestorationDataModule, Sample, UnitMap
+from ratlit.data.splits import write_splits
 from ratlit.data.io import check_volume_pair, is_nifti, read_volume, write_nifti
 
 PERCENTILE = 99.9
@@ -81,7 +82,6 @@ class PETDataModule(RestorationDataModule):
     """Low-count -> full-count PET slices, one channel, normalised by the LQ volume's 99.9th percentile."""
 
     task = "pet"
-    channels = 1
 
     def __init__(
         self,

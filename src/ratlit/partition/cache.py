@@ -2,19 +2,26 @@
 
 Layout: ``<root>/<partitioner name>-<fingerprint>/<image sha256>.npz`` (compressed numpy, no pickles) and
 a ``partitioner.json`` describing the partitioner. Entries are written to a temporary file in the same
-folder and renamed, so readers (other DDP ranks, data-loader workers) see a whole entry or none; two
-writers of one key both write the same labels and the last rename wins. A truncated or corrupt entry
-(bad zip, wrong keys, wrong shape or digest) is recomputed and replaced.
+folder and renamed, so readers (other DDP ranks, data-loader workers) see a whole entry or none. A miss is
+computed under a per-entry lock (``flock`` on ``.<digest>.lock`` beside the entry, removed by its holder when
+the entry is written): of runs started together on one fresh cache, one computes each entry and the others
+wait for it, then reuse it. A truncated or corrupt entry (bad zip, wrong keys, wrong shape or digest) is
+recomputed and replaced, under the same lock. Where the filesystem has no ``flock`` the lock is skipped
+(a warning says so): entries stay whole, but may be computed more than once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import time
 import zipfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +30,8 @@ import numpy as np
 
 from ratlit.utils.files import atomic_write, write_text_atomic
 from ratlit.partition.base import Partitioner
+
+log = logging.getLogger(__name__)
 
 
 def image_digest(image: Any) -> str:
@@ -72,21 +81,36 @@ class PartitionCache:
         """The label map of ``image`` (``[H, W]`` or ``[C, H, W]``), computing and storing it on a miss."""
         digest = image_digest(image)
         shape = tuple(image.shape[-2:])
-        path = self.path(digest)
-        existed = path.exists()
-        labels = self._read(digest, shape)
-        if labels is not None:
-            status = "reused"
-        else:
-            start = time.perf_counter()
-            labels = self.partitioner(image)
-            if stats is not None:
-                stats.seconds.append(time.perf_counter() - start)
-            self._write(digest, labels)
-            status = "repaired" if existed else "computed"
+        labels, status = self._read(digest, shape), "reused"
+        if labels is None:
+            with self._entry_lock(digest):
+                existed = self.path(digest).exists()
+                labels = self._read(digest, shape)  # another process may have written it while this one waited
+                if labels is None:
+                    start = time.perf_counter()
+                    labels = self.partitioner(image)
+                    if stats is not None:
+                        stats.seconds.append(time.perf_counter() - start)
+                    self._write(digest, labels)
+                    status = "repaired" if existed else "computed"
         if stats is not None:
             stats.add(status)
         return labels
+
+    @contextmanager
+    def _entry_lock(self, digest: str) -> Iterator[None]:
+        """Hold an exclusive ``flock`` on the entry's lock file. The holder removes the file before releasing
+        it, so a process that waited on the removed file takes a fresh one (and then finds the entry)."""
+        path = self.folder / f".{digest}.lock"
+        fd = _locked(path)
+        if fd is None:
+            log.warning("partition cache %s: no file lock; concurrent runs may compute an entry twice", self.folder)
+        try:
+            yield
+        finally:
+            if fd is not None:
+                path.unlink(missing_ok=True)
+                os.close(fd)
 
     def _read(self, digest: str, shape: tuple[int, int]) -> np.ndarray | None:
         path = self.path(digest)
@@ -107,3 +131,21 @@ class PartitionCache:
             self.path(digest),
             lambda f: np.savez_compressed(f, labels=labels.astype(dtype), digest=np.array(digest)),
         )
+
+
+def _locked(path: Path) -> int | None:
+    """A descriptor of ``path`` (created if needed) holding an exclusive ``flock``, or None without flock."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            current, mine = os.stat(path), os.fstat(fd)
+        except FileNotFoundError:  # removed by the previous holder after this process opened it
+            os.close(fd)
+            continue
+        except OSError:  # a filesystem without flock (some network mounts)
+            os.close(fd)
+            return None
+        if (mine.st_dev, mine.st_ino) == (current.st_dev, current.st_ino):
+            return fd
+        os.close(fd)  # replaced by a new lock file while this process waited: lock that one

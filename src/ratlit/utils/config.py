@@ -9,11 +9,17 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 # The configs travel inside the package: a plain (non-editable) install runs every command from any folder.
 # Users add their own config folders with Hydra's search path (README, "Your own configs").
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# Resolvers the configs use. conf/train.yaml: a resumed run's Hydra job (its train.log, and its .hydra/ record
+# under resume-<date>/) lives in the folder given to resume=, not in a new dated folder.
+if not OmegaConf.has_resolver("ratlit.if"):
+    OmegaConf.register_new_resolver("ratlit.if", lambda condition, then, otherwise: then if condition else otherwise)
+if not OmegaConf.has_resolver("ratlit.cache_dir"):  # conf/paths/default.yaml: one default cache folder
+    OmegaConf.register_new_resolver("ratlit.cache_dir", lambda: str(default_cache_dir()))
 # Errors that mean bad input: the commands print them as one line and exit 2.
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, TypeError)
 
@@ -51,3 +57,9 @@ def user_path(value: str | os.PathLike, base: Path | None = None) -> Path:
     """A path the user typed: ``~`` expanded, made absolute against ``base`` (default :func:`start_dir`)."""
     path = Path(os.path.expanduser(str(value)))
     return path if path.is_absolute() else ((base or start_dir()) / path).absolute()
+
+
+def default_cache_dir() -> Path:
+    """Where embedded data sets and partition label maps go: ``$RATLIT_CACHE``, else ``~/.cache/ratlit`` (the one
+    statement of it: conf/paths/default.yaml reads it through the ``ratlit.cache_dir`` resolver)."""
+    return Path(os.environ.get("RATLIT_CACHE") or "~/.cache/ratlit").expanduser()
