@@ -62,7 +62,7 @@ class CompoundLoss(nn.Module):
                     "EDCNN's compound loss needs ImageNet ResNet-50 weights: set loss.perceptual_checkpoint="
                     "/path/to/resnet50-0676ba61.pth (or $RATLIT_RESNET50_CHECKPOINT), or loss.perceptual_weight=0"
                 )
-            from ratlit.perceptual import ResNet50Features
+            from ratlit.models.perceptual import ResNet50Features
 
             self.features = ResNet50Features(perceptual_checkpoint)
         self.register_buffer("mean", torch.tensor(self.IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

@@ -1,0 +1,73 @@
+"""The package's shape as a reader relies on it: layers import only downwards, no cycles, short modules."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ratlit"
+# A module imports from its own area or from areas of a lower rank only (the README's Layout).
+RANKS = {"utils": 0, "partition": 1, "models": 1, "losses": 2, "data": 2, "analysis": 2, "training": 3, "cli": 4}
+ENTRY_RANK = 5  # the python -m ratlit.<command> files and __main__
+
+
+def _area(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _rank(area: str) -> int:
+    return RANKS.get(area, ENTRY_RANK)
+
+
+def _imports() -> dict[str, set[str]]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(("ratlit", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ratlit"):
+                targets.add(node.module)
+            elif isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names if a.name.startswith("ratlit"))
+        found[name] = targets
+    return found
+
+
+def test_nothing_imports_upward_or_sideways():
+    wrong = []
+    for module, targets in _imports().items():
+        area = _area(module)
+        for target in targets:
+            other = _area(target)
+            if other != area and _rank(other) >= _rank(area) and _rank(area) != ENTRY_RANK:
+                wrong.append(f"{module} imports {target}")
+    assert not wrong, wrong
+
+
+def test_no_import_cycle_between_areas():
+    edges = {}
+    for module, targets in _imports().items():
+        for target in targets:
+            if _area(target) != _area(module):
+                edges.setdefault(_area(module), set()).add(_area(target))
+    seen, stack = set(), []
+
+    def visit(area):
+        assert area not in stack, f"import cycle: {' -> '.join(stack + [area])}"
+        if area in seen:
+            return
+        stack.append(area)
+        for other in edges.get(area, ()):
+            visit(other)
+        stack.pop()
+        seen.add(area)
+
+    for area in list(edges):
+        visit(area)
+
+
+def test_modules_stay_readable():
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 450}
+    assert not long, long
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    entries = [p for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py", "losses.py")]
+    assert all(len(p.read_text().splitlines()) <= 8 for p in entries), top  # the top holds entry points only
