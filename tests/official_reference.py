@@ -187,9 +187,8 @@ class OfficialRAT(nn.Module):
         x = self.intro(lq)
         skips = []
         for encoder, down in zip(self.encoders, self.downs):
-            x = encoder(x)
-            skips.append(x)
-            x = down(x)
+            skips.append(encoder(x))
+            x = down(skips[-1])
         start = x
         for group in self.middle_blks:
             x = group(x, mask)

@@ -64,7 +64,8 @@ def test_equal_in_float32():
 def test_each_official_option_is_needed(option, other):
     theirs = reference()
     state = theirs.state_dict()
-    lq, regions = torch.rand(1, 1, 32, 48, generator=torch.Generator().manual_seed(3), dtype=torch.float64), labels(1, 32, 48)
+    lq = torch.rand(1, 1, 32, 48, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    regions = labels(1, 32, 48)
     model = RAT(**{**official_options(state), option: other}).double().eval()
     model.load_state_dict(from_official(state).state_dict())
     with torch.no_grad():
