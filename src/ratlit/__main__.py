@@ -13,6 +13,7 @@ COMMANDS = {
     "precompute": "fill a task's partition cache",
     "visualize": "draw the regions of a partitioner",
     "summary": "count a model's parameters",
+    "convert": "the authors' RAT weights as a ratlit checkpoint",
 }
 
 

@@ -53,20 +53,21 @@ class RATLayer(nn.Module):
         layer_scale_init: float = 0.0,
         region_impl: str = "auto",
         mask_value: float = -1000.0,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         common = dict(num_heads=num_heads, window_size=window_size, scale_by=scale_by)
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn1 = MultiHeadSelfAttention(
             dim, attention=attention, region_impl=region_impl, mask_value=mask_value, **common
         )
         self.scale1 = nn.Parameter(torch.full((dim,), float(layer_scale_init)))
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp1 = Mlp(dim, mlp_ratio)
-        self.norm3 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn2 = MultiHeadSelfAttention(dim, attention="wmsa", **common)
         self.scale2 = nn.Parameter(torch.full((dim,), float(layer_scale_init)))
-        self.norm4 = nn.LayerNorm(dim)
+        self.norm4 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp2 = Mlp(dim, mlp_ratio)
 
     def forward(self, x: Tensor, labels: Tensor | RegionLayout | None) -> Tensor:
@@ -122,6 +123,8 @@ class RAT(nn.Module):
     kernels compute its -inf limit, identical in float32 to lambda = -1000 unless scores in one row differ by
     more than about 900. ``zero_init_last`` zero-initialises the last conv, so an untrained network returns
     ``lq`` unchanged and training starts from the input's own score.
+    ``norm_eps``: the RAT layers' layer-norm epsilon (the public code's is 1e-6); ``middle_residual`` adds the
+    RAT groups' input to their output (the public code's residual around the whole middle).
     ``activation_checkpointing`` recomputes each RAT group in backward instead of storing its activations
     (same gradients, less memory, about one more forward of the groups in time).
     """
@@ -150,6 +153,8 @@ class RAT(nn.Module):
         layer_scale_init: float = 0.0,
         zero_init_last: bool = True,
         activation_checkpointing: bool = False,
+        norm_eps: float = 1e-5,
+        middle_residual: bool = False,
     ) -> None:
         super().__init__()
         if attention not in ATTENTION_CHOICES:
@@ -166,6 +171,7 @@ class RAT(nn.Module):
         self.label_downsampling = label_downsampling
         self.region_impl = region_impl
         self.activation_checkpointing = activation_checkpointing
+        self.middle_residual = middle_residual
         self.scale_factor = 2 ** len(enc_blocks)
         self.pad_multiple = self.scale_factor * window_size
 
@@ -188,6 +194,7 @@ class RAT(nn.Module):
                 layer_scale_init=layer_scale_init,
                 region_impl=region_impl,
                 mask_value=mask_value,
+                norm_eps=norm_eps,
             )
             for _ in range(num_groups)
         )
@@ -225,12 +232,15 @@ class RAT(nn.Module):
             x = encoder(x)
             skips.append(x)
             x = down(x)
+        middle_in = x
         for group in self.middle:
             if self.activation_checkpointing and torch.is_grad_enabled():
                 # Recomputed in backward: only each group's input is kept (batch 8-16 at 256x256 on 24 GB).
                 x = checkpoint(group, x, layout, use_reentrant=False)
             else:
                 x = group(x, layout)
+        if self.middle_residual:
+            x = x + middle_in
         for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
             x = decoder(up(x) + skip)
         return (x_in + self.ending(x))[..., :height, :width]
