@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from ratlit.allocator import keep_freed_memory
 from ratlit.checkpoint import build_module, load_checkpoint, resolve_path
@@ -47,6 +48,7 @@ from ratlit.data.io import (
     write_image,
 )
 from ratlit.files import atomic_output
+from ratlit.inference import Tiling, tile_multiple, tiled_forward
 from ratlit.partition import PartitionCache, partitioner_from_spec
 
 log = logging.getLogger("ratlit.predict")
@@ -56,16 +58,21 @@ KIND_NAMES = {"dicom": "a DICOM file", "nifti": "a NIfTI volume", "image": "an i
 
 
 class Restorer:
-    """A trained module + its partitioner; ``restorer(image [C, H, W]) -> [C, H, W]`` in network units."""
+    """A trained module + its partitioner; ``restorer(image [C, H, W]) -> [C, H, W]`` in network units.
 
-    def __init__(self, module: torch.nn.Module, cache: PartitionCache, device: torch.device) -> None:
-        self.module, self.cache, self.device = module.to(device), cache, device
+    Regions are computed on the whole image; the network runs on tiles of ``tiling`` (ratlit.inference)."""
+
+    def __init__(self, module: torch.nn.Module, cache: PartitionCache, device: torch.device,
+                 tiling: Tiling = Tiling(None)) -> None:
+        self.module, self.cache, self.device, self.tiling = module.to(device), cache, device, tiling
+        self.multiple = tile_multiple(getattr(module, "net", module))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         regions = self.cache.labels(image)
         lq = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(self.device)
         with torch.inference_mode():
-            out = self.module(lq, torch.from_numpy(regions)[None].to(self.device))
+            out = tiled_forward(self.module, lq, torch.from_numpy(regions)[None].to(self.device), self.tiling,
+                                self.multiple)
         return out[0].float().cpu().numpy()
 
 
@@ -137,7 +144,8 @@ def restore_volume(volume: np.ndarray, mapping: UnitMap, job: Job) -> np.ndarray
     """``[X, Y, Z]`` in the scan's units -> restored, cut along ``job.slice_axis`` as training cuts it."""
     units = mapping.to_unit(volume)
     restored = np.empty_like(units)
-    for index in range(units.shape[job.slice_axis]):
+    count = units.shape[job.slice_axis]
+    for index in tqdm(range(count), desc="slices", unit="slice", leave=False, disable=count < 2):
         piece = np.take(units, index, axis=job.slice_axis)
         slicer: list[slice | int] = [slice(None)] * 3
         slicer[job.slice_axis] = index
@@ -254,6 +262,7 @@ def restore_paths(
     upscale: bool = False,
     nonnegative: bool | None = None,
     force: bool = False,
+    tiling: Tiling = Tiling(None),
 ) -> list[Path]:
     """Restore ``source`` (a file or a folder) with the checkpoint ``ckpt`` into the folder ``out``."""
     if accelerator not in ACCELERATORS:
@@ -271,7 +280,8 @@ def restore_paths(
     device = torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
     partitioner = partitioner_from_spec(dict(run_cfg.partition_used))
     cache_root = Path(str(run_cfg.paths.cache_dir)).expanduser() if cache_dir is None else cache_dir
-    restorer = Restorer(build_module(run_cfg, state), PartitionCache(cache_root / "partitions" / "predict", partitioner), device)
+    cache = PartitionCache(cache_root / "partitions" / "predict", partitioner)
+    restorer = Restorer(build_module(run_cfg, state), cache, device, tiling)
     floor = datamodule.value_floor if nonnegative is None else (0.0 if nonnegative else None)
     job = Job(restorer, datamodule, str(run_cfg.task_name), ckpt, int(run_cfg.model.net.in_channels), axis, floor,
               int(run_cfg.data.get("scale", 4)) if upscale else None, force)
@@ -282,7 +292,7 @@ def restore_paths(
                         "(and normalise) the whole series as training does", source, source.parent)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for path in files:
+    for path in tqdm(files, desc="files", unit="file", disable=len(files) < 2):
         if kind_of(path) == "image":
             written.append(restore_image(path, out, job))
         elif kind_of(path) == "nifti":
@@ -300,6 +310,7 @@ def predict(cfg: DictConfig) -> list[Path]:
     missing = [key for key in ("ckpt", "input", "output") if OmegaConf.is_missing(cfg, key)]
     if missing:
         raise ValueError(f"predict needs {', '.join(f'{k}=' for k in missing)}: {USAGE}")
+    tiling = Tiling.from_config(cfg.max_tile, cfg.tile_overlap)
     cwd = Path(get_original_cwd())
     out = resolve_path(cfg.output, cwd)
     written = restore_paths(
@@ -312,6 +323,7 @@ def predict(cfg: DictConfig) -> list[Path]:
         upscale=bool(cfg.upscale),
         nonnegative=cfg.nonnegative,
         force=cfg.force,
+        tiling=tiling,
     )
     print(f"restored {len(written)} file(s) into {out}")
     return written
