@@ -127,3 +127,37 @@ def test_weights_cover_every_pixel():
             e = min(s + 40, size)
             total[s:e] += edge_weights(s, e, size, overlap).numpy()
         assert (total > 0).all(), overlap
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+def test_evaluate_scores_tiled_test_images():
+    """evaluate sets ``module.tiling``: test_step runs the network on tiles of at most max_tile (whole before)."""
+    from ratlit.losses import L1Loss
+    from ratlit.module import RestorationModule
+
+    net = Recorder()
+    module = RestorationModule(net, L1Loss())
+    module.tiling = Tiling(64, 16)
+    lq = torch.rand(1, 1, 100, 90)
+    batch = {"lq": lq, "hq": lq.clone(), "regions": torch.randint(0, 4, (1, 100, 90)), "name": ["a"]}
+    result = module.test_step(batch, 0)
+    assert result["pred"].shape == lq.shape and net.shapes and max(max(s) for s in net.shapes) <= 64
+
+
+def test_predict_restores_a_large_image_in_tiles_with_progress(tmp_path, capfd):
+    """A network ``lq + 0.1`` (zeroed last conv) gives the same image whole or tiled; the bars show the tiles."""
+    from test_predict import make_checkpoint
+
+    from ratlit.data.io import read_image, write_image
+    from ratlit.predict import restore_paths
+
+    image = np.random.default_rng(0).uniform(0, 0.8, (3, 80, 72)).astype(np.float32)
+    (tmp_path / "in").mkdir()
+    for name in ("a.png", "b.png"):
+        write_image(tmp_path / "in" / name, image)
+    ckpt = make_checkpoint(tmp_path / "path.ckpt", "pathology", bias=0.1)
+    restore_paths(ckpt, tmp_path / "in", tmp_path / "out", cache_dir=tmp_path / "cache", tiling=Tiling(32, 8))
+    err = capfd.readouterr().err
+    assert "tiles of 32x32" in err and "files" in err
+    source = read_image(tmp_path / "in" / "a.png")
+    np.testing.assert_allclose(read_image(tmp_path / "out" / "a.png"), np.clip(source + 0.1, 0, 1), atol=0.6 / 255)
