@@ -18,7 +18,8 @@ from ratlit.predict import predict
 
 
 @pytest.mark.parametrize(("size", "tile", "overlap", "multiple"),
-                         [(100, 32, 8, 1), (300, 64, 16, 16), (257, 128, 32, 16), (4096, 512, 64, 16), (520, 512, 64, 16)])
+                         [(100, 32, 8, 1), (300, 64, 16, 16), (257, 128, 32, 16), (4096, 512, 64, 16),
+                          (520, 512, 64, 16)])
 def test_tiles_cover_the_image_on_the_grid_with_the_overlap(size, tile, overlap, multiple):
     starts = tile_starts(size, tile, overlap, multiple)
     side = tile // multiple * multiple
