@@ -59,11 +59,10 @@ def child(args: argparse.Namespace) -> None:
 
     import torch
 
-    from ratlit.allocator import keep_freed_memory
+    from ratlit.allocator import OPT_OUT
     from ratlit.inference import Tiling
     from ratlit.predict import restore_paths
 
-    kept = keep_freed_memory()  # a no-op under RATLIT_MALLOC=system, as in the CLIs
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     start = time.perf_counter()
@@ -71,6 +70,8 @@ def child(args: argparse.Namespace) -> None:
                   cache_dir=work / f"cache{os.getpid()}", tiling=Tiling(args.max_tile or None, args.overlap))
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    # restore_paths sets malloc as predict does (ratlit.inference.keeps_freed_memory), unless RATLIT_MALLOC=system
+    kept = os.environ.get(OPT_OUT) != "system" and bool(args.max_tile) and args.region_impl != "dense"
     print(json.dumps({"size": args.size, "seconds": seconds, "peak_gib": peak, "malloc_kept": kept}))
 
 
@@ -102,7 +103,7 @@ def main() -> None:
             for malloc in args.malloc:
                 command = [sys.executable, __file__, "--ckpt", ckpt, "--child-size", str(size), "--work", tmp,
                            "--max-tile", str(args.max_tile), "--overlap", str(args.overlap),
-                           "--threads", str(args.threads)]
+                           "--threads", str(args.threads), "--region-impl", args.region_impl]
                 env = {**os.environ, "RATLIT_MALLOC": malloc, "OMP_NUM_THREADS": str(args.threads)}
                 try:
                     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -114,7 +115,7 @@ def main() -> None:
                     print(f"| {size} | {malloc} | failed ({done.returncode}): {tail} | |", flush=True)
                     continue
                 row = json.loads(done.stdout.strip().splitlines()[-1])
-                print(f"| {size} | {malloc}{'' if row['malloc_kept'] or malloc == 'system' else ' (not applied)'} "
+                print(f"| {size} | {malloc}{'' if row['malloc_kept'] or malloc == 'system' else ' (predict: not kept)'} "
                       f"| {row['seconds']:.1f} | {row['peak_gib']:.2f} |", flush=True)
 
 

@@ -162,3 +162,10 @@ def test_predict_restores_a_large_image_in_tiles_with_progress(tmp_path, capfd):
     assert "tiles of 32x32" in err and "files" in err
     source = read_image(tmp_path / "in" / "a.png")
     np.testing.assert_allclose(read_image(tmp_path / "out" / "a.png"), np.clip(source + 0.1, 0, 1), atol=0.6 / 255)
+
+
+def test_malloc_keeps_freed_memory_only_for_bounded_tiles_without_dense_attention():
+    from ratlit.inference import keeps_freed_memory
+
+    assert keeps_freed_memory(Tiling(512, 64), "auto") and keeps_freed_memory(Tiling(512, 64), None)
+    assert not keeps_freed_memory(Tiling(None), "auto") and not keeps_freed_memory(Tiling(512, 64), "dense")

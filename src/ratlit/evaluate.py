@@ -22,7 +22,7 @@ from ratlit.allocator import keep_freed_memory
 from ratlit.checkpoint import build_module, load_checkpoint, resolve_path
 from ratlit.config import CONF_DIR, exit_on_user_error, instantiate, prepare_argv
 from ratlit.files import write_text_atomic
-from ratlit.inference import Tiling
+from ratlit.inference import Tiling, keeps_freed_memory
 from ratlit.callbacks import PerImageScores, per_image_csv, quiet_unactionable_messages
 from ratlit.runs import absolute_data_paths
 from ratlit.splits import check_not_seen, saved_splits
@@ -39,13 +39,14 @@ def markdown_table(rows: list[dict[str, str]]) -> str:
 
 @exit_on_user_error
 def evaluate(cfg: DictConfig) -> dict:
-    keep_freed_memory()
     quiet_unactionable_messages()
     if cfg.split not in ("test", "val"):
         raise ValueError(f"split must be test or val, got {cfg.split!r}")
     tiling = Tiling.from_config(cfg.max_tile, cfg.tile_overlap)
     ckpt = resolve_path(cfg.ckpt, Path(get_original_cwd()))
     run_cfg, state = load_checkpoint(ckpt)
+    if keeps_freed_memory(tiling, run_cfg.model.net.get("region_impl")):
+        keep_freed_memory()
     datamodule = split_checked_datamodule(run_cfg, cfg, str(ckpt))
     module = build_module(run_cfg, state)
     module.tiling = tiling

@@ -48,7 +48,7 @@ from ratlit.data.io import (
     write_image,
 )
 from ratlit.files import atomic_output
-from ratlit.inference import Tiling, tile_multiple, tiled_forward
+from ratlit.inference import Tiling, keeps_freed_memory, tile_multiple, tiled_forward
 from ratlit.partition import PartitionCache, partitioner_from_spec
 
 log = logging.getLogger("ratlit.predict")
@@ -270,6 +270,8 @@ def restore_paths(
     if nonnegative not in (None, True, False) or force not in (True, False):
         raise ValueError(f"nonnegative must be null, true or false and force true or false, got {nonnegative!r}, {force!r}")
     run_cfg, state = load_checkpoint(ckpt)
+    if keeps_freed_memory(tiling, run_cfg.model.net.get("region_impl")):
+        keep_freed_memory()
     files = input_files(source)
     if any((out / p.name).resolve() == p.resolve() for p in files):
         raise ValueError(f"output {out} would overwrite the inputs; choose another folder")
@@ -306,7 +308,6 @@ def restore_paths(
 
 @exit_on_user_error
 def predict(cfg: DictConfig) -> list[Path]:
-    keep_freed_memory()
     missing = [key for key in ("ckpt", "input", "output") if OmegaConf.is_missing(cfg, key)]
     if missing:
         raise ValueError(f"predict needs {', '.join(f'{k}=' for k in missing)}: {USAGE}")
