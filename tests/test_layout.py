@@ -5,7 +5,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ratlit"
 # A module imports from its own area or from areas of a lower rank only (the README's Layout).
-RANKS = {"utils": 0, "partition": 1, "models": 1, "losses": 2, "data": 2, "analysis": 2, "training": 3, "cli": 4}
+RANKS = {"utils": 0, "partition": 1, "models": 1, "losses": 2, "data": 2, "analysis": 2, "inference": 2, "training": 3,
+         "cli": 4}
 ENTRY_RANK = 5  # the python -m ratlit.<command> files and __main__
 
 

@@ -16,9 +16,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ratlit.cli.command import exit_on_user_error, hydra_command
 from ratlit.data.splits import check_not_seen, saved_splits
+from ratlit.inference import Tiling, keeps_freed_memory
 from ratlit.training.callbacks import PerImageScores, per_image_csv
 from ratlit.training.checkpoint import build_module, load_checkpoint
 from ratlit.training.run_folder import absolute_data_paths
+from ratlit.utils.allocator import keep_freed_memory
 from ratlit.utils.config import instantiate, user_path
 from ratlit.utils.files import write_text_atomic
 from ratlit.utils.tables import markdown_table
@@ -30,10 +32,14 @@ log = logging.getLogger("ratlit.evaluate")
 def evaluate(cfg: DictConfig) -> dict:
     if cfg.split not in ("test", "val"):
         raise ValueError(f"split must be test or val, got {cfg.split!r}")
+    tiling = Tiling.from_config(cfg.max_tile, cfg.tile_overlap)
     ckpt = user_path(cfg.ckpt)
     run_cfg, state = load_checkpoint(ckpt)
+    if keeps_freed_memory(tiling, run_cfg.model.net.get("region_impl")):
+        keep_freed_memory()
     datamodule = split_checked_datamodule(run_cfg, cfg, str(ckpt))
     module = build_module(run_cfg, state)
+    module.tiling = tiling
     per_image = PerImageScores()
     trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
                         default_root_dir=str(Path.cwd()), callbacks=[per_image])
@@ -103,7 +109,7 @@ def split_checked_datamodule(run_cfg: DictConfig, cfg: DictConfig, run: str) -> 
 
 
 # data.root=... is merged into the run's data config (set whether or not evaluate.yaml lists the key).
-main = hydra_command("evaluate", evaluate, open_nodes=("data",))
+main = hydra_command("evaluate", evaluate, open_nodes=("data",), keep_memory=False)  # set once tiling is known
 
 if __name__ == "__main__":
     main()

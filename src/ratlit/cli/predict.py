@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from ratlit.training.checkpoint import build_module, load_checkpoint
 from ratlit.cli.command import exit_on_user_error, hydra_command
@@ -43,7 +44,9 @@ from ratlit.data.io import (
     write_derived_dicom,
     write_image,
 )
+from ratlit.utils.allocator import keep_freed_memory
 from ratlit.utils.files import atomic_output
+from ratlit.inference import Tiling, keeps_freed_memory, tile_multiple, tiled_forward
 from ratlit.partition import PartitionCache, partitioner_from_spec
 
 log = logging.getLogger("ratlit.predict")
@@ -53,16 +56,21 @@ KIND_NAMES = {"dicom": "a DICOM file", "nifti": "a NIfTI volume", "image": "an i
 
 
 class Restorer:
-    """A trained module + its partitioner; ``restorer(image [C, H, W]) -> [C, H, W]`` in network units."""
+    """A trained module + its partitioner; ``restorer(image [C, H, W]) -> [C, H, W]`` in network units.
 
-    def __init__(self, module: torch.nn.Module, cache: PartitionCache, device: torch.device) -> None:
-        self.module, self.cache, self.device = module.to(device), cache, device
+    Regions are computed on the whole image; the network runs on tiles of ``tiling`` (ratlit.inference)."""
+
+    def __init__(self, module: torch.nn.Module, cache: PartitionCache, device: torch.device,
+                 tiling: Tiling = Tiling(None)) -> None:
+        self.module, self.cache, self.device, self.tiling = module.to(device), cache, device, tiling
+        self.multiple = tile_multiple(getattr(module, "net", module))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         regions = self.cache.labels(image)
         lq = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(self.device)
         with torch.inference_mode():
-            out = self.module(lq, torch.from_numpy(regions)[None].to(self.device))
+            out = tiled_forward(self.module, lq, torch.from_numpy(regions)[None].to(self.device), self.tiling,
+                                self.multiple)
         return out[0].float().cpu().numpy()
 
 
@@ -134,7 +142,8 @@ def restore_volume(volume: np.ndarray, mapping: UnitMap, job: Job) -> np.ndarray
     """``[X, Y, Z]`` in the scan's units -> restored, cut along ``job.slice_axis`` as training cuts it."""
     units = mapping.to_unit(volume)
     restored = np.empty_like(units)
-    for index in range(units.shape[job.slice_axis]):
+    count = units.shape[job.slice_axis]
+    for index in tqdm(range(count), desc="slices", unit="slice", leave=False, disable=count < 2):
         piece = np.take(units, index, axis=job.slice_axis)
         slicer: list[slice | int] = [slice(None)] * 3
         slicer[job.slice_axis] = index
@@ -251,6 +260,7 @@ def restore_paths(
     upscale: bool = False,
     nonnegative: bool | None = None,
     force: bool = False,
+    tiling: Tiling = Tiling(None),
 ) -> list[Path]:
     """Restore ``source`` (a file or a folder) with the checkpoint ``ckpt`` into the folder ``out``."""
     if accelerator not in ACCELERATORS:
@@ -258,6 +268,8 @@ def restore_paths(
     if nonnegative not in (None, True, False) or force not in (True, False):
         raise ValueError(f"nonnegative must be null, true or false and force true or false, got {nonnegative!r}, {force!r}")
     run_cfg, state = load_checkpoint(ckpt)
+    if keeps_freed_memory(tiling, run_cfg.model.net.get("region_impl")):
+        keep_freed_memory()
     files = input_files(source)
     if any((out / p.name).resolve() == p.resolve() for p in files):
         raise ValueError(f"output {out} would overwrite the inputs; choose another folder")
@@ -268,7 +280,8 @@ def restore_paths(
     device = torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
     partitioner = partitioner_from_spec(dict(run_cfg.partition_used))
     cache_root = Path(str(run_cfg.paths.cache_dir)).expanduser() if cache_dir is None else cache_dir
-    restorer = Restorer(build_module(run_cfg, state), PartitionCache(cache_root / "partitions" / "predict", partitioner), device)
+    cache = PartitionCache(cache_root / "partitions" / "predict", partitioner)
+    restorer = Restorer(build_module(run_cfg, state), cache, device, tiling)
     floor = datamodule.value_floor if nonnegative is None else (0.0 if nonnegative else None)
     job = Job(restorer, datamodule, str(run_cfg.task_name), ckpt, int(run_cfg.model.net.in_channels), axis, floor,
               int(run_cfg.data.get("scale", 4)) if upscale else None, force)
@@ -279,7 +292,7 @@ def restore_paths(
                         "(and normalise) the whole series as training does", source, source.parent)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for path in files:
+    for path in tqdm(files, desc="files", unit="file", disable=len(files) < 2):
         if kind_of(path) == "image":
             written.append(restore_image(path, out, job))
         elif kind_of(path) == "nifti":
@@ -296,6 +309,7 @@ def predict(cfg: DictConfig) -> list[Path]:
     missing = [key for key in ("ckpt", "input", "output") if OmegaConf.is_missing(cfg, key)]
     if missing:
         raise ValueError(f"predict needs {', '.join(f'{k}=' for k in missing)}: {USAGE}")
+    tiling = Tiling.from_config(cfg.max_tile, cfg.tile_overlap)
     out = user_path(cfg.output)
     written = restore_paths(
         user_path(cfg.ckpt),
@@ -307,12 +321,13 @@ def predict(cfg: DictConfig) -> list[Path]:
         upscale=bool(cfg.upscale),
         nonnegative=cfg.nonnegative,
         force=cfg.force,
+        tiling=tiling,
     )
     print(f"restored {len(written)} file(s) into {out}")
     return written
 
 
-main = hydra_command("predict", predict)
+main = hydra_command("predict", predict, keep_memory=False)  # set once tiling is known
 
 if __name__ == "__main__":
     main()

@@ -18,10 +18,11 @@ from omegaconf import OmegaConf
 from torchmetrics import CatMetric
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from ratlit.utils.config import CONF_DIR, instantiate
+from ratlit.inference import Tiling, tile_multiple, tiled_forward
 from ratlit.training.compiling import compile_repeated_blocks, eager
 from ratlit.training.cuda_graph import GraphedBackward
 from ratlit.utils.checks import DeferredFiniteCheck, finite_checks
+from ratlit.utils.config import CONF_DIR, instantiate
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class RestorationModule(L.LightningModule):
                              f"got {cuda_graph_warmup}")
         self.cuda_graph, self.cuda_graph_warmup = cuda_graph, cuda_graph_warmup
         self._graphed: GraphedBackward | None = None  # set at fit start where the step is replayed as a CUDA graph
+        self.tiling: Tiling | None = None  # test images in tiles (set by evaluate; ratlit.inference)
 
     def forward(self, lq: Tensor, regions: Tensor | None = None) -> Tensor:
         return self.net(lq, regions)
@@ -174,7 +176,10 @@ class RestorationModule(L.LightningModule):
 
     def _evaluate(self, batch: dict[str, Any], stage: str) -> dict[str, Any]:
         with eager():  # whole images of any size: never compiled (no recompiles)
-            pred = self(batch["lq"], batch["regions"])
+            if stage == "test" and self.tiling is not None:  # evaluate's max_tile: whole-image regions, cut
+                pred = tiled_forward(self, batch["lq"], batch["regions"], self.tiling, tile_multiple(self.net))
+            else:
+                pred = self(batch["lq"], batch["regions"])
         hq = batch["hq"].float()
         psnr, ssim = image_metrics(pred.float(), hq, self.data_range)
         input_psnr, input_ssim = image_metrics(batch["lq"].float(), hq, self.data_range)

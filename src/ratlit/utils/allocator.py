@@ -6,7 +6,8 @@ and unmaps it on ``free``; PyTorch frees each activation when it is done with it
 2-core CPU of benchmarks/compare_cpu.py RAT's 512x512 inference took 9.0-9.6 s with 11.8 million page faults,
 and 4.6-5.6 s with 0.4 million when malloc keeps its memory (peak resident memory 1.2 -> 1.7 GB: freed blocks
 wait for reuse). PyTorch's CPU tuning guide gives the same advice with jemalloc or tcmalloc; this needs no
-preloaded library. The CLIs (train, predict, evaluate, precompute) call :func:`keep_freed_memory` first.
+preloaded library. train and precompute call :func:`keep_freed_memory` first; predict and evaluate only for tiled
+inference without dense R-MSA (ratlit.inference.keeps_freed_memory: there it grew the peak beyond 1.5x).
 """
 
 from __future__ import annotations
