@@ -75,7 +75,8 @@ def main() -> None:
     parser.add_argument("--attention", default="rmsa", choices=["rmsa", "wmsa", "msa"])
     parser.add_argument("--repeats", type=int, default=2, help="timed steps after the warm-up (the best counts)")
     parser.add_argument("--malloc", choices=["keep", "system"], default="keep",
-                        help="keep: freed memory kept for reuse, as the CLIs run (ratlit.utils.allocator); system: glibc's defaults")
+                        help="keep: freed memory kept for reuse, as the CLIs run (ratlit.utils.allocator); "
+                             "system: glibc's defaults")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -95,7 +96,8 @@ def main() -> None:
         print(f"| {label} | {r['side']}x{r['side']} | {r['regions']} | {r['seconds']:.1f} | {r['peak_gb']:.2f} |")
         overridden = overridden or r["malloc"] != args.malloc
     if overridden:
-        print("malloc ran with glibc's defaults: your own settings (RATLIT_MALLOC, GLIBC_TUNABLES, ...) took precedence")
+        print("malloc ran with glibc's defaults: your own settings (RATLIT_MALLOC, GLIBC_TUNABLES, ...) "
+              "took precedence")
 
 
 if __name__ == "__main__":

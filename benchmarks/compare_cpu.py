@@ -162,12 +162,14 @@ def main() -> None:
         clock = "seconds" if args.clock == "wall" else "cpu_seconds"
         best = {side: dict(min(runs, key=lambda r: r[clock]), seconds=min(r[clock] for r in runs))
                 for side, runs in sides.items() if runs}
-        rows.append({"case": case, **{f"{side}_{key}": r[key] for side, r in best.items() for key in ("seconds", "peak_mb")}})
+        rows.append({"case": case,
+                     **{f"{side}_{key}": r[key] for side, r in best.items() for key in ("seconds", "peak_mb")}})
         old = best.get("old")
         print(f"{case}: old {old['seconds']:.3f} s, " if old else f"{case}: ", f"new {best['new']['seconds']:.3f} s",
               flush=True, file=sys.stderr)
 
-    print(f"\nCPU, {args.threads} threads, {args.clock} clock, malloc {args.malloc}; old = {args.old} ({old_src.parent}), "
+    print(f"\nCPU, {args.threads} threads, {args.clock} clock, malloc {args.malloc}; "
+          f"old = {args.old} ({old_src.parent}), "
           f"new = this checkout; best of {args.repeats} alternating runs")
     print("| case | old (s) | new (s) | old / new | old peak (MB) | new peak (MB) |")
     print("|---|---|---|---|---|---|")

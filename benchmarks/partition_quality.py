@@ -101,7 +101,8 @@ def main() -> None:
             for size in sorted({s for sizes in box_sets.values() for s in sizes}):
                 start = time.process_time()
                 boxes = box_grid(*resized, [size], lite.box_overlap)
-                decoded[size] = (*lite.decode(embedding, resized, shape, boxes), time.process_time() - start, len(boxes))
+                decoded[size] = (*lite.decode(embedding, resized, shape, boxes), time.process_time() - start,
+                                 len(boxes))
             variants = {}
             for label, sizes in box_sets.items():
                 parts = [decoded[s] for s in sizes]

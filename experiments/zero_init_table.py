@@ -74,7 +74,8 @@ def main(folder: Path) -> None:
     print(f"| 0 | input (LQ vs HQ) | - | {ip:.2f} [{ips:.2f}] | 0 | {iss:.4f} [{isss:.4f}] |")
     for zero in ("true", "false"):
         scores = untrained_scores(first.parent, zero == "true")
-        print(f"| 0 (untrained) | {zero} | {len(scores)} | {statistics.mean(scores):.2f} ± {statistics.pstdev(scores):.2f} | "
+        print(f"| 0 (untrained) | {zero} | {len(scores)} | "
+              f"{statistics.mean(scores):.2f} ± {statistics.pstdev(scores):.2f} | "
               f"{statistics.mean(scores) - ip:+.2f} | - |")
     for (steps, zero), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "true")):
         psnr = [r["test"]["psnr"] for r in runs]

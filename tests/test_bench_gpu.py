@@ -53,7 +53,8 @@ def test_network_filter_selects_cases_by_their_keys():
     import bench_gpu
 
     cases = bench_gpu.network_cases("inductor", (0.5,))
-    chosen = [c for c in cases if bench_gpu.selected(c, {"region_impl": "auto", "graph": "True", "memory_budget": "None"})]
+    wanted = {"region_impl": "auto", "graph": "True", "memory_budget": "None"}
+    chosen = [c for c in cases if bench_gpu.selected(c, wanted)]
     assert chosen and all(c["graph"] and c["region_impl"] == "auto" for c in chosen)
     assert len(chosen) == 8  # rmsa / msa x eager / compiled blocks x fp32 / bf16
     step_kinds = {(c["attention"], c["precision"], c["compiled"], c["graph"]) for c in cases

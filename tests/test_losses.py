@@ -70,10 +70,13 @@ def test_charbonnier():
         (torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 5), torch.zeros(1, 4, 4, dtype=torch.long), "shapes differ"),
         (torch.rand(2, 1, 4, 4), torch.rand(1, 1, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long), "batch sizes differ"),
         (torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4), torch.zeros(1, 4, 4), "regions must have an integer"),
-        (torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4), torch.zeros(1, 5, 4, dtype=torch.long), "regions must have shape"),
+        (torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4), torch.zeros(1, 5, 4, dtype=torch.long),
+         "regions must have shape"),
         (torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4), None, "needs regions"),
-        (torch.full((1, 1, 4, 4), float("nan")), torch.rand(1, 1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long), "pred contains NaN"),
-        (torch.rand(1, 1, 4, 4), torch.full((1, 1, 4, 4), float("inf")), torch.zeros(1, 4, 4, dtype=torch.long), "target contains NaN"),
+        (torch.full((1, 1, 4, 4), float("nan")), torch.rand(1, 1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long),
+         "pred contains NaN"),
+        (torch.rand(1, 1, 4, 4), torch.full((1, 1, 4, 4), float("inf")), torch.zeros(1, 4, 4, dtype=torch.long),
+         "target contains NaN"),
     ],
 )
 def test_bad_input(pred, target, regions, match):

@@ -55,5 +55,6 @@ def test_visualize_writes_a_png(tmp_path, extra):
 
 def test_visualize_unreadable_image(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"nope")
-    result = _run("ratlit.visualize", "task=pathology", "partition=grid", "image=bad.png", tmp_path=tmp_path, check=False)
+    result = _run("ratlit.visualize", "task=pathology", "partition=grid", "image=bad.png", tmp_path=tmp_path,
+                  check=False)
     assert result.returncode == 2 and "cannot read image file" in result.stderr + result.stdout

@@ -183,7 +183,8 @@ def _fake_run(folder, name, seed, psnr, attention="rmsa", task="ct", per_image=N
 
 
 def test_report_has_the_input_row_seeds_and_gains(tmp_path):
-    for i, (attention, seed, psnr) in enumerate([("msa", 0, 40.0), ("msa", 1, 41.0), ("rmsa", 0, 42.0), ("rmsa", 1, 42.0)]):
+    runs = [("msa", 0, 40.0), ("msa", 1, 41.0), ("rmsa", 0, 42.0), ("rmsa", 1, 42.0)]
+    for i, (attention, seed, psnr) in enumerate(runs):
         _fake_run(tmp_path, str(i), seed, psnr, attention)
     header, rows = table_rows(load_runs(tmp_path))
     assert header[:4] == ["run", "attention", "partition", "seeds"]

@@ -17,7 +17,8 @@ def precompute(cfg: DictConfig) -> None:
     datamodule = instantiate(cfg.data)
     stats = datamodule.prepare_data()
     partitioner = datamodule.partitioner
-    timing = f"{sum(stats.seconds) / len(stats.seconds):.3f} s per computed image" if stats.seconds else "nothing to compute"
+    timing = (f"{sum(stats.seconds) / len(stats.seconds):.3f} s per computed image" if stats.seconds
+              else "nothing to compute")
     print(
         f"{cfg.task_name}: partition {partitioner.spec} -> {datamodule.partition_cache.folder}\n"
         f"computed {stats.computed}, reused {stats.reused}, repaired {stats.repaired}; {timing}"

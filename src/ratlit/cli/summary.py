@@ -16,7 +16,8 @@ def summary(cfg: DictConfig) -> int:
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     choice = HydraConfig.get().runtime.choices.get("model", "?")
     print(f"{choice}: {type(net).__module__}.{type(net).__name__}, task {cfg.task_name} "
-          f"({cfg.model.net.in_channels} channel(s)): {total:,} parameters ({total / 1e6:.2f} M), {trainable:,} trainable")
+          f"({cfg.model.net.in_channels} channel(s)): {total:,} parameters ({total / 1e6:.2f} M), "
+          f"{trainable:,} trainable")
     return total
 
 

@@ -1,7 +1,8 @@
 """Look at the regions: ``python -m ratlit.visualize task=ct partition=slic count=4 out=regions.png``.
 
 Writes a PNG with, for each image, the LQ image (as the task displays it: CT window, PET colour map) and the
-same image with region boundaries overlaid, titled with the region count. ``image=path`` shows one file instead of a data set's split.
+same image with region boundaries overlaid, titled with the region count. ``image=path`` shows one file instead
+of a data set's split.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def load_any_image(path: Path, slice_axis: int = 2, slice_index: int | None = No
         volume = read_volume(path)
         index = volume.shape[slice_axis] // 2 if slice_index is None else int(slice_index)
         if not 0 <= index < volume.shape[slice_axis]:
-            raise ValueError(f"slice_index {index} is outside {path} ({volume.shape[slice_axis]} slices on axis {slice_axis})")
+            raise ValueError(f"slice_index {index} is outside {path} "
+                             f"({volume.shape[slice_axis]} slices on axis {slice_axis})")
         return np.take(volume, index, axis=slice_axis)[None]
     return read_dicom(path).pixels[None]
 

@@ -39,7 +39,8 @@ def _read_volume_version(path: Path, mtime_ns: int, size: int) -> np.ndarray:
     return read_volume(path)
 
 
-def _load_pet_slice(lq_path: Path, hq_path: Path, axis: int, index: int, units: UnitMap) -> tuple[np.ndarray, np.ndarray]:
+def _load_pet_slice(lq_path: Path, hq_path: Path, axis: int, index: int, units: UnitMap
+                    ) -> tuple[np.ndarray, np.ndarray]:
     lq = units.to_unit(np.take(_cached_volume(lq_path), index, axis=axis))
     hq = units.to_unit(np.take(_cached_volume(hq_path), index, axis=axis))
     return lq[None].astype(np.float32), hq[None].astype(np.float32)
@@ -59,7 +60,8 @@ def find_pet_pairs(root: Path) -> list[tuple[str, Path, Path]]:
     for side in ("lq", "hq"):
         folder = root / side
         if not folder.is_dir():
-            raise ValueError(f"PET root {root} needs an '{side}' folder of volumes (NIfTI files or DICOM series folders)")
+            raise ValueError(f"PET root {root} needs an '{side}' folder of volumes "
+                             "(NIfTI files or DICOM series folders)")
         entries = [p for p in sorted(folder.iterdir()) if not p.name.startswith(".") and (p.is_dir() or is_nifti(p))]
         if not entries:
             raise ValueError(f"no NIfTI volumes or DICOM series folders in {folder}")

@@ -82,7 +82,8 @@ def simulate_pet_pair(
     """
     size = activity.shape[0]
     if activity.shape != (size, size) or mu_per_mm.shape != activity.shape:
-        raise ValueError(f"PET simulation needs square, matching activity and mu maps, got {activity.shape}, {mu_per_mm.shape}")
+        raise ValueError(f"PET simulation needs square, matching activity and mu maps, "
+                         f"got {activity.shape}, {mu_per_mm.shape}")
     inside = inscribed_circle(activity.shape)
     theta = np.linspace(0.0, 180.0, n_views, endpoint=False)
     attenuation = np.exp(-radon(np.where(inside, mu_per_mm, 0.0), theta, circle=True) * pixel_mm)
@@ -118,9 +119,11 @@ def body_phantom(rng: np.random.Generator, size: int = 512) -> np.ndarray:
     hu[ellipse(0, 0, ry - fat, rx - fat)] = 45.0
     hu[ellipse(-0.02, -0.12, 0.13, 0.14, rng.uniform(-0.3, 0.3))] = 60.0 + rng.normal(0, 5)  # liver
     for _ in range(rng.integers(2, 5)):  # low- and high-contrast liver lesions
-        hu[ellipse(-0.02 + rng.uniform(-0.07, 0.07), -0.12 + rng.uniform(-0.07, 0.07), *rng.uniform(0.008, 0.025, 2))] = (
-            60.0 + rng.choice([-1, 1]) * rng.uniform(15, 50)
-        )
+        # The value is drawn before the ellipse (Python evaluates an assignment's right side first): the draws'
+        # order, and so the embedded data set, stays as it was.
+        value = 60.0 + rng.choice([-1, 1]) * rng.uniform(15, 50)
+        hu[ellipse(-0.02 + rng.uniform(-0.07, 0.07), -0.12 + rng.uniform(-0.07, 0.07),
+                   *rng.uniform(0.008, 0.025, 2))] = value
     hu[ellipse(-0.02, 0.17, 0.07, 0.05, 0.4)] = 48.0  # spleen
     for side in (-1, 1):  # kidneys: contrast-enhanced cortex around the medulla
         hu[ellipse(0.08, side * 0.1, 0.05, 0.035)] = 160.0

@@ -56,7 +56,7 @@ class EDCNN(nn.Module):
                 nn.Conv2d(features, in_channels if last else features, 3, padding=1),
                 *([] if last else [nn.LeakyReLU(inplace=True)]),
             ))
-        if zero_init_last:  # an untrained network returns its input (>= 0): training starts from the input (>= 0)'s score
+        if zero_init_last:  # an untrained network returns its input (>= 0): training starts from the input's score
             zero_init_(self.blocks[-1][2])
 
     def forward(self, lq: Tensor, regions: Tensor | None = None) -> Tensor:

@@ -11,7 +11,7 @@ from ratlit.utils.files import load_weights
 
 
 class Bottleneck(nn.Module):
-    """ResNet bottleneck (1x1, 3x3, 1x1) with an optional projection shortcut: ``[B, Cin, H, W] -> [B, 4P, H/s, W/s]``."""
+    """ResNet bottleneck (1x1, 3x3, 1x1), optional projection shortcut: ``[B, Cin, H, W] -> [B, 4P, H/s, W/s]``."""
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -25,7 +25,8 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or in_channels != out:
-            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
+            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(out))
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.relu(self.bn1(self.conv1(x)))
@@ -45,7 +46,8 @@ class ResNet50Features(nn.Module):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         channels = 64
         for index, (planes, blocks, stride) in enumerate([(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)], start=1):
-            layers = [Bottleneck(channels, planes, stride)] + [Bottleneck(planes * 4, planes) for _ in range(blocks - 1)]
+            layers = [Bottleneck(channels, planes, stride)]
+            layers += [Bottleneck(planes * 4, planes) for _ in range(blocks - 1)]
             setattr(self, f"layer{index}", nn.Sequential(*layers))
             channels = planes * 4
         if checkpoint is not None:

@@ -24,13 +24,14 @@ class REDCNN(nn.Module):
         self.deconvs = nn.ModuleList(
             [nn.ConvTranspose2d(features, in_channels if i == 4 else features, kernel) for i in range(5)]
         )
-        if zero_init_last:  # an untrained network returns its input (>= 0): training starts from the input (>= 0)'s score
+        if zero_init_last:  # an untrained network returns its input (>= 0): training starts from the input's score
             zero_init_(self.deconvs[4])
 
     def forward(self, lq: Tensor, regions: Tensor | None = None) -> Tensor:
         check_image("lq", lq, self.in_channels)
         if min(lq.shape[-2:]) < self.min_size:
-            raise ValueError(f"RED-CNN needs images of at least {self.min_size}x{self.min_size}, got {tuple(lq.shape[-2:])}")
+            raise ValueError(f"RED-CNN needs images of at least {self.min_size}x{self.min_size}, "
+                             f"got {tuple(lq.shape[-2:])}")
         c1 = F.relu(self.convs[0](lq))
         c2 = F.relu(self.convs[1](c1))
         c3 = F.relu(self.convs[2](c2))

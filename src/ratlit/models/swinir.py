@@ -28,9 +28,11 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         nn.init.trunc_normal_(self.bias_table, std=0.02)
-        coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij")).flatten(1)
+        steps = torch.arange(window_size)
+        coords = torch.stack(torch.meshgrid(steps, steps, indexing="ij")).flatten(1)
         relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + window_size - 1
-        self.register_buffer("bias_index", relative[..., 0] * (2 * window_size - 1) + relative[..., 1], persistent=False)
+        self.register_buffer("bias_index", relative[..., 0] * (2 * window_size - 1) + relative[..., 1],
+                             persistent=False)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         windows, tokens, channels = x.shape
@@ -72,7 +74,8 @@ class SwinLayer(nn.Module):
         if self.shift:
             y = torch.roll(y, (-self.shift, -self.shift), dims=(1, 2))
             mask = self.shift_mask(height, width, x.device)
-        y = window_reverse(self.attn(window_partition(y, self.window_size), mask), self.window_size, batch, height, width)
+        y = window_reverse(self.attn(window_partition(y, self.window_size), mask), self.window_size, batch, height,
+                           width)
         if self.shift:
             y = torch.roll(y, (self.shift, self.shift), dims=(1, 2))
         x = x + y
@@ -85,7 +88,8 @@ class RSTB(nn.Module):
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            SwinLayer(dim, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2, mlp_ratio) for i in range(depth)
+            SwinLayer(dim, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2, mlp_ratio)
+            for i in range(depth)
         )
         self.conv = nn.Conv2d(dim, dim, 3, padding=1)
 

@@ -16,8 +16,10 @@ from ratlit.utils.checks import check_image
 def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
     """(3x3 conv - BN - ReLU) x 2: ``[B, Cin, H, W] -> [B, Cout, H, W]``."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -30,7 +32,8 @@ class UNet(nn.Module):
         widths = [features * 2**i for i in range(levels + 1)]
         self.downs = nn.ModuleList([double_conv(in_channels, widths[0])] +
                                    [double_conv(widths[i], widths[i + 1]) for i in range(levels)])
-        self.ups = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(levels)))
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2)
+                                 for i in reversed(range(levels)))
         self.merges = nn.ModuleList(double_conv(2 * widths[i], widths[i]) for i in reversed(range(levels)))
         self.out = nn.Conv2d(widths[0], in_channels, 1)
         if zero_init_last:  # an untrained network returns its input: training starts from the input's score

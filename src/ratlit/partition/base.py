@@ -101,7 +101,8 @@ class Partitioner(ABC):
         pixels = as_channels_last(image)
         labels = np.asarray(self._partition(pixels))
         if labels.shape != pixels.shape[:2]:
-            raise RuntimeError(f"{self.name} returned labels of shape {labels.shape} for an image of {pixels.shape[:2]}")
+            raise RuntimeError(f"{self.name} returned labels of shape {labels.shape} "
+                               f"for an image of {pixels.shape[:2]}")
         return compact_labels(labels)
 
     @abstractmethod

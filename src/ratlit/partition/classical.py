@@ -47,7 +47,8 @@ class SlicPartitioner(Partitioner):
         )
 
     def params(self) -> dict[str, Any]:
-        return {"n_segments": self.n_segments, "compactness": self.compactness, "sigma": self.sigma, "window": self.window}
+        return {"n_segments": self.n_segments, "compactness": self.compactness, "sigma": self.sigma,
+                "window": self.window}
 
 
 class FelzenszwalbPartitioner(Partitioner):

@@ -178,7 +178,8 @@ class LiteMedSamPartitioner(Partitioner):
             raise ValueError(f"prompts must be one of {PROMPT_KINDS}, got {prompts!r}")
         sizes = tuple(int(s) for s in box_sizes)
         if not sizes or min(sizes) < 4 or max(sizes) > INPUT_SIZE:
-            raise ValueError(f"box_sizes must be sizes in pixels of the {INPUT_SIZE}x{INPUT_SIZE} input (4..{INPUT_SIZE}), got {box_sizes}")
+            raise ValueError(f"box_sizes must be sizes in pixels of the {INPUT_SIZE}x{INPUT_SIZE} input "
+                             f"(4..{INPUT_SIZE}), got {box_sizes}")
         if not 0.0 <= float(box_overlap) < 1.0:
             raise ValueError(f"box_overlap must be in [0, 1), got {box_overlap}")
         if int(points_per_side) < 1 or int(batch_size) < 1:

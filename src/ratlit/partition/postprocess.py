@@ -9,11 +9,13 @@ import numpy as np
 
 def _mask_array(mask: Mapping, index: int, shape: tuple[int, int]) -> np.ndarray:
     if not isinstance(mask, Mapping) or "segmentation" not in mask:
-        raise ValueError(f"masks[{index}] must be a dict with a 'segmentation' entry (SAM's output), got {type(mask).__name__}")
+        raise ValueError(f"masks[{index}] must be a dict with a 'segmentation' entry (SAM's output), "
+                         f"got {type(mask).__name__}")
     seg = mask["segmentation"]
     if isinstance(seg, Mapping):  # SAM's 'uncompressed_rle' output mode: column-major run lengths
         if "counts" not in seg or "size" not in seg or not isinstance(seg["counts"], (list, tuple)):
-            raise ValueError(f"masks[{index}]['segmentation'] is an RLE this reader does not know (need size + list counts)")
+            raise ValueError(f"masks[{index}]['segmentation'] is an RLE this reader does not know "
+                             "(need size + list counts)")
         h, w = seg["size"]
         flat = np.zeros(h * w, dtype=bool)
         pos, value = 0, False

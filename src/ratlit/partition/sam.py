@@ -36,7 +36,9 @@ def _registry_builder(model_type: str) -> Callable[[], nn.Module]:
 
 
 # model_type -> builder of an untrained SAM; tests register tiny architectures here.
-SAM_BUILDERS: dict[str, Callable[[], nn.Module]] = {name: _registry_builder(name) for name in ("vit_b", "vit_l", "vit_h")}
+SAM_BUILDERS: dict[str, Callable[[], nn.Module]] = {
+    name: _registry_builder(name) for name in ("vit_b", "vit_l", "vit_h")
+}
 
 
 class SamCheckpointNotFoundError(FileNotFoundError):

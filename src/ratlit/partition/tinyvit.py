@@ -84,7 +84,8 @@ class WindowAttention(nn.Module):
         offsets: dict[tuple[int, int], int] = {}
         index = [offsets.setdefault((abs(a[0] - b[0]), abs(a[1] - b[1])), len(offsets)) for a in points for b in points]
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, len(offsets)))
-        self.register_buffer("attention_bias_idxs", torch.tensor(index).view(len(points), len(points)), persistent=False)
+        self.register_buffer("attention_bias_idxs", torch.tensor(index).view(len(points), len(points)),
+                             persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, d = x.shape

@@ -50,7 +50,8 @@ class RestorationModule(L.LightningModule):
     input's own scores (``input_psnr``, ``input_ssim``: LQ against HQ on the same images).
 
     ``optimizer`` is a partial taking the parameters, ``scheduler`` a partial taking the optimiser (stepped
-    every step; None keeps the learning rate constant; both default to conf/optimizer/adam.yaml's); a scheduler with a length argument (``T_max``, ``total_steps``) left unset gets the trainer's
+    every step; None keeps the learning rate constant; both default to conf/optimizer/adam.yaml's); a scheduler
+    with a length argument (``T_max``, ``total_steps``) left unset gets the trainer's
     ``max_steps``, so a resumed run that trains longer stretches it. Validation and test run on whole images;
     ``validation_step`` / ``test_step`` return the restored batch and its per-image scores for callbacks.
     ``compile_memory_budget`` (with ``compile``): the fraction of the compiled blocks' activations that backward
@@ -104,7 +105,8 @@ class RestorationModule(L.LightningModule):
         if self.compile_net and not self.compiled_blocks:
             # In place: same parameters, same checkpoint keys.
             self.compiled_blocks = compile_repeated_blocks(self.net)
-            log.info("compiled training: %d blocks (%s)", len(self.compiled_blocks), ", ".join(sorted(set(self.compiled_blocks))))
+            log.info("compiled training: %d blocks (%s)", len(self.compiled_blocks),
+                     ", ".join(sorted(set(self.compiled_blocks))))
 
     def cuda_graph_blockers(self) -> list[str]:
         """Why this fit's training step cannot be replayed as a CUDA graph on a GPU (empty: it can)."""
@@ -186,7 +188,8 @@ class RestorationModule(L.LightningModule):
         scores = {"psnr": psnr, "ssim": ssim, "input_psnr": input_psnr, "input_ssim": input_ssim}
         for name, values in scores.items():
             self.metrics[f"{stage}_{name}"].update(values)
-        self.log(f"{stage}/loss", self.loss(pred, batch["hq"], batch["regions"]), batch_size=pred.shape[0], sync_dist=True)
+        self.log(f"{stage}/loss", self.loss(pred, batch["hq"], batch["regions"]), batch_size=pred.shape[0],
+                 sync_dist=True)
         return {"pred": pred, "name": list(batch.get("name", [])), **scores}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:

@@ -78,7 +78,8 @@ def summary_line(cfg: DictConfig, results: dict[str, Any]) -> str:
     """One line: best validation, test mean ± std beside the input's score and the gain, where things are."""
     best_val, test = results.get("best_val") or {}, results.get("test") or {}
     given, gain = results.get("input") or {}, results.get("gain") or {}
-    text = (f"[ratlit] {cfg.task_name} {results['attention']}/{results['loss']} partition={results['partition']['name']}: "
+    text = (f"[ratlit] {cfg.task_name} {results['attention']}/{results['loss']} "
+            f"partition={results['partition']['name']}: "
             + (f"best val PSNR {best_val['psnr']:.4f} / SSIM {best_val['ssim']:.4f} (step {best_val['step']})"
                if best_val.get("psnr") is not None else "no validation"))
     if test.get("psnr") is not None:

@@ -1,4 +1,5 @@
-"""Hydra helpers shared by the commands and training: where the configs are, instantiate with the user's own error, this run's
+"""Hydra helpers shared by the commands and training: where the configs are, instantiate with the user's own
+error, this run's
 command-line overrides, and paths the user typed made absolute against the folder the command started in."""
 
 from __future__ import annotations
