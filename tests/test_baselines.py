@@ -103,7 +103,7 @@ def test_compound_loss(tmp_path):
 
 @pytest.mark.slow
 def test_summary_prints_the_parameter_count(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "ratlit.models.summary", "model=edsr", "task=pathology"],
+    result = subprocess.run([sys.executable, "-m", "ratlit.summary", "model=edsr", "task=pathology"],
                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     expected = sum(p.numel() for p in EDSR(3).parameters())

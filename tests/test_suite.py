@@ -73,7 +73,9 @@ def test_smoke_train_then_evaluate_and_predict(ct_root, tmp_path):
     assert "partition_used:" in saved and "_target_: ratlit.data.CTDataModule" in saved
     assert (run_dir / "checkpoints" / "last.ckpt").exists() and (run_dir / "csv" / "metrics.csv").exists()
     assert list((run_dir / "panels").glob("*.png"))
-    assert len((run_dir / "test_results.csv").read_text().splitlines()) == 1 + 2  # one test patient, 2 slices
+    test_patients = json.loads((run_dir / "splits.json").read_text())["test"]
+    assert test_patients  # 2 slices per patient: one row each
+    assert len((run_dir / "test_results.csv").read_text().splitlines()) == 1 + 2 * len(test_patients)
 
     ckpt = results["best_checkpoint"]
     evaluation = run("ratlit.evaluate", f"ckpt={ckpt}", cwd=tmp_path)
