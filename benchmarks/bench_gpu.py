@@ -11,12 +11,14 @@ as "skipped (time budget)" and listed at the end.
 
 Table 1, R-MSA forward + backward of one layer as RAT runs it (region layout built once per forward and
 reused, tokens already in region order; the layouts' own cost is their own columns): dense Eq. 3-4 / global
-SDPA / packed / FlexAttention with 128- and 64-token block masks, and global SDPA, flex64 (with
-``--autotune`` also with autotuned tiles) and the sorted layout replayed from a CUDA graph, fp32 and bf16, on
+SDPA / packed / FlexAttention with 128- and 64-token block masks / varlen (flash attention, one sequence per
+region; bf16 only: no fp32 kernel), and global SDPA, flex64 (with ``--autotune`` also with autotuned tiles), varlen
+and the sorted layout replayed from a CUDA graph, fp32 and bf16, on
 SLIC and Felzenszwalb partitions of scikit-image's camera image, at 64x64 tokens (B=8, 8 heads x 32) and
 128x128 tokens (B=2).
 Table 2, paper-size RAT: one training step (forward, loss, backward, fused Adam) at batch 4, 256x256, and
-512x512 whole-image inference, for every region_impl and attention msa / wmsa, fp32 and bf16-mixed, eager
+512x512 whole-image inference, for every region_impl (varlen: bf16-mixed) and attention msa / wmsa, fp32 and
+bf16-mixed, eager
 and with compiled blocks (model.compile), replayed as a CUDA graph (model.cuda_graph) or not, with
 activation memory budgets (--memory-budget), and activation checkpointing at batch 4 and 16; peak memory:
 torch.cuda.max_memory_allocated over the whole case (first step, warm-up, capture, timed steps) above the
@@ -98,11 +100,11 @@ def measure(fn, device: torch.device, warmup: int, repeats: int) -> dict:
 
 
 FLEX_METHODS = {"flex": 128, "flex64": 64}  # FlexAttention with a block mask of 128 / 64 tokens
-ATTENTION_METHODS = ("dense", "global SDPA", "packed", *FLEX_METHODS, "layout packed",
-                     *(f"layout sorted {m}" for m in FLEX_METHODS))
+ATTENTION_METHODS = ("dense", "global SDPA", "packed", *FLEX_METHODS, "varlen", "layout packed",
+                     *(f"layout sorted {m}" for m in (*FLEX_METHODS, "varlen")))
 # The same calls replayed from a CUDA graph (as model.cuda_graph trains): kernel time without launch overhead.
 GRAPH_METHODS = {"global SDPA graph": "global SDPA", "flex64 graph": "flex64", "flex64 autotuned graph": "flex64",
-                 "layout sorted flex64 graph": "layout sorted flex64"}
+                 "varlen graph": "varlen", "layout sorted flex64 graph": "layout sorted flex64"}
 # FlexAttention compiled with mode="max-autotune-no-cudagraphs": its tile sizes chosen by timing (not yet the default).
 AUTOTUNED = {"flex64 autotuned graph"}
 
@@ -189,13 +191,16 @@ def attention_table(cfg: dict, device: torch.device, record, budget: TimeBudget,
                         elif method == "layout packed":
                             attn.build_region_layout(labels)
                             return
+                        elif method == "layout sorted varlen":  # what the varlen path builds per forward
+                            attn.build_region_layout(labels, packed=False).varlen_sequences()
+                            return
                         elif method.startswith("layout sorted"):  # what the flex path builds per forward
-                            attn.build_region_layout(labels, packed=False).flex_mask(FLEX_METHODS.get(method[7:]))
+                            attn.build_region_layout(labels, packed=False).flex_mask(FLEX_METHODS.get(method[14:]))
                             return
                         else:
                             q, k, v = qkv.unbind(1)
                             impl = "flex" if method in FLEX_METHODS else method
-                            layout = layouts[impl != "flex"]
+                            layout = layouts[impl == "packed"]  # flex and varlen: the sorted layout
                             with flex_block(FLEX_METHODS.get(method)):
                                 out = attn.region_attention_tokens(q, k, v, layout, scale, impl, qkv=qkv)
                         out.sum().backward()
@@ -211,6 +216,9 @@ def attention_table(cfg: dict, device: torch.device, record, budget: TimeBudget,
                         continue
                     if base in FLEX_METHODS and device.type != "cuda":
                         r = {"ms": None, "peak_mb": None, "error": "no CPU backward"}  # FlexAttention's limit
+                    elif base == "varlen" and (device.type != "cuda" or dtype == torch.float32):
+                        r = {"ms": None, "peak_mb": None,  # flash attention's kernels: CUDA, fp16 / bf16
+                             "error": "no CPU kernel" if device.type != "cuda" else "no fp32 kernel"}
                     elif not budget.allows("attention", ATTENTION_PRIOR_S * (device.type == "cuda"),
                                            f"attention {side}x{side} {kind} {dtype} {method}"):
                         r = dict(SKIPPED)
@@ -248,10 +256,15 @@ def network_cases(compile_backend: str | None, memory_budgets: tuple[float, ...]
             core.append(case(True, attention, precision, impl, infer=True))
         extra += [case(False, "rmsa", precision, impl, infer=True) for impl in FLEX_METHODS]
         extra += [case(False, attention, precision, graph=True) for attention in ("rmsa", "msa")]
+    # varlen: flash attention has no fp32 kernel. Its layout reads the region count and longest region on the host,
+    # so the step cannot be captured: the graph row shows whether GraphedBackward steps aside as it should.
+    core.append(case(True, "rmsa", "bf16-mixed", "varlen", infer=True))
     if compile_backend:
         for precision in precisions:
             core += [case(True, attention, precision, compiled=True, graph=True) for attention in ("rmsa", "msa")]
             extra += [case(False, attention, precision, compiled=True) for attention in ("rmsa", "msa")]
+        core.append(case(True, "rmsa", "bf16-mixed", "varlen", compiled=True))
+        extra.append(case(False, "rmsa", "bf16-mixed", "varlen", compiled=True, graph=True))
         for budget in memory_budgets:  # the memory target is fp32's (bf16 halves it anyway)
             core.append(case(True, "rmsa", "fp32", compiled=True, memory_budget=budget))
             extra.append(case(False, "rmsa", "fp32", compiled=True, graph=True, memory_budget=budget))
@@ -360,9 +373,9 @@ def network_case(cfg: dict, device: torch.device, compile_backend: str | None, r
     (image, regions), (big_image, big_regions) = lq_inputs, big_inputs
     side = image.shape[-1]
     impl = "flex" if case["region_impl"] in FLEX_METHODS else case["region_impl"]
-    if impl == "flex" and device.type != "cuda":  # FlexAttention's limit
+    if impl in ("flex", "varlen") and device.type != "cuda":  # FlexAttention's limit; varlen_attn: CUDA only
         rows.append({**name, "case": f"train b{size} {side}x{side}", "ms": None, "peak_mb": None,
-                     "error": "no CPU backward"})
+                     "error": "no CPU backward" if impl == "flex" else "no CPU kernel"})
         record(rows[-1])
         return rows
     lq, lq_regions = image.repeat(size, 1, 1, 1), regions.repeat(size, 1, 1)
@@ -439,12 +452,12 @@ def fmt(value, digits: int = 2) -> str:
 def print_tables(attn_rows: list[dict], net_rows: list[dict], device_name: str) -> None:
     print(f"\nR-MSA forward + backward, one layer as RAT runs it ({device_name}); layouts: built once per forward")
     measured = {r["method"] for r in attn_rows}  # e.g. no graph rows on the CPU, autotuned rows on request
-    compute = tuple(m for m in ("dense", "global SDPA", "packed", *FLEX_METHODS, *GRAPH_METHODS)
+    compute = tuple(m for m in ("dense", "global SDPA", "packed", *FLEX_METHODS, "varlen", *GRAPH_METHODS)
                     if not m.startswith("layout") and m in measured)
     layouts = [m for m in (*ATTENTION_METHODS, *GRAPH_METHODS) if m.startswith("layout") and m in measured]
     print("| tokens | B | partition | regions | sum n_i^2/N^2 | dtype | " + " | ".join(compute + tuple(layouts))
-          + " | global / best flex | graphs: global / best flex |")
-    print("|---" * (8 + len(compute) + len(layouts)) + "|")
+          + " | global / best flex | graphs: global / best flex | global / varlen | graphs: global / varlen |")
+    print("|---" * (10 + len(compute) + len(layouts)) + "|")
     keys = sorted({(r["tokens"], r["batch"], r["partition"], r["dtype"]) for r in attn_rows},
                   key=lambda k: (k[0], k[2], k[3] != "float32"))
     for key in keys:
@@ -467,8 +480,12 @@ def print_tables(attn_rows: list[dict], net_rows: list[dict], device_name: str) 
         sdpa_graph = cells.get("global SDPA graph", {}).get("ms")
         flex_graph = [cells[m]["ms"] for m in ("flex64 graph", *AUTOTUNED) if cells.get(m) and cells[m].get("ms")]
         graph_ratio = f"{sdpa_graph / min(flex_graph):.2f}x" if sdpa_graph and flex_graph else "-"
+        varlen_ms, varlen_graph = (cells.get(m, {}).get("ms") for m in ("varlen", "varlen graph"))
+        varlen_ratios = [f"{a / b:.2f}x" if a and b else "-"
+                         for a, b in ((sdpa, varlen_ms), (sdpa_graph, varlen_graph))]
         print(f"| {key[0]} | {key[1]} | {key[2]} | {any_row['regions']} | {any_row['work']:.3f} | {key[3]} | "
-              + " | ".join(cell(m) for m in compute + tuple(layouts)) + f" | {ratio} | {graph_ratio} |")
+              + " | ".join(cell(m) for m in compute + tuple(layouts)) + f" | {ratio} | {graph_ratio} | "
+              + " | ".join(varlen_ratios) + " |")
     print(f"\nPaper-size RAT ({device_name})")
     print("| case | attention | region_impl | precision | compiled | CUDA graph | checkpointing | memory budget "
           "| time (ms) | peak (GB) | reserved (GB) | first step (s) |")

@@ -354,7 +354,7 @@ def test_failed_flex_falls_back_to_the_packed_path_on_a_sorted_layout(monkeypatc
 
     monkeypatch.setattr(dispatch, "flex_tokens", broken)
     monkeypatch.setattr(flex, "_FLEX_BROKEN", set())
-    monkeypatch.setattr(dispatch, "auto_region_impl", lambda device: "flex")  # as on CUDA
+    monkeypatch.setattr(dispatch, "auto_region_impl", lambda device, dtype=None: "flex")  # as on CUDA
     labels = _awkward_labels()["different per item"]
     layout = build_region_layout(labels, packed=False)
     q, k, v = _qkv(2, 2, labels.shape[1], 8)

@@ -20,10 +20,13 @@ def test_attention_table_at_toy_size(tmp_path, capsys):
         for dtype in ("float32", "bfloat16"):
             assert {(partition, dtype, m) for m in ("dense", "global SDPA", "packed", "flex", "flex64")} <= methods
         assert (partition, "float32", "layout packed") in methods
-    timed = [r for r in result["attention"] if r["method"] not in bench_gpu.FLEX_METHODS]
+    timed = [r for r in result["attention"] if r["method"] not in (*bench_gpu.FLEX_METHODS, "varlen")]
     assert all(r["ms"] > 0 for r in timed)
     assert all(r["error"] == "no CPU backward" for r in result["attention"] if r["method"] in bench_gpu.FLEX_METHODS)
-    assert "| 16x16 | 2 | felzenszwalb |" in capsys.readouterr().out
+    varlen = [r for r in result["attention"] if r["method"] == "varlen"]  # flash attention: CUDA only
+    assert len(varlen) == 4 and all(r["error"] == "no CPU kernel" and r["ms"] is None for r in varlen)
+    printed = capsys.readouterr().out
+    assert "| 16x16 | 2 | felzenszwalb |" in printed and "| varlen |" in printed and "global / varlen |" in printed
 
 
 @pytest.mark.slow
@@ -85,6 +88,9 @@ def test_the_issues_cases_run_first():
         assert {(c["checkpointing"], c["batch"]) for c in core if c["precision"] == precision} >= {
             (True, None), (False, "large"), (True, "large")}
     assert any(c["memory_budget"] == 0.5 and c["precision"] == "fp32" for c in core)
+    # varlen (no fp32 kernel): bf16 eager with inference, and compiled
+    assert {(c["precision"], c["compiled"], c["infer"]) for c in core if c["region_impl"] == "varlen"} == {
+        ("bf16-mixed", False, True), ("bf16-mixed", True, False)}
     assert not any(c["region_impl"] in bench_gpu.FLEX_METHODS for c in core)  # the bench's own block sizes
 
 
@@ -119,7 +125,7 @@ def test_cases_past_the_time_budget_are_listed_as_skipped(tmp_path, capsys):
                              "--network-filter", "attention=rmsa,region_impl=auto,precision=fp32,compiled=False"])
     saved = json.loads(out.read_text())
     rows = saved["attention"] + saved["network"]
-    timed = [r for r in rows if r.get("error") != "no CPU backward"]
+    timed = [r for r in rows if r.get("error") not in ("no CPU backward", "no CPU kernel")]
     assert timed and all(r["error"] == "skipped (time budget)" and r["ms"] is None for r in timed)
     assert len(saved["skipped"]) == len(timed) == len(result["skipped"])
     assert any(name.startswith("network rmsa") or "attention=rmsa" in name for name in saved["skipped"])

@@ -177,3 +177,26 @@ def test_a_module_built_in_code_gets_the_optimiser_of_the_config_file():
     assert isinstance(cosine, torch.optim.lr_scheduler.CosineAnnealingLR)
     assert cosine.eta_min == written.scheduler.eta_min
     assert RestorationModule(EDSR(1, features=4, blocks=1), L1Loss(), scheduler=None).scheduler_factory is None
+
+
+@pytest.mark.parametrize("overrides", [["trainer=gpu"], ["experiment=paper_ct"], ["experiment=paper_pet"],
+                                       ["experiment=paper_pathology"], []])
+def test_gpu_runs_compile_by_default_and_cpu_runs_stay_eager(overrides, monkeypatch):
+    from ratlit.training.compiling import compiles_on
+
+    cfg = _compose(*overrides)
+    assert cfg.model.compile == "auto" and cfg.model.cuda_graph == "auto"
+    assert compiles_on(cfg.model.compile, torch.device("cuda"))
+    assert not compiles_on(cfg.model.compile, torch.device("cpu"))
+    monkeypatch.setattr(torch, "compile", lambda *args, **kwargs: pytest.fail("compiled on the CPU"))
+    module = instantiate(cfg.model)
+    module.configure_model()  # on the CPU: eager
+    assert module.compile_net == "auto" and module.compiled_blocks == []
+    assert _compose(*overrides, "model.compile=false").model.compile is False  # one switch away
+
+
+def test_a_bad_compile_value_is_one_error_naming_the_key():
+    with pytest.raises(InstantiationException) as info:
+        instantiate(_compose("experiment=smoke", "model.compile=sometimes").model)
+    assert isinstance(info.value.__cause__, ValueError)
+    assert str(info.value.__cause__) == "model.compile must be true, false or auto, got 'sometimes'"

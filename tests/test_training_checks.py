@@ -90,3 +90,45 @@ def test_compiled_training_step_then_eager_evaluation_of_other_sizes(monkeypatch
                                       "regions": torch.randint(0, 5, (1, 20, 28))}, 0)
     assert out["pred"].shape == (1, 1, 20, 28)
     torch._dynamo.reset()
+
+
+def test_compile_auto_compiles_on_cuda_only_and_bad_values_are_one_error(monkeypatch):
+    from types import SimpleNamespace
+
+    from ratlit.training.compiling import compiles_on
+
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: calls.append(fn) or fn)
+    module = _module(compile="auto")
+    module.configure_model()  # no trainer: the module's own device, the CPU
+    assert module.compiled_blocks == [] and calls == []
+    module._trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    module.configure_model()
+    assert module.compiled_blocks == [] and calls == []
+    module._trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+    module.configure_model()  # a GPU run: compiled (before the strategy moves the module there)
+    assert module.compiled_blocks and len(calls) == len(module.compiled_blocks)
+    assert compiles_on(True, torch.device("cpu")) and not compiles_on(False, torch.device("cuda"))
+    for bad in ("yes", "Auto", 2, None):
+        with pytest.raises(ValueError, match=f"model.compile must be true, false or auto, got {bad!r}"):
+            _module(compile=bad)
+
+
+def test_first_compiled_step_logs_its_time_once(monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    module = _module(compile=True)
+    module.configure_model()
+    batch = {"lq": torch.rand(1, 1, 16, 16), "hq": torch.rand(1, 1, 16, 16), "regions": torch.zeros(1, 16, 16).long()}
+    with caplog.at_level(logging.INFO, logger="ratlit.training.module"):
+        for step in range(3):
+            module.on_train_batch_start(batch, step)
+            module.on_train_batch_end(module.training_step(batch, step), batch, step)
+    logged = [r.getMessage() for r in caplog.records if "first training step" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].startswith("first training step with compiled blocks: ")
+    eager = _module()
+    with caplog.at_level(logging.INFO, logger="ratlit.training.module"):
+        eager.on_train_batch_start(batch, 0)
+        eager.on_train_batch_end(None, batch, 0)
+    assert len([r for r in caplog.records if "first training step" in r.getMessage()]) == 1

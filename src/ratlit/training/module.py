@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import time
 import warnings
 from typing import Any, Callable
 
@@ -19,7 +20,7 @@ from torchmetrics import CatMetric
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from ratlit.inference import Tiling, tile_multiple, tiled_forward
-from ratlit.training.compiling import compile_repeated_blocks, eager
+from ratlit.training.compiling import compile_choice, compile_repeated_blocks, compiles_on, eager
 from ratlit.training.cuda_graph import GraphedBackward
 from ratlit.utils.checks import DeferredFiniteCheck, finite_checks
 from ratlit.utils.config import CONF_DIR, instantiate
@@ -54,6 +55,9 @@ class RestorationModule(L.LightningModule):
     with a length argument (``T_max``, ``total_steps``) left unset gets the trainer's
     ``max_steps``, so a resumed run that trains longer stretches it. Validation and test run on whole images;
     ``validation_step`` / ``test_step`` return the restored batch and its per-image scores for callbacks.
+    ``compile``: compile the network's repeated blocks for the training step: True, False, or ``"auto"``
+    (compiled where the run trains on CUDA, eager on the CPU; the configs' default, conf/train.yaml); the first
+    compiled step's time (mostly compilation) is logged after it.
     ``compile_memory_budget`` (with ``compile``): the fraction of the compiled blocks' activations that backward
     keeps (torch's ``activation_memory_budget``); below 1 the rest is recomputed (fp32 batch 4 at 256x256 on an
     H100: 10.0 GB at 1, 6.3 GB at 0.5). ``cuda_graph``: the training step's forward, loss and backward replayed
@@ -69,7 +73,7 @@ class RestorationModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None | str = "default",
         data_range: float = 1.0,
-        compile: bool = False,
+        compile: bool | str = False,
         compile_memory_budget: float = 1.0,
         cuda_graph: bool | str = "auto",
         cuda_graph_warmup: int = 3,
@@ -82,11 +86,13 @@ class RestorationModule(L.LightningModule):
         self.metrics = nn.ModuleDict({f"{stage}_{name}": CatMetric() for stage in ("val", "test") for name in SCORES})
         # torch.compile of the network's repeated blocks, used by the training step only: validation and test
         # run whole images of several sizes, which would recompile, so they run eagerly (README, "Compiled training").
-        self.compile_net = compile  # not `self.compile`: that is nn.Module.compile
+        self.compile_net = compile_choice(compile)  # not `self.compile`: that is nn.Module.compile
         if not 0 < compile_memory_budget <= 1:
             raise ValueError(f"compile_memory_budget must be in (0, 1], got {compile_memory_budget}")
         self.compile_memory_budget = compile_memory_budget
         self.compiled_blocks: list[str] = []
+        self._first_step_start: float | None = None  # set while the first compiled training step runs
+        self._first_step_logged = False
         self._finite = DeferredFiniteCheck()
         if cuda_graph not in CUDA_GRAPH_CHOICES:
             raise ValueError(f"cuda_graph must be one of {CUDA_GRAPH_CHOICES}, got {cuda_graph!r}")
@@ -102,7 +108,9 @@ class RestorationModule(L.LightningModule):
         return self.net(lq, regions)
 
     def configure_model(self) -> None:
-        if self.compile_net and not self.compiled_blocks:
+        # Called before the strategy moves the module: the trainer's device decides `auto`.
+        device = self._trainer.strategy.root_device if self._trainer is not None else self.device
+        if compiles_on(self.compile_net, device) and not self.compiled_blocks:
             # In place: same parameters, same checkpoint keys.
             self.compiled_blocks = compile_repeated_blocks(self.net)
             log.info("compiled training: %d blocks (%s)", len(self.compiled_blocks),
@@ -172,6 +180,19 @@ class RestorationModule(L.LightningModule):
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
         if self._graphed is None:
             super().optimizer_zero_grad(epoch, batch_idx, optimizer)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.compiled_blocks and not self._first_step_logged:
+            self._first_step_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._first_step_start is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # once: the step's own time, not its launch
+        log.info("first training step with compiled blocks: %.1f s (compilation included; later steps reuse it)",
+                 time.perf_counter() - self._first_step_start)
+        self._first_step_start, self._first_step_logged = None, True
 
     def on_train_end(self) -> None:
         self._finite.flush()

@@ -1,8 +1,10 @@
-"""Which R-MSA kernel runs (``region_impl``: auto, packed, flex, dense), the one way a layout for it is built, and
-the public entry points :func:`region_attention` (``[B, heads, N, d]``) and :func:`region_attention_tokens`
-(tokens already in layout order, as the RAT layers call it)."""
+"""Which R-MSA kernel runs (``region_impl``: auto, packed, flex, varlen, dense), the one way a layout for it is
+built, and the public entry points :func:`region_attention` (``[B, heads, N, d]``) and
+:func:`region_attention_tokens` (tokens already in layout order, as the RAT layers call it)."""
 
 from __future__ import annotations
+
+import logging
 
 import torch
 from torch import Tensor
@@ -11,10 +13,31 @@ from ratlit.models.region_attention.flex import disable_flex, flex_tokens, flex_
 from ratlit.models.region_attention.layout import RegionLayout, build_region_layout
 from ratlit.models.region_attention.packed import packed_tokens
 from ratlit.models.region_attention.reference import check_qkv, dense_region_attention
+from ratlit.models.region_attention.varlen import varlen_available, varlen_tokens, varlen_unsupported
 
-REGION_IMPLS = ("auto", "packed", "flex", "dense")
+log = logging.getLogger(__name__)
+
+REGION_IMPLS = ("auto", "packed", "flex", "varlen", "dense")
 # `sparse` was the packed path's first name (configs and runs made before it was renamed): still accepted.
 REGION_IMPL_ALIASES = {"sparse": "packed"}
+
+# What region_impl=auto runs, by (device type, dtype); dtype None: any other dtype of that device. Chosen from
+# R-MSA forward + backward of one layer as RAT runs it (benchmarks/bench_gpu.py; figures: flex64 / packed ms on
+# an NVIDIA H200, experiments/results/bench_gpu_h200/bench_gpu.md, at 64x64 tokens B=8 SLIC, Felzenszwalb, then
+# 128x128 B=2 SLIC, Felzenszwalb). Once a GPU run measures another kernel faster, its entry is the whole change.
+AUTO_IMPL: dict[tuple[str, torch.dtype | None], str] = {
+    # 1.83 / 2.54, 4.66 / 7.16, 1.90 / 3.17, 14.92 / 23.53 ms (H100 alike: run2_attention.md); varlen has no fp32
+    # kernel.
+    ("cuda", torch.float32): "flex",
+    # 1.22 / 2.04, 2.14 / 3.31, 1.65 / 3.19, 4.45 / 4.36 ms (packed 2% ahead in the last case). varlen is pending
+    # a GPU measurement (bash benchmarks/gpu_check.sh: its rows in bench_gpu.py): flex stays until it is measured.
+    ("cuda", torch.bfloat16): "flex",
+    ("cuda", torch.float16): "flex",  # not measured: the kernels of bfloat16; varlen pending as there
+    ("cuda", None): "flex",  # float64: not measured; FlexAttention as for every dtype before this table
+    # FlexAttention has no CPU backward and varlen_attn no CPU kernel: packed is the CPU's only fast path.
+    ("cpu", None): "packed",
+}
+_AUTO_LOGGED: set[tuple[str, torch.dtype]] = set()
 
 
 def region_impl_choice(impl: str, name: str = "region_impl") -> str:
@@ -25,20 +48,28 @@ def region_impl_choice(impl: str, name: str = "region_impl") -> str:
     return impl
 
 
-def auto_region_impl(device: torch.device) -> str:
-    """What ``impl="auto"`` runs: FlexAttention on CUDA, the packed SDPA kernels on the CPU (and where flex failed).
-
-    On an H200 (benchmarks/bench_gpu.py, experiments/results/bench_gpu_h200) flex (64-token blocks) on the
-    sorted, sync-free layout ran R-MSA forward + backward 1.4-1.9x faster than the packed path in seven of
-    eight cases, bf16 and fp32, and within 2% in the eighth; on the CPU FlexAttention has no backward.
-    """
-    if device.type == "cuda" and flex_usable("cuda"):
-        return "flex"
-    return "packed"
+def auto_region_impl(device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """What ``impl="auto"`` runs on ``device`` for ``dtype``: the :data:`AUTO_IMPL` entry (packed for a device it
+    does not list), with flex replaced by packed where FlexAttention is missing or failed in this process and
+    varlen by flex where torch has no varlen_attn. With a dtype (the kernel's choice), logged once per process
+    for each device type and dtype."""
+    device_type = torch.device(device).type
+    chosen = AUTO_IMPL.get((device_type, dtype), AUTO_IMPL.get((device_type, None), "packed"))
+    if chosen == "varlen" and not varlen_available():
+        chosen = "flex"
+    if chosen == "flex" and not flex_usable(device_type):
+        chosen = "packed"
+    if dtype is not None and (device_type, dtype) not in _AUTO_LOGGED:
+        _AUTO_LOGGED.add((device_type, dtype))
+        log.info("region_impl=auto on %s %s runs %s (ratlit.models.region_attention.dispatch.AUTO_IMPL)",
+                 device_type, str(dtype).removeprefix("torch."), chosen)
+    return chosen
 
 
 def wants_packed_layout(impl: str, device: torch.device) -> bool:
-    """Whether ``impl`` on ``device`` runs the packed path (else a sorted layout: flex and dense need no packing)."""
+    """Whether ``impl`` on ``device`` runs the packed path (else a sorted layout: flex, varlen and dense need no
+    packing). The layout is built before the dtype is known: every :data:`AUTO_IMPL` entry of one device agrees
+    on its kind (tested)."""
     impl = region_impl_choice(impl)
     return (auto_region_impl(device) if impl == "auto" else impl) == "packed"
 
@@ -81,7 +112,11 @@ def region_attention_tokens(
 def _fast_tokens(
     q: Tensor, k: Tensor, v: Tensor, layout: RegionLayout, scale: float, impl: str, qkv: Tensor | None
 ) -> Tensor:
-    chosen = auto_region_impl(q.device) if impl == "auto" else impl
+    chosen = auto_region_impl(q.device, q.dtype) if impl == "auto" else impl
+    if chosen == "varlen":
+        if impl == "varlen" or varlen_unsupported(q, v) is None:  # asked for: an unsupported case is an error
+            return varlen_tokens(q, k, v, layout, scale)
+        chosen = "flex" if flex_usable(q.device.type) else "packed"  # e.g. a head dim flash attention lacks
     if chosen == "flex":
         try:
             return flex_tokens(q, k, v, layout, scale)
@@ -109,7 +144,8 @@ def region_attention(
     ``labels`` may also be a prebuilt :class:`RegionLayout` (its ``block_size`` then applies); ``block_size``:
     the packed path's block length (None: :func:`packed_block_size` of the device).
     ``impl``: ``"packed"`` (packed block-sparse SDPA; ``"sparse"`` is an alias), ``"flex"`` (FlexAttention block
-    mask), ``"dense"`` (reference), ``"auto"`` (flex on CUDA, packed on the CPU: see :func:`auto_region_impl`).
+    mask), ``"varlen"`` (flash attention, one sequence per region: CUDA, float16 / bfloat16 only, else an error),
+    ``"dense"`` (reference), ``"auto"`` (by device and dtype: :data:`AUTO_IMPL`, :func:`auto_region_impl`).
     """
     impl = region_impl_choice(impl, "impl")
     if block_size is not None and block_size < 1:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ratlit.models.region_attention import flex
+from ratlit.models.region_attention import flex, varlen
 from ratlit.utils.checks import check_labels
 
 
@@ -53,8 +53,10 @@ class RegionLayout:
     Packed (for the packed SDPA path): first the regions of at most ``block_size`` tokens (packed next-fit
     into blocks of ``block_size`` rows, each block a contiguous range of rows), then the larger regions
     grouped by length, so a group of ``g`` regions of ``n`` tokens is a contiguous ``[g * n]`` slice that
-    needs no gather. Not packed (for FlexAttention): sorted by item and region only, built without a host
-    synchronisation (the packing needs the region lengths on the host); the block fields are then None.
+    needs no gather. Not packed (for FlexAttention and varlen): sorted by item and region only, built without a
+    host synchronisation (the packing needs the region lengths on the host); the block fields are then None.
+    Either way ``run_id`` is non-decreasing: the FlexAttention block mask and the varlen sequences are built
+    from it on first use, once per layout.
     """
 
     labels: Tensor  # [B, N] the label map it was built from (the dense reference uses it)
@@ -71,6 +73,7 @@ class RegionLayout:
     groups: tuple[tuple[int, int], ...]  # (regions, tokens per region) of the large regions, in row order
     packed: bool = True
     _flex_masks: dict = field(default_factory=dict, repr=False)
+    _varlen: tuple[Tensor, int] | None = field(default=None, repr=False)
 
     @property
     def tokens(self) -> int:
@@ -82,6 +85,12 @@ class RegionLayout:
         if block not in self._flex_masks:
             self._flex_masks[block] = flex.region_block_mask(self.run_id[None], block)
         return self._flex_masks[block]
+
+    def varlen_sequences(self) -> tuple[Tensor, int]:
+        """``(cu_seq [regions + 1] int32, longest region)``: each region one varlen sequence, built on first use."""
+        if self._varlen is None:
+            self._varlen = varlen.region_sequences(self.run_id)
+        return self._varlen
 
     def to_layout(self, x: Tensor) -> Tensor:
         """``[B*N, ...]`` tokens in image order -> layout order (a permutation: its backward is a gather too)."""
