@@ -112,8 +112,8 @@ def exit_after_signal(trainer: L.Trainer, stop: StopOnSignals, run_dir: Path) ->
     if signum == stop.requeue_signal and trainer.is_global_zero:
         requeued = "; " + requeue_slurm_job()
     if trainer.is_global_zero:
-        print(f"[ratlit] stopped by {signal.Signals(signum).name} at step {trainer.global_step}: {where}{requeued}; "
-              f"continue with: python -m ratlit.train resume={run_dir}", flush=True)
+        print(f"\n[ratlit] stopped by {signal.Signals(signum).name} at step {trainer.global_step}: {where}{requeued}; "
+              f"continue with: python -m ratlit.train resume={run_dir}", flush=True)  # \n: after the bar's line
     sys.exit(128 + int(signum))
 
 

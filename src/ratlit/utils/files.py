@@ -66,13 +66,23 @@ def atomic_output(path: Path, suffix: str = "", size: Callable[[], int] | None =
         if tmp.exists():  # mkstemp makes it 0600; the result gets the mode a plain open() would give
             os.chmod(tmp, user_mode())
         os.replace(tmp, path)
-    except OSError as err:
-        if err.errno != errno.ENOSPC or isinstance(err, DiskFullError):
+    except Exception as err:
+        if not _disk_full(err) or isinstance(err, DiskFullError):
             raise
         tmp.unlink(missing_ok=True)  # first free what the partial file took, then measure
         raise DiskFullError(path, size() if size else None) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _disk_full(err: BaseException | None) -> bool:
+    """ENOSPC, also behind the error a writer raised while cleaning up (torch's zip writer does)."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object], size: Callable[[], int] | None = None) -> None:
