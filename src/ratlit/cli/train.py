@@ -18,13 +18,17 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ratlit.cli.command import exit_on_user_error, hydra_command
 from ratlit.data.splits import groups_by_split, write_splits
 from ratlit.training.callbacks import RunConfigInCheckpoint
+from ratlit.training.checkpointing import AtomicCheckpointIO, resume_checkpoint
 from ratlit.training.launch import check_launch, pin_parallel_job, set_matmul_precision
-from ratlit.training.loggers import build_loggers, comparison_columns, finish_wandb, run_tags, wandb_id
+from ratlit.training.loggers import (MetricsFromRestoredStep, build_loggers, comparison_columns, finish_wandb,
+                                     run_tags, wandb_id)
+from ratlit.training.preemption import StopOnSignals, exit_after_signal, requeued_checkpoint
 from ratlit.training.results import (fit_results, loss_name, model_name, scores_after_test, summary_line,
                                      write_results)
 from ratlit.training.run_folder import (RelocateCheckpointState, absolute_data_paths, refuse_used_run_dir,
@@ -43,6 +47,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path, made_in = None, None
     if cfg.get("resume"):
         cfg, ckpt_path, made_in = resumed_config(cfg)
+        ckpt_path = str(resume_checkpoint(Path(ckpt_path)))  # never a truncated last.ckpt
+    elif (requeued := requeued_checkpoint(cfg)) is not None:  # a requeued SLURM job: the same job, continued
+        ckpt_path = str(requeued)
     run_dir = Path(str(cfg.run_dir))
     if ckpt_path is None and rank_zero_only.rank == 0:  # DDP's other ranks start later, in the same folder
         refuse_used_run_dir(run_dir)
@@ -80,13 +87,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
         if made_in is not None and Path(made_in).resolve() != run_dir.resolve():
             callbacks.append(RelocateCheckpointState(made_in, str(run_dir)))
-        callbacks.append(RunConfigInCheckpoint(run_config))
-        trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        results = fit_results(cfg, trainer, partition, columns)
-        if cfg.get("test_after_fit", True):
-            trainer.test(module, datamodule=datamodule, ckpt_path=results["best_checkpoint"], weights_only=True)
-            results.update(scores_after_test(trainer))
+        stop = StopOnSignals()
+        callbacks += [RunConfigInCheckpoint(run_config), MetricsFromRestoredStep(), stop]
+        # Checkpoints written whole beside their target (Lightning's default goes through the system temp folder).
+        plugins = [*(instantiate(p) for p in cfg.trainer.get("plugins") or []), AtomicCheckpointIO()]
+        trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, plugins=plugins)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            results = fit_results(cfg, trainer, partition, columns)
+            if cfg.get("test_after_fit", True):
+                trainer.test(module, datamodule=datamodule, ckpt_path=results["best_checkpoint"], weights_only=True)
+                results.update(scores_after_test(trainer))
+        except SIGTERMException:  # SIGTERM, SIGINT or SLURM's warning: last.ckpt holds this step
+            exit_after_signal(trainer, stop, run_dir)
         if trainer.is_global_zero:
             write_results(run_dir, results)
             print(summary_line(cfg, results))

@@ -22,7 +22,7 @@ from torch import Tensor
 from torchmetrics import MaxMetric
 
 from ratlit.utils.display import colourise, render_panels, to_display_scale
-from ratlit.utils.files import atomic_output, write_text_atomic
+from ratlit.utils.files import write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,11 @@ class RegionPanels(Callback):
             elif hasattr(experiment, "add_image"):  # TensorBoard
                 experiment.add_image("val/panels", panel, step, dataformats="HWC")
         if self.dirpath:
-            from skimage import io as skio
+            import imageio.v3 as iio
 
-            path = Path(self.dirpath) / f"val_step{step:07d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_output(path, ".png") as tmp:
-                skio.imsave(tmp, panel, check_contrast=False)
+            # Encoded first: a full disk is then reported with the size the file needs.
+            write_bytes_atomic(Path(self.dirpath) / f"val_step{step:07d}.png",
+                               iio.imwrite("<bytes>", panel, extension=".png"))
         self.rows = []
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ratlit.training.checkpointing import check_whole_checkpoint
 from ratlit.utils.config import instantiate
 from ratlit.utils.files import load_weights
 
@@ -17,6 +18,8 @@ MOVED_TARGETS = {
     "ratlit.runs.ValidateAtEnd": "ratlit.training.callbacks.ValidateAtEnd",
     "ratlit.runs.AppendingCSVLogger": "ratlit.training.loggers.AppendingCSVLogger",
     "ratlit.callbacks.WandbSummaries": "ratlit.training.loggers.WandbSummaries",
+    # last.ckpt at every validation and interrupt (issue 23); same arguments, same checkpoint state key
+    "lightning.pytorch.callbacks.ModelCheckpoint": "ratlit.training.checkpointing.RunCheckpoint",
     **{f"ratlit.callbacks.{name}": f"ratlit.training.callbacks.{name}"
        for name in ("RegionPanels", "PerImageScores", "BestValidation", "TrainingSpeed", "StepProgressBar")},
 }
@@ -38,6 +41,7 @@ def upgrade_run_config(cfg: DictConfig) -> DictConfig:
 def load_checkpoint(path: str | Path) -> tuple[DictConfig, dict[str, Any]]:
     """``(run config, state_dict)`` from a ratlit checkpoint, read with ``weights_only=True``."""
     path = Path(path)
+    check_whole_checkpoint(path)  # a save cut short: one line naming the file, not torch's zip error
     checkpoint = load_weights(path, "checkpoint")
     if "state_dict" not in checkpoint or "ratlit_config" not in checkpoint:
         raise ValueError(f"{path} is not a ratlit checkpoint (no state_dict / ratlit_config)")

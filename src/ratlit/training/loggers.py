@@ -4,6 +4,7 @@ summary a run keeps, the comparison columns, finishing a run) and a CSV logger t
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import secrets
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ratlit.training.results import loss_name
 from ratlit.utils.config import instantiate, overrides
+from ratlit.utils.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +144,50 @@ class _AppendingWriter(ExperimentWriter):
                 header = next(csv.reader(file), [])
             self.metrics_keys = sorted(header)
 
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        self._rewrite(fieldnames, self._rows())  # whole or not at all (Lightning's rewrites the file in place)
+
+    def _rows(self) -> list[dict[str, str]]:
+        with open(self.metrics_file_path, newline="") as file:
+            # A None key or value: a row with too many or too few fields, e.g. one a kill cut short.
+            return [row for row in csv.DictReader(file) if None not in row and None not in row.values()]
+
+    def _rewrite(self, fieldnames: list[str], rows: list[dict[str, str]]) -> None:
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=fieldnames, lineterminator="\r\n")  # csv's default, as Lightning's
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(Path(self.metrics_file_path), text.getvalue())
+
+    def keep_steps_before(self, step: int) -> int:
+        """Drop the rows a resume from global step ``step`` logs again: every row past ``step``, and at ``step``
+        all but the best-validation row (BestValidation logs it at the global step its checkpoint holds);
+        returns how many rows went. Also drops a last row that a kill cut short."""
+        self.save()  # rows this process logged so far are kept
+        if not os.path.isfile(self.metrics_file_path):
+            return 0
+        rows = self._rows()
+        kept = [row for row in rows if _logged_before(row, step)]
+        with open(self.metrics_file_path, newline="") as file:
+            lines = sum(1 for _ in csv.reader(file)) - 1
+        if len(kept) != lines:
+            self._rewrite(self.metrics_keys, kept)
+        return lines - len(kept)
+
+
+def _logged_before(row: dict[str, str], step: int) -> bool:
+    try:
+        at = int(float(row.get("step") or -1))
+    except ValueError:
+        return False
+    if at != step:
+        return at < step
+    return all(not value or key in ("step", "epoch") or key.startswith("val/best_") for key, value in row.items())
+
 
 class AppendingCSVLogger(CSVLogger):
-    """``lightning``'s CSVLogger whose ``metrics.csv`` survives a resume: steps 0..N stay, N..M follow."""
+    """``lightning``'s CSVLogger whose ``metrics.csv`` survives a resume: steps 0..N stay, N..M follow (rows
+    past N that the stopped run had logged go first, see :class:`MetricsFromRestoredStep`)."""
 
     @property
     def experiment(self) -> ExperimentWriter:  # type: ignore[override]
@@ -152,3 +195,18 @@ class AppendingCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class MetricsFromRestoredStep(Callback):
+    """At the start of training (after a checkpoint is restored), drop the CSV rows the run will log again, so
+    ``metrics.csv`` never holds a step twice (a run killed after its last checkpoint had logged past it)."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, AppendingCSVLogger):
+                dropped = logger.experiment.keep_steps_before(trainer.global_step)
+                if dropped:
+                    log.info("metrics.csv: dropped %d rows logged after step %d, the checkpoint resumed",
+                             dropped, trainer.global_step)

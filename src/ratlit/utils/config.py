@@ -12,6 +12,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from ratlit.utils.files import DiskFullError
+
 # The configs travel inside the package: a plain (non-editable) install runs every command from any folder.
 # Users add their own config folders with Hydra's search path (README, "Your own configs").
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -22,7 +24,7 @@ if not OmegaConf.has_resolver("ratlit.if"):
 if not OmegaConf.has_resolver("ratlit.cache_dir"):  # conf/paths/default.yaml: one default cache folder
     OmegaConf.register_new_resolver("ratlit.cache_dir", lambda: str(default_cache_dir()))
 # Errors that mean bad input: the commands print them as one line and exit 2.
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, TypeError)
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, TypeError, DiskFullError)
 
 
 def instantiate(cfg: DictConfig | dict, **kwargs: Any) -> Any:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,10 +35,28 @@ def make_temp_dir(parent: Path, prefix: str) -> Path:
     return tmp
 
 
+class DiskFullError(OSError):
+    """No space left for a file: one line naming the folder, the space needed and the space free."""
+
+    def __init__(self, path: Path, needed: int | None) -> None:
+        free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
+        need = f"{_megabytes(needed)} needed" if needed else "more space needed"
+        super().__init__(errno.ENOSPC, f"no space left in {path.parent} for {path.name}: {need}, "
+                                       f"{_megabytes(free)} free; earlier files are intact")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
 @contextmanager
-def atomic_output(path: Path, suffix: str = "") -> Iterator[Path]:
+def atomic_output(path: Path, suffix: str = "", size: Callable[[], int] | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (``suffix`` keeps writers that look at the extension happy);
-    rename it onto ``path`` if the block succeeds, remove it otherwise."""
+    rename it onto ``path`` if the block succeeds, remove it otherwise. A full disk raises
+    :class:`DiskFullError` (``size()``: the bytes the file needs, for its message)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
     os.close(fd)
@@ -46,20 +66,54 @@ def atomic_output(path: Path, suffix: str = "") -> Iterator[Path]:
         if tmp.exists():  # mkstemp makes it 0600; the result gets the mode a plain open() would give
             os.chmod(tmp, user_mode())
         os.replace(tmp, path)
+    except Exception as err:
+        if not _disk_full(err) or isinstance(err, DiskFullError):
+            raise
+        tmp.unlink(missing_ok=True)  # first free what the partial file took, then measure
+        raise DiskFullError(path, size() if size else None) from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(fileobj)`` on a temporary file, flush it to disk, then rename it onto ``path``."""
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+def _disk_full(err: BaseException | None) -> bool:
+    """ENOSPC, also behind the error a writer raised while cleaning up (torch's zip writer does)."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object], size: Callable[[], int] | None = None) -> None:
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, flush it to disk, then rename it onto
+    ``path`` (and flush the folder entry). Nothing is written anywhere else (no system temp folder)."""
+    with atomic_output(path, size=size) as tmp, open(tmp, "wb") as f:
         write(f)
         f.flush()
         os.fsync(f.fileno())
+    _fsync_folder(path.parent)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data), size=lambda: len(data))
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:  # the rename itself survives a power cut only once the folder is flushed
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
+    write_bytes_atomic(path, text.encode())
 
 
 def load_weights(path: Path, what: str) -> dict:
