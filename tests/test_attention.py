@@ -3,6 +3,7 @@ import warnings
 import pytest
 import torch
 
+from compare import assert_same_outputs_and_grads
 from ratlit.models.attention import (
     MultiHeadSelfAttention,
     attention_scale,
@@ -218,11 +219,7 @@ def test_prebuilt_layout_is_exact_in_float64(case, block_size, packed):
     layout = build_region_layout(labels, block_size, packed=packed)  # not packed: the packed path packs its rows
     q, k, v = _qkv(2, 3, labels.shape[1], 8)
     out = region_attention(q, k, v, layout, 0.37, impl="packed")
-    ref = dense_region_attention(q, k, v, labels, 0.37)
-    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
-    grad_out = torch.randn_like(out)
-    for g, g_ref in zip(torch.autograd.grad(out, (q, k, v), grad_out), torch.autograd.grad(ref, (q, k, v), grad_out)):
-        torch.testing.assert_close(g, g_ref, atol=1e-12, rtol=1e-12)
+    assert_same_outputs_and_grads(out, dense_region_attention(q, k, v, labels, 0.37), (q, k, v))
     # The layout is a permutation whose regions are contiguous runs, small ones first, each once.
     assert torch.equal(layout.order[layout.inverse], torch.arange(labels.numel()))
     assert (layout.run_id.diff() >= 0).all()

@@ -3,6 +3,7 @@ import warnings
 import pytest
 import torch
 
+from compare import assert_same_network
 from ratlit.models import RAT
 
 # zero_init_last=False: these tests look at what the body computes, which a zero last layer would hide.
@@ -196,13 +197,7 @@ def test_packed_network_equals_dense_reference_in_float64(size):
     # One layout per forward and tokens moved once per sub-layer change nothing, forward or backward.
     packed, dense = _float64_pair()
     lq, regions = torch.randn(2, 1, *size, dtype=torch.float64), _regions(2, *size)
-    out_s, out_d = packed(lq, regions), dense(lq, regions)
-    torch.testing.assert_close(out_s, out_d, atol=1e-10, rtol=1e-10)
-    grad = torch.randn_like(out_s)
-    out_s.backward(grad)
-    out_d.backward(grad)
-    for (name, a), b in zip(packed.named_parameters(), dense.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, atol=1e-10, rtol=1e-10, msg=name)
+    assert_same_network(packed, dense, lq, regions)
 
 
 def test_activation_checkpointing_gives_identical_gradients():

@@ -9,6 +9,7 @@ import logging
 import pytest
 import torch
 
+from compare import assert_same_network, assert_same_outputs_and_grads
 from ratlit.models import RAT
 from ratlit.models.region_attention import (
     AUTO_IMPL,
@@ -94,11 +95,7 @@ def test_varlen_path_equals_dense_forward_and_backward_in_float64(case, referenc
     labels = _partitions()[case]
     q, k, v = (torch.randn(2, 3, labels.shape[1], 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
     out = region_attention(q, k, v, labels, 0.37, impl="varlen")
-    ref = dense_region_attention(q, k, v, labels, 0.37)
-    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
-    grad_out = torch.randn_like(out)
-    for g, g_ref in zip(torch.autograd.grad(out, (q, k, v), grad_out), torch.autograd.grad(ref, (q, k, v), grad_out)):
-        torch.testing.assert_close(g, g_ref, atol=1e-12, rtol=1e-12)
+    assert_same_outputs_and_grads(out, dense_region_attention(q, k, v, labels, 0.37), (q, k, v))
     assert len(reference_kernel) == 1
 
 
@@ -112,14 +109,8 @@ def test_varlen_network_equals_dense_in_float64_with_one_layout_per_forward(refe
     dense.load_state_dict(model.state_dict())
     assert not model.region_layout(torch.zeros(1, 16, 16, dtype=torch.long)).packed  # the sorted layout
     lq, regions = torch.randn(2, 1, 19, 21, dtype=torch.float64), torch.randint(0, 6, (2, 19, 21)) * 100 - 7
-    out, expected = model(lq, regions), dense(lq, regions)
+    assert_same_network(model, dense, lq, regions)
     assert len(built) == 1 and len(reference_kernel) == 4  # one layout, four R-MSA layers
-    torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-10)
-    grad = torch.randn_like(out)
-    out.backward(grad)
-    expected.backward(grad)
-    for (name, a), b in zip(model.named_parameters(), dense.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, atol=1e-10, rtol=1e-10, msg=name)
 
 
 def test_varlen_on_the_cpu_is_one_clear_error():
