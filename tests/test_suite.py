@@ -174,17 +174,87 @@ def test_resume_continues_from_the_last_checkpoint(ct_root, tmp_path):
     assert _snapshot(run_dir) == before
     copied = json.loads((copy / "results.json").read_text())
     assert copied["steps"] == 12 and copied["best_checkpoint"].startswith(str(copy))
-    assert _steps(copy)[: len(resumed_steps)] == resumed_steps and f"run_dir: {copy}" in (copy / "config.yaml").read_text()
+    for folder in (run_dir, copy):  # each step's training loss once, however often the run was resumed
+        with open(folder / "csv" / "metrics.csv", newline="") as f:
+            losses = [int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")]
+        assert len(losses) == len(set(losses)), losses
+    assert _steps(copy)[: len(resumed_steps)] == resumed_steps, (_steps(copy), resumed_steps)
+    assert f"run_dir: {copy}" in (copy / "config.yaml").read_text()
 
 
-def test_two_process_cpu_ddp(ct_root, tmp_path):
-    result = run("ratlit.train", *SMOKE, f"data.root={ct_root}", "trainer=ddp", "trainer.accelerator=cpu",
-                 "trainer.devices=2",
-                 cwd=tmp_path)
+@pytest.fixture(scope="module")
+def ct_odd_root(tmp_path_factory):
+    """4 patients x 3 slices: a patient's 3 test images do not share evenly over 2 processes."""
+    root = tmp_path_factory.mktemp("aapm3")
+    rng = np.random.default_rng(1)
+    for p in range(4):
+        rows, cols = np.mgrid[:40, :40]
+        base = [np.where((rows - 20) ** 2 + (cols - 20) ** 2 < (8 + 3 * k + p) ** 2, 60.0, -1000.0) for k in range(3)]
+        for side, noise in (("full_1mm", 10), ("quarter_1mm", 20 + 10 * p)):
+            write_ct_series(root / f"P{p}" / side, [b + rng.normal(0, noise, b.shape) for b in base], f"P{p}", "FD",
+                            0.7, [0.0, 1.0, 2.0], "1.2.3.4")
+    return root
+
+
+DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+
+
+def _odd_split(tmp_path: Path) -> str:
+    (tmp_path / "split.json").write_text('{"train": ["P0", "P1"], "val": ["P2"], "test": ["P3"]}')
+    return f"data.splits={tmp_path / 'split.json'}"
+
+
+def test_two_process_cpu_ddp(ct_odd_root, tmp_path):
+    result = run("ratlit.train", *SMOKE, f"data.root={ct_odd_root}", _odd_split(tmp_path), *DDP, cwd=tmp_path)
     run_dir = only_run(tmp_path)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["steps"] == 6 and results["test"]["psnr"] > 0
     assert result.stdout.count("[ratlit] ct") == 1  # one summary: rank 0
+    with open(run_dir / "test_results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    test_patients = json.loads((run_dir / "splits.json").read_text())["test"]
+    assert len(test_patients) == 1 and len(rows) == 3 == len({r["name"] for r in rows})  # padded copy dropped
+    for key in ("input_psnr", "psnr"):  # each image counted once in the summary too
+        assert results["test" if key == "psnr" else "input"]["psnr"] == pytest.approx(
+            np.mean([float(r[key]) for r in rows]), abs=1e-4)
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def test_a_dead_ddp_rank_stops_the_run_naming_it_and_resume_works(ct_odd_root, tmp_path):
+    import signal
+    import time
+
+    import torch
+
+    env = {**os.environ, "RATLIT_CACHE": str(tmp_path / "cache"), "RATLIT_OUTPUTS": str(tmp_path / "outputs"),
+           "HOME": str(tmp_path), "WANDB_SILENT": "true"}
+    proc = subprocess.Popen([sys.executable, "-m", "ratlit.train", *SMOKE, "trainer.max_steps=100000",
+                             f"data.root={ct_odd_root}", _odd_split(tmp_path), *DDP], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not list((tmp_path / "outputs").rglob("last.ckpt")):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(1)
+        ranks = [c for c in _children(proc.pid) if b"ratlit.train" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(ranks) == 1
+        os.kill(ranks[0], signal.SIGKILL)
+        killed = time.time()
+        out, err = proc.communicate(timeout=90)
+        assert time.time() - killed < 60 and proc.returncode != 0
+        assert f"[ratlit] DDP rank 1 (pid {ranks[0]}) ended with signal 9 (SIGKILL): stopping this run" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    run_dir = only_run(tmp_path)
+    step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")["global_step"]
+    run("ratlit.train", f"resume={run_dir}", f"trainer.max_steps={step + 3}", cwd=tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["steps"] == step + 3 and results["resumes"][0]["from_step"] == step
 
 
 def test_sweep_with_ddp_is_refused(ct_root, tmp_path):

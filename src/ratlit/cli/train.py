@@ -27,13 +27,14 @@ from ratlit.training.callbacks import RunConfigInCheckpoint
 from ratlit.training.checkpointing import AtomicCheckpointIO, resume_checkpoint
 from ratlit.training.launch import check_launch, pin_parallel_job, set_matmul_precision
 from ratlit.training.loggers import (MetricsFromRestoredStep, build_loggers, comparison_columns, finish_wandb,
-                                     run_tags, wandb_id)
+                                     run_name, run_tags, wandb_id)
 from ratlit.training.preemption import StopOnSignals, exit_after_signal, requeued_checkpoint
+from ratlit.training.rank_watch import RankWatch
 from ratlit.training.results import (fit_results, loss_name, model_name, scores_after_test, summary_line,
                                      write_results)
-from ratlit.training.run_folder import (RelocateCheckpointState, absolute_data_paths, refuse_used_run_dir,
-                                        resumed_config)
-from ratlit.utils.config import instantiate
+from ratlit.training.run_folder import (RelocateCheckpointState, RunHistory, absolute_data_paths, original_overrides,
+                                        refuse_used_run_dir, resumed_config)
+from ratlit.utils.config import instantiate, overrides
 from ratlit.utils.files import write_text_atomic
 
 log = logging.getLogger("ratlit.train")
@@ -88,7 +89,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if made_in is not None and Path(made_in).resolve() != run_dir.resolve():
             callbacks.append(RelocateCheckpointState(made_in, str(run_dir)))
         stop = StopOnSignals()
-        callbacks += [RunConfigInCheckpoint(run_config), MetricsFromRestoredStep(), stop]
+        callbacks += [RunConfigInCheckpoint(run_config), MetricsFromRestoredStep(), stop,
+                      RankWatch(run_dir=str(run_dir))]
+        name = OmegaConf.select(cfg, "logger.wandb.name", default=None) or run_name(cfg)
+        callbacks.append(RunHistory(original_overrides(run_dir) if ckpt_path else overrides(), name,
+                                    resume=overrides() if ckpt_path else None))
         # Checkpoints written whole beside their target (Lightning's default goes through the system temp folder).
         plugins = [*(instantiate(p) for p in cfg.trainer.get("plugins") or []), AtomicCheckpointIO()]
         trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, plugins=plugins)

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ratlit.data.splits import (
     SPLITS,
@@ -105,6 +105,7 @@ class PairedDataset(Dataset):
     ) -> None:
         self.samples, self.cache, self.patch_size, self.augment = list(samples), cache, patch_size, augment
         self.length = length or len(self.samples)
+        self.seed = 0  # crops: a function of (seed, draw), see ResumableSampler
         self.images = [self._load(s) for s in self.samples] if in_memory else None
 
     def _load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -122,12 +123,40 @@ class PairedDataset(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """Item ``index % len(self)``; a training crop is drawn from ``(seed, index)`` alone (``index`` may count
+        on across epochs: ResumableSampler gives ``epoch * len + i``), so a resumed run draws the same crops.
+        ``index``: the item's position, for counting each image once across processes."""
         sample = self.samples[index % len(self.samples)]
         lq, hq, regions = self.images[index % len(self.samples)] if self.images is not None else self._load(sample)
         lq_t, hq_t, regions_t = torch.from_numpy(lq), torch.from_numpy(hq), torch.from_numpy(regions).long()
         if self.patch_size:
-            lq_t, hq_t, regions_t = random_paired_crop(lq_t, hq_t, regions_t, self.patch_size, self.augment)
-        return {"lq": lq_t, "hq": hq_t, "regions": regions_t, "name": sample.name}
+            seed = int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
+            generator = torch.Generator().manual_seed(seed)
+            lq_t, hq_t, regions_t = random_paired_crop(lq_t, hq_t, regions_t, self.patch_size, self.augment, generator)
+        return {"lq": lq_t, "hq": hq_t, "regions": regions_t, "name": sample.name, "index": index % self.length}
+
+
+class ResumableSampler(DistributedSampler):
+    """The training order: a permutation drawn from ``(seed, epoch)`` (this rank's share of it), given as draws
+    ``epoch * len(dataset) + i`` so the dataset's crops differ per epoch. ``resume_at(epoch, consumed)`` skips the
+    items this rank already trained on in that epoch, once: a mid-epoch resume continues the epoch instead of
+    replaying its first crops. ``len`` stays the epoch's (Lightning counts the restored batches into it)."""
+
+    def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self._skip: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, consumed: int) -> None:
+        self.set_epoch(epoch)
+        self._skip = (epoch, consumed) if consumed > 0 else None
+
+    def __iter__(self):
+        order = list(super().__iter__())
+        if self._skip is not None and self._skip[0] == self.epoch:
+            order = order[self._skip[1]:]
+        self._skip = None
+        offset = self.epoch * len(self.dataset)
+        return iter([offset + i for i in order])
 
 
 class RestorationDataModule(L.LightningDataModule, ABC):
@@ -305,14 +334,29 @@ class RestorationDataModule(L.LightningDataModule, ABC):
         dataset = self.dataset(split)
         if len(dataset) == 0:
             raise ValueError(f"the {split} split of {self.task} is empty (groups: {self.split_groups.get(split)})")
+        sampler = self._train_sampler(dataset, batch_size) if shuffle else None
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             drop_last=shuffle and len(dataset) >= batch_size,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _train_sampler(self, dataset: PairedDataset, batch_size: int) -> ResumableSampler:
+        """The order of the training items from (seed, epoch), per rank; on a mid-epoch resume it skips what this
+        rank already trained on (Lightning has restored its batch count by the time it asks for this loader)."""
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything; Lightning's own default is 0
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        dataset.seed = seed
+        sampler = ResumableSampler(dataset, seed, num_replicas=world, rank=rank)
+        if trainer is not None and trainer.fit_loop.restarting:
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            batches = len(sampler) // batch_size
+            sampler.resume_at(trainer.current_epoch, done * batch_size if done < batches else 0)
+        return sampler
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)

@@ -100,8 +100,8 @@ def per_image_csv(rows: list[dict[str, Any]]) -> str:
 
 class PerImageScores(Callback):
     """Per-image test scores (restored and input): ``path`` as CSV, and a ``wandb.Table`` (``test/per_image``)
-    in every W&B run. ``rows`` holds them after a test (this process's images; the CSV is written only when
-    one process saw every image)."""
+    in every W&B run. ``rows`` holds them after a test: with several processes, gathered from all of them on
+    rank 0, each image once (DDP's sampler repeats images to give every process as many), in data order."""
 
     def __init__(self, path: str | None = None, table_key: str = "test/per_image") -> None:
         self.path, self.table_key = path, table_key
@@ -115,16 +115,23 @@ class PerImageScores(Callback):
         if not isinstance(outputs, dict):
             return
         names = outputs.get("name") or [f"{batch_idx}_{i}" for i in range(len(outputs["psnr"]))]
+        index = outputs.get("index")
         for i, name in enumerate(names):
             row = {"name": str(name), **{k: float(outputs[k][i]) for k in ("psnr", "ssim", "input_psnr", "input_ssim")}}
+            row["index"] = int(index[i]) if index is not None else len(self.rows)
             row["psnr_gain"] = row["psnr"] - row["input_psnr"]
             row["ssim_gain"] = row["ssim"] - row["input_ssim"]
             self.rows.append(row)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            shares: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(shares, self.rows)  # every rank takes part
+            self.rows = [row for share in shares for row in share]
+        self.rows = list({row["index"]: row for row in sorted(self.rows, key=lambda r: r["index"])}.values())
         if not self.rows or not trainer.is_global_zero:
             return
-        if self.path and trainer.world_size == 1:  # with DDP each process saw only its share
+        if self.path:
             write_text_atomic(Path(self.path), per_image_csv(self.rows))
         data = [[r[k] for k in PER_IMAGE_COLUMNS] for r in self.rows]
         for logger in trainer.loggers:

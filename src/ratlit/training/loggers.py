@@ -22,6 +22,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ratlit.training.results import loss_name
+from ratlit.training.run_folder import original_overrides
 from ratlit.utils.config import instantiate, overrides
 from ratlit.utils.files import write_text_atomic
 
@@ -61,6 +62,8 @@ def wandb_id(cfg: DictConfig) -> None:
         if not node.get("id"):  # W&B's own form: 8 characters of [a-z0-9]
             node.id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
         node.resume = "allow"
+        if not node.get("name"):  # kept in the saved config too: a resumed run keeps its name
+            node.name = run_name(cfg)
 
 
 def build_loggers(cfg: DictConfig, tags: list[str], config: dict[str, Any]) -> list[Logger]:
@@ -74,7 +77,7 @@ def build_loggers(cfg: DictConfig, tags: list[str], config: dict[str, Any]) -> l
                 node["offline"] = not wandb_online()
             if node["offline"]:
                 log.info("W&B logs offline in %s; upload later with `wandb sync`", node.get("save_dir"))
-            node.update(tags=tags, name=run_name(cfg))
+            node.update(tags=tags, name=node.get("name") or run_name(cfg))
             # Called directly, not instantiated: instantiate would build every `_target_` inside the run config
             # (a second network, Trainer, datamodule) and hand W&B those objects instead of the values.
             logger_class = hydra.utils.get_class(node.pop("_target_"))
@@ -87,9 +90,12 @@ def build_loggers(cfg: DictConfig, tags: list[str], config: dict[str, Any]) -> l
 
 
 def run_name(cfg: DictConfig) -> str:
-    """A readable name: the run's own overrides (paths left out), else its folder name."""
-    parts = [o for o in overrides() if not any(k in o for k in ("root=", "dir=", "checkpoint=", "sweep_name="))]
-    return (",".join(parts) or Path(str(cfg.run_dir)).name)[:128]
+    """A readable name: the run's own overrides (paths left out; on resume the original run's), else its folder
+    name."""
+    folder = Path(str(cfg.get("run_dir") or "run"))
+    given = original_overrides(folder) if cfg.get("resume") else overrides()
+    parts = [o for o in given if not any(k in o for k in ("root=", "dir=", "checkpoint=", "sweep_name="))]
+    return (",".join(parts) or folder.name)[:128]
 
 
 def run_tags(cfg: DictConfig, partition: dict[str, Any]) -> list[str]:
@@ -202,6 +208,12 @@ class MetricsFromRestoredStep(Callback):
     ``metrics.csv`` never holds a step twice (a run killed after its last checkpoint had logged past it)."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning's logging step (batches that stepped) is saved one behind when a checkpoint is written inside
+        # a validation at a step's end; restored so, every resume would log from one step earlier. With one
+        # optimiser it equals the optimiser step: resume logging at the restored step.
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if trainer.accumulate_grad_batches == 1:
+            epoch_loop._batches_that_stepped = trainer.global_step
         if not trainer.is_global_zero:
             return
         for logger in trainer.loggers:

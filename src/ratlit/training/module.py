@@ -83,7 +83,8 @@ class RestorationModule(L.LightningModule):
         self.optimizer_factory = optimizer or default_optimization("optimizer")
         self.scheduler_factory = default_optimization("scheduler") if scheduler == "default" else scheduler
         self.data_range = data_range
-        self.metrics = nn.ModuleDict({f"{stage}_{name}": CatMetric() for stage in ("val", "test") for name in SCORES})
+        self.metrics = nn.ModuleDict({f"{stage}_{name}": CatMetric() for stage in ("val", "test")
+                                      for name in (*SCORES, "index")})
         # torch.compile of the network's repeated blocks, used by the training step only: validation and test
         # run whole images of several sizes, which would recompile, so they run eagerly (README, "Compiled training").
         self.compile_net = compile_choice(compile)  # not `self.compile`: that is nn.Module.compile
@@ -101,6 +102,7 @@ class RestorationModule(L.LightningModule):
             raise ValueError("cuda_graph_warmup must be >= 2 (compilation, then a check for host syncs), "
                              f"got {cuda_graph_warmup}")
         self.cuda_graph, self.cuda_graph_warmup = cuda_graph, cuda_graph_warmup
+        self._configured_lrs: list[float] = []  # set by configure_optimizers
         self._graphed: GraphedBackward | None = None  # set at fit start where the step is replayed as a CUDA graph
         self.tiling: Tiling | None = None  # test images in tiles (set by evaluate; ratlit.inference)
 
@@ -148,6 +150,13 @@ class RestorationModule(L.LightningModule):
                 log.info("training step without a CUDA graph: %s", "; ".join(blockers))
             return
         self._graphed = GraphedBackward(self.step_loss, list(self.parameters()), warmup=self.cuda_graph_warmup)
+
+    def on_train_start(self) -> None:
+        if self.scheduler_factory is None and self.trainer.optimizers:
+            # Constant rate: a resumed run uses the rate configured now (model.optimizer.lr=... on resume), not
+            # the one its checkpoint's optimiser state brought back. A scheduler sets its own (CosineToEnd).
+            for group, lr in zip(self.trainer.optimizers[0].param_groups, self._configured_lrs):
+                group["lr"] = lr
 
     def step_loss(self, lq: Tensor, hq: Tensor, regions: Tensor | None = None) -> Tensor:
         """The training loss of one batch. No host sync for NaN / inf inside: the training step checks lq, hq
@@ -209,9 +218,12 @@ class RestorationModule(L.LightningModule):
         scores = {"psnr": psnr, "ssim": ssim, "input_psnr": input_psnr, "input_ssim": input_ssim}
         for name, values in scores.items():
             self.metrics[f"{stage}_{name}"].update(values)
+        index = batch.get("index")
+        if index is not None:  # DDP's sampler pads the last share with repeated images: counted once below
+            self.metrics[f"{stage}_index"].update(index.float())
         self.log(f"{stage}/loss", self.loss(pred, batch["hq"], batch["regions"]), batch_size=pred.shape[0],
                  sync_dist=True)
-        return {"pred": pred, "name": list(batch.get("name", [])), **scores}
+        return {"pred": pred, "name": list(batch.get("name", [])), "index": index, **scores}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         return self._evaluate(batch, "val")
@@ -220,13 +232,18 @@ class RestorationModule(L.LightningModule):
         return self._evaluate(batch, "test")
 
     def _log_summary(self, stage: str) -> None:
-        """``<stage>/<score>`` (mean over all images of all ranks) and ``<stage>/<score>_std``."""
+        """``<stage>/<score>`` (mean over all images of all ranks, each image once) and ``<stage>/<score>_std``."""
+        index = self.metrics[f"{stage}_index"]
+        once = first_of_each(index.compute().reshape(-1)) if index.update_called else None  # gathered over ranks
+        index.reset()
         for name in SCORES:
             metric = self.metrics[f"{stage}_{name}"]
             if not metric.update_called:
                 continue
             values = metric.compute().float().reshape(-1)  # gathered over all ranks
             metric.reset()
+            if once is not None and once.numel() == values.numel():
+                values = values[once]
             std = values.std(unbiased=False).item() if values.numel() > 1 else 0.0
             self.log(f"{stage}/{name}", values.mean().item(), prog_bar=f"{stage}/{name}" in ("val/psnr", "val/ssim"),
                      rank_zero_only=False)
@@ -241,6 +258,8 @@ class RestorationModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(self.parameters())
         scheduler = self.scheduler_factory
+        # The configured rates, before a checkpoint's optimiser state replaces them (applied in on_train_start).
+        self._configured_lrs = [group["lr"] for group in optimizer.param_groups]
         if scheduler is None:
             return {"optimizer": optimizer}
         keywords = scheduler.keywords if isinstance(scheduler, functools.partial) else {}
@@ -255,6 +274,15 @@ class RestorationModule(L.LightningModule):
     def _total_steps(self) -> int:
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
         return max(int(total if total is not None else self.trainer.estimated_stepping_batches), 1)
+
+
+def first_of_each(index: Tensor) -> Tensor:
+    """Boolean mask ``[N]`` of the first occurrence of each value of ``index`` ``[N]``."""
+    _, inverse = torch.unique(index, return_inverse=True)
+    positions = torch.arange(index.numel(), device=index.device)
+    first = torch.full((int(inverse.max()) + 1,), index.numel(), device=index.device, dtype=positions.dtype)
+    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
+    return first[inverse] == positions
 
 
 def _accepts(factory: Callable[..., Any], name: str) -> bool:

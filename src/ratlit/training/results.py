@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from ratlit.training.callbacks import BestValidation, TrainingSpeed, find_callback
+from ratlit.training.run_folder import RunHistory
 from ratlit.utils.config import CONF_DIR, overrides
 from ratlit.utils.files import write_text_atomic
 
@@ -41,12 +42,15 @@ def fit_results(cfg: DictConfig, trainer: L.Trainer, partition: dict[str, Any], 
     checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
     best_validation = find_callback(trainer, BestValidation)
     speed = find_callback(trainer, TrainingSpeed)
+    history = find_callback(trainer, RunHistory)
     return {
         "task": cfg.task_name,
         "attention": cfg.model.net.get("attention"),
         "loss": loss_class(cfg),
         "partition": partition,
-        "overrides": overrides(),
+        "overrides": history.overrides if history else overrides(),  # the original run's, kept on resume
+        "name": history.name if history else None,
+        "resumes": history.resumes if history else [],  # each: when, from_step, overrides
         "steps": trainer.global_step,
         "best_checkpoint": (checkpoint.best_model_path or None) if checkpoint else None,
         "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import yaml
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -16,6 +17,16 @@ from ratlit.utils.config import overrides, user_path
 
 DATA_PATH_KEYS = ("root", "splits", "cache_dir")
 _ABSENT = object()
+# What a resumed run may change (a key or the node above it): how long and how often, the learning rate, where
+# the data lies, how it is logged and run. Not the network, the loss, the data or its split: those are the run's.
+RESUMABLE = ("trainer.max_steps", "trainer.val_check_interval", "trainer.limit_val_batches",
+             "trainer.limit_test_batches", "trainer.log_every_n_steps", "trainer.num_sanity_val_steps",
+             "trainer.devices", "trainer.accelerator", "trainer.num_nodes", "model.optimizer.lr", "model.compile",
+             "model.compile_memory_budget", "model.cuda_graph", "model.cuda_graph_warmup", "data.root",
+             "data.cache_dir", "data.num_workers", "data.in_memory", "logger", "callbacks", "checkpoint_every_n_steps",
+             "test_after_fit", "tags", "float32_matmul_precision")
+# Runs saved with torch's recursive cosine (it keeps the old length and rises past it) resume with the closed form.
+_RESUMED_SCHEDULERS = {"torch.optim.lr_scheduler.CosineAnnealingLR": "ratlit.training.schedule.CosineToEnd"}
 
 
 def absolute_data_paths(data: DictConfig, base: Path | None = None) -> None:
@@ -56,16 +67,31 @@ def resumed_config(cfg: DictConfig) -> tuple[DictConfig, str, str]:
         old.run_dir = str(run_dir)
         old.resume = str(run_dir)
         # Other overrides change values of the resumed run, e.g. trainer.max_steps=400000 to train longer.
-        for item in overrides():
-            key, _, value = item.partition("=")
-            key = key.lstrip("+~")
-            if key == "resume":
-                continue
-            if OmegaConf.select(old, key, default=_ABSENT) is _ABSENT:
-                raise ValueError(f"resume: {item!r} names no value of the saved run config; "
-                                 f"only existing values (e.g. trainer.max_steps=...) can change on resume")
-            OmegaConf.update(old, key, yaml.safe_load(value), merge=True)
+        apply_resume_overrides(old, [o for o in overrides() if o.partition("=")[0].lstrip("+~") != "resume"])
     return old, str(last), made_in
+
+
+def apply_resume_overrides(cfg: DictConfig, items: list[str]) -> None:
+    """This call's ``key=value`` overrides, typed by Hydra's own parser as on a fresh run (``1e-3`` is a float),
+    into the saved run config ``cfg``; one line refuses a key that cannot change on resume or names no value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for item, override in zip(items, OverridesParser.create().parse_overrides(items)):
+        key = override.key_or_group
+        allowed = any(key == k or key.startswith(k + ".") for k in RESUMABLE)
+        if override.is_sweep_override() or override.is_delete() or not allowed:
+            exists = OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT
+            why = "names no value of the saved run config" if not exists else "cannot change on resume"
+            raise ValueError(f"resume: {item!r} {why}; a resumed run can change only {', '.join(RESUMABLE)} "
+                             "(one value each; the network, loss and data are the run's)")
+        adds = override.is_add() or override.is_force_add()
+        if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT and not adds:
+            raise ValueError(f"resume: {item!r} names no value of the saved run config; only existing values "
+                             f"(e.g. trainer.max_steps=...) can change on resume (+{item} adds one)")
+        OmegaConf.update(cfg, key, override.value(), merge=False, force_add=True)
+    scheduler = OmegaConf.select(cfg, "model.scheduler._target_", default=None)
+    if scheduler in _RESUMED_SCHEDULERS:
+        cfg.model.scheduler._target_ = _RESUMED_SCHEDULERS[scheduler]
 
 
 def relocate(cfg: DictConfig, old_dir: str, new_dir: str) -> DictConfig:
@@ -99,3 +125,38 @@ class RelocateCheckpointState(Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if "callbacks" in checkpoint:
             checkpoint["callbacks"] = _moved(checkpoint["callbacks"], self.old, self.new)
+
+
+def original_overrides(run_dir: Path) -> list[str]:
+    """The overrides the run in ``run_dir`` was started with: Hydra's record of that call (``.hydra/``; a resume
+    records its own under ``.hydra/resume-<date>/``), else its ``results.json``; empty if neither is there."""
+    recorded, results = run_dir / ".hydra" / "overrides.yaml", run_dir / "results.json"
+    if recorded.is_file():
+        return [str(o) for o in OmegaConf.load(recorded)]
+    if results.is_file():
+        return [str(o) for o in json.loads(results.read_text()).get("overrides") or []]
+    return []
+
+
+class RunHistory(Callback):
+    """The run's story, kept in every checkpoint: the overrides and name it was started with and each resume
+    (when, from which step, with which overrides), for ``results.json``. ``resume``: this call's overrides when
+    it resumes the run (None for a fresh run)."""
+
+    def __init__(self, overrides: list[str], name: str, resume: list[str] | None = None) -> None:
+        self.overrides, self.name, self.resume = list(overrides), name, resume
+        self.resumes: list[dict[str, Any]] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.resume is not None:
+            self.resumes.append({"when": datetime.now().astimezone().isoformat(timespec="seconds"),
+                                 "from_step": trainer.global_step, "overrides": list(self.resume)})
+            self.resume = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"overrides": self.overrides, "name": self.name, "resumes": self.resumes}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.overrides = list(state_dict.get("overrides", self.overrides))
+        self.name = state_dict.get("name") or self.name
+        self.resumes = list(state_dict.get("resumes", []))
