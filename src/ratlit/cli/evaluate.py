@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ratlit.cli.command import exit_on_user_error, hydra_command
 from ratlit.data.splits import check_not_seen, saved_splits
 from ratlit.training.callbacks import PerImageScores, per_image_csv
-from ratlit.training.checkpoint import build_module, load_checkpoint
+from ratlit.training.checkpoint import build_module, checkpoint_file, load_checkpoint
 from ratlit.training.run_folder import absolute_data_paths
 from ratlit.utils.config import instantiate, user_path
 from ratlit.utils.files import write_text_atomic
@@ -30,7 +30,7 @@ log = logging.getLogger("ratlit.evaluate")
 def evaluate(cfg: DictConfig) -> dict:
     if cfg.split not in ("test", "val"):
         raise ValueError(f"split must be test or val, got {cfg.split!r}")
-    ckpt = user_path(cfg.ckpt)
+    ckpt = checkpoint_file(user_path(cfg.ckpt))  # a run folder: its best checkpoint
     run_cfg, state = load_checkpoint(ckpt)
     datamodule = split_checked_datamodule(run_cfg, cfg, str(ckpt))
     module = build_module(run_cfg, state)
