@@ -26,7 +26,7 @@ from ratlit.training.callbacks import RunConfigInCheckpoint
 from ratlit.training.launch import check_launch, pin_parallel_job, set_matmul_precision
 from ratlit.training.loggers import build_loggers, comparison_columns, finish_wandb, run_tags, wandb_id
 from ratlit.training.results import (fit_results, loss_name, model_name, scores_after_test, summary_line,
-                                     write_results)
+                                     test_image_counts, write_results)
 from ratlit.training.run_folder import (RelocateCheckpointState, absolute_data_paths, refuse_used_run_dir,
                                         resumed_config)
 from ratlit.utils.config import instantiate
@@ -46,6 +46,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(str(cfg.run_dir))
     if ckpt_path is None and rank_zero_only.rank == 0:  # DDP's other ranks start later, in the same folder
         refuse_used_run_dir(run_dir)
+    if rank_zero_only.rank == 0:
+        log.info("run folder: %s", run_dir)  # known now: a long run can be followed (and resumed) from the start
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
     absolute_data_paths(cfg.data)
@@ -87,6 +89,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("test_after_fit", True):
             trainer.test(module, datamodule=datamodule, ckpt_path=results["best_checkpoint"], weights_only=True)
             results.update(scores_after_test(trainer))
+            results["test_images"] = test_image_counts(trainer, datamodule)
         if trainer.is_global_zero:
             write_results(run_dir, results)
             print(summary_line(cfg, results))
