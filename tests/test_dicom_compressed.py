@@ -71,7 +71,9 @@ def test_ct_datamodule_reads_compressed_slices(tmp_path, encoding, compressed, r
     expected = read_dicom(reference).pixels
     # A window wider than any of these files' values, so the [0, 1] mapping clips nothing.
     low, high = float(expected.min()) - 1.0, float(expected.max()) + 1.0
-    datamodule = CTDataModule(root=str(tmp_path / "root"), cache_dir=str(tmp_path / "cache"), hu_min=low, hu_max=high)
+    # Not all of these files carry RescaleSlope / Intercept: their stored values are taken as they are (assume_hu).
+    datamodule = CTDataModule(root=str(tmp_path / "root"), cache_dir=str(tmp_path / "cache"), hu_min=low, hu_max=high,
+                              assume_hu=True)
     (sample,) = datamodule.samples()
     lq, hq = sample.load()
     assert lq.shape == hq.shape == (1, *expected.shape)

@@ -251,7 +251,8 @@ def test_run_configs_saved_before_the_package_was_regrouped_still_load(tmp_path)
 
     from ratlit.training.checkpoint import MOVED_TARGETS, load_checkpoint
 
-    old = {"model": {"_target_": "ratlit.module.RestorationModule"},
+    old = {"task_name": "ct", "data": {"_target_": "ratlit.data.CTDataModule"},  # what every run config holds
+           "model": {"_target_": "ratlit.module.RestorationModule", "net": {"_target_": "ratlit.models.RAT"}},
            "callbacks": {"end": {"_target_": "ratlit.runs.ValidateAtEnd"},
                          "w": {"_target_": "ratlit.callbacks.WandbSummaries"}},
            "logger": {"csv": {"_target_": "ratlit.runs.AppendingCSVLogger"}}}

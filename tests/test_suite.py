@@ -292,3 +292,66 @@ def test_missing_and_bad_checkpoints(tmp_path):
     assert result.returncode == 2 and "cannot read checkpoint" in result.stderr + result.stdout
     result = run("ratlit.train", "resume=nowhere", cwd=tmp_path, check=False)
     assert result.returncode == 2 and "no config.yaml there" in result.stderr + result.stdout
+
+
+def _one_line_error(result, message):
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and message in output and "Traceback" not in output, output[-3000:]
+
+
+def test_bad_checkpoint_forms_are_one_line_everywhere(tmp_path):
+    import pickle
+
+    import torch
+
+    torch.save({"state_dict": {}, "ratlit_config": "lr: 0.1\n"}, tmp_path / "foreign.ckpt")
+    _one_line_error(run("ratlit.evaluate", "ckpt=foreign.ckpt", cwd=tmp_path, check=False), "not a run config")
+    _one_line_error(run("ratlit.predict", "ckpt=foreign.ckpt", "input=x", "output=y", cwd=tmp_path, check=False),
+                    "not a run config")
+    run_dir = tmp_path / "old_run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("task_name: ct\n")
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(pickle.dumps({"state_dict": os.getcwd}))  # not weights
+    _one_line_error(run("ratlit.train", "resume=old_run", cwd=tmp_path, check=False),
+                    f"cannot read checkpoint {run_dir / 'checkpoints' / 'last.ckpt'}: UnpicklingError")
+    (run_dir / "checkpoints" / "last.ckpt").unlink()
+    _one_line_error(run("ratlit.evaluate", "ckpt=old_run", cwd=tmp_path, check=False), "a folder without checkpoints")
+
+
+def test_predict_folder_is_all_or_nothing_with_a_non_ascii_path(tmp_path):
+    from ratlit.data.io import write_image
+    from test_predict import make_checkpoint
+
+    folder = tmp_path / "données"  # passed unquoted: Hydra's lexer alone rejects the é
+    write_image(folder / "photo.png", np.full((1, 32, 32), 0.5))
+    write_nifti(folder / "scan.nii.gz", np.full((32, 32, 2), 40.0, np.float32))
+    write_ct_series(folder, [np.full((32, 32), 40.0)], "P0", "QD", 0.7, [0.0], "1.2.3")
+    ds = pydicom.dcmread(folder / "0001.dcm")
+    del ds.RescaleSlope, ds.RescaleIntercept
+    ds.save_as(folder / "0001.dcm")
+    (folder / "README").write_text("three scans\n")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    ckpt = make_checkpoint(tmp_path / "run" / "checkpoints" / "best-step0000016.ckpt", "ct")
+    args = ["ckpt=run", f"input={folder}", "output=restored/é", "force=true"]
+    _one_line_error(run("ratlit.predict", *args, cwd=tmp_path, check=False),
+                    "0001.dcm has no RescaleSlope / RescaleIntercept")
+    assert not (tmp_path / "restored").exists()
+    done = run("ratlit.predict", *args, "assume_hu=true", cwd=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "restored" / "é").iterdir()) == ["0001.dcm", "photo.png", "scan.nii.gz"]
+    assert f"using the run's best checkpoint {ckpt}" in done.stdout + done.stderr
+    assert "skipping 1 file(s) of no known format: README" in done.stdout + done.stderr
+
+
+def test_cpu_estimate_run_folder_and_scored_images_are_said_once_missing_nothing(ct_root, tmp_path):
+    result = run("ratlit.train", *SMOKE, f"data.root={ct_root}", "partition=sam_or_slic", "trainer.max_steps=12",
+                 "trainer.val_check_interval=12", "trainer.limit_test_batches=1", "callbacks.cpu_estimate.after=3",
+                 "callbacks.cpu_estimate.limit_h=1e-6", cwd=tmp_path)
+    output = result.stdout + result.stderr
+    run_dir = only_run(tmp_path)
+    assert result.stdout.index(f"run folder: {run_dir}") < result.stdout.index("partition cache")
+    assert "steps take" in output and "on this CPU; for a CPU try experiment=cpu_ct or experiment=smoke" in output
+    assert output.count("SAM PARTITIONER NOT AVAILABLE") == 1
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["test_images"]["scored"] == 1 < results["test_images"]["split"]
+    assert (f"on 1 of {results['test_images']['split']} test images (trainer.limit_test_batches; python -m "
+            f"ratlit.evaluate ckpt={results['best_checkpoint']} scores the whole split)") in result.stdout

@@ -23,9 +23,15 @@ log = logging.getLogger("ratlit")
 
 
 
+def _quoted(value: str) -> str:
+    """``value`` as one quoted string of Hydra's override grammar (backslashes and quotes escaped)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def prepare_argv(argv: list[str], open_nodes: tuple[str, ...] = ()) -> list[str]:
-    """Command-line overrides made palatable to Hydra's override lexer, which rejects an unquoted ``~``:
-    a value starting with ``~`` (``data.root=~/scans``) becomes the expanded, quoted absolute path.
+    """Command-line overrides made palatable to Hydra's override lexer, which rejects an unquoted ``~`` and
+    letters outside ASCII: a value starting with ``~`` (``data.root=~/scans``) becomes the expanded, quoted
+    absolute path; a value holding non-ASCII characters (``input=/tmp/données/scan.png``) is quoted.
     Keys under ``open_nodes`` (e.g. ``data`` of evaluate, merged into the run's own data config) are set
     whether or not the node lists them (``++data.root=...``), so ``data.X=...`` works as documented."""
     out = argv[:1]
@@ -36,7 +42,9 @@ def prepare_argv(argv: list[str], open_nodes: tuple[str, ...] = ()) -> list[str]
             continue
         prefix, key, value = match.groups()
         if value.startswith("~"):
-            value = "'" + os.path.expanduser(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+            value = _quoted(os.path.expanduser(value))
+        elif not value.isascii() and not value.startswith(("'", '"', "[", "{")):  # lists, dicts: the user quotes
+            value = _quoted(value)
         if not prefix and key.split(".", 1)[0] in open_nodes and "." in key:
             prefix = "++"
         out.append(f"{prefix}{key}={value}")

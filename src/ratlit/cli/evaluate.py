@@ -18,7 +18,7 @@ from ratlit.cli.command import exit_on_user_error, hydra_command
 from ratlit.data.splits import check_not_seen, saved_splits
 from ratlit.inference import Tiling, keeps_freed_memory
 from ratlit.training.callbacks import PerImageScores, per_image_csv
-from ratlit.training.checkpoint import build_module, load_checkpoint
+from ratlit.training.checkpoint import build_module, checkpoint_file, load_checkpoint
 from ratlit.training.run_folder import absolute_data_paths
 from ratlit.utils.allocator import keep_freed_memory
 from ratlit.utils.config import instantiate, user_path
@@ -33,7 +33,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.split not in ("test", "val"):
         raise ValueError(f"split must be test or val, got {cfg.split!r}")
     tiling = Tiling.from_config(cfg.max_tile, cfg.tile_overlap)
-    ckpt = user_path(cfg.ckpt)
+    ckpt = checkpoint_file(user_path(cfg.ckpt))  # a run folder: its best checkpoint
     run_cfg, state = load_checkpoint(ckpt)
     if keeps_freed_memory(tiling, run_cfg.model.net.get("region_impl")):
         keep_freed_memory()

@@ -27,16 +27,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from ratlit.training.checkpoint import build_module, load_checkpoint
+from ratlit.training.checkpoint import build_module, checkpoint_file, load_checkpoint
 from ratlit.cli.command import exit_on_user_error, hydra_command
 from ratlit.utils.config import instantiate, user_path
 from ratlit.data.base import RestorationDataModule, UnitMap
+from ratlit.data.inputs import check_inputs, format_problem, input_files, kind_of
 from ratlit.data.io import (
     DICOM_SUFFIXES,
-    IMAGE_SUFFIXES,
     DicomSlice,
     image_bits,
-    is_nifti,
     read_dicom,
     read_image,
     read_volume,
@@ -44,15 +43,14 @@ from ratlit.data.io import (
     write_derived_dicom,
     write_image,
 )
-from ratlit.utils.allocator import keep_freed_memory
-from ratlit.utils.files import atomic_output
 from ratlit.inference import Tiling, keeps_freed_memory, tile_multiple, tiled_forward
+from ratlit.utils.allocator import keep_freed_memory
+from ratlit.utils.files import atomic_output, staged_folder
 from ratlit.partition import PartitionCache, partitioner_from_spec
 
 log = logging.getLogger("ratlit.predict")
 USAGE = "python -m ratlit.predict ckpt=<checkpoint .ckpt> input=<file or folder> output=<folder>"
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
-KIND_NAMES = {"dicom": "a DICOM file", "nifti": "a NIfTI volume", "image": "an image file"}
 
 
 class Restorer:
@@ -89,33 +87,6 @@ class Job:
     force: bool
 
 
-def kind_of(path: Path) -> str:
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return "image"
-    if is_nifti(path):
-        return "nifti"
-    return "dicom"
-
-
-def input_files(path: Path) -> list[Path]:
-    """The file itself, or the folder's image, NIfTI and DICOM files (``*.dcm``, ``*.IMA``, no extension)."""
-    if not path.exists():
-        raise ValueError(f"input {path} does not exist")
-    if not path.is_dir():
-        return [path]
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    skipped = [p.name for p in files if kind_of(p) == "dicom" and p.suffix.lower() not in DICOM_SUFFIXES]
-    if skipped:
-        log.warning("input %s: skipping %d file(s) of no known format (e.g. %s)", path, len(skipped), skipped[0])
-    files = [p for p in files if p.name not in skipped]
-    if not files:
-        raise ValueError(
-            f"input folder {path} holds no DICOM (*.dcm, *.IMA), NIfTI (.nii, .nii.gz) or image "
-            f"({', '.join(IMAGE_SUFFIXES)}) files (sub-folders are not searched: give a series folder)"
-        )
-    return files
-
-
 def check_finite(values: np.ndarray, source: object) -> None:
     bad = int(values.size - np.count_nonzero(np.isfinite(values)))
     if bad:
@@ -126,11 +97,7 @@ def check_format(job: Job, kind: str, source: object, modality: str | None = Non
     """Raise (or, with force, warn) unless ``source``'s format and DICOM modality are what the checkpoint's task
     takes. Returns whether the format is the task's: only then do its intensities map through the task."""
     dm = type(job.datamodule)
-    problem = None
-    if kind not in dm.input_formats:
-        problem = f"is {KIND_NAMES[kind]}, but task {job.task} takes {list(dm.input_formats)}"
-    elif modality is not None and dm.modalities and modality not in dm.modalities:
-        problem = f"has DICOM Modality {modality or '(none)'!r}, but task {job.task} takes Modality {list(dm.modalities)}"
+    problem = format_problem(job.datamodule, job.task, kind, modality)
     if problem is not None:
         if not job.force:
             raise ValueError(f"{source} {problem} (checkpoint {job.ckpt}); use a {job.task} input or pass force=true")
@@ -261,18 +228,24 @@ def restore_paths(
     nonnegative: bool | None = None,
     force: bool = False,
     tiling: Tiling = Tiling(None),
+    assume_hu: bool | None = None,
 ) -> list[Path]:
-    """Restore ``source`` (a file or a folder) with the checkpoint ``ckpt`` into the folder ``out``."""
+    """Restore ``source`` (a file or a folder) with the checkpoint ``ckpt`` (a file or a run folder) into the
+    folder ``out``: every input is checked first, and the outputs appear together or not at all.
+    ``assume_hu``: CT DICOM files without rescale tags hold HU (None: the run's ``data.assume_hu``)."""
     if accelerator not in ACCELERATORS:
         raise ValueError(f"accelerator must be one of {list(ACCELERATORS)}, got {accelerator!r}")
     if nonnegative not in (None, True, False) or force not in (True, False):
         raise ValueError(f"nonnegative must be null, true or false and force true or false, got {nonnegative!r}, {force!r}")
+    ckpt = checkpoint_file(ckpt)
     run_cfg, state = load_checkpoint(ckpt)
     if keeps_freed_memory(tiling, run_cfg.model.net.get("region_impl")):
         keep_freed_memory()
     files = input_files(source)
     if any((out / p.name).resolve() == p.resolve() for p in files):
         raise ValueError(f"output {out} would overwrite the inputs; choose another folder")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} is a file; give a folder")
     datamodule = task_datamodule(run_cfg)
     axis = int(slice_axis if slice_axis is not None else run_cfg.data.get("slice_axis", 2))
     if axis not in (0, 1, 2):
@@ -290,15 +263,18 @@ def restore_paths(
         if siblings:
             log.warning("restoring %s alone: it is normalised as a one-slice volume; give its folder %s to restore "
                         "(and normalise) the whole series as training does", source, source.parent)
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    for path in tqdm(files, desc="files", unit="file", disable=len(files) < 2):
-        if kind_of(path) == "image":
-            written.append(restore_image(path, out, job))
-        elif kind_of(path) == "nifti":
-            written.append(restore_nifti(path, out, job))
-    for series in dicom_series([p for p in files if kind_of(p) == "dicom"]):
-        written += restore_dicom_series(series, out, job)
+    hu = bool(run_cfg.data.get("assume_hu", False)) if assume_hu is None else bool(assume_hu)
+    check_inputs(files, datamodule, job.task, job.channels, ckpt, force, hu)  # before anything is written
+    with staged_folder(out) as stage:
+        written: list[Path] = []
+        for path in tqdm(files, desc="files", unit="file", disable=len(files) < 2):
+            if kind_of(path) == "image":
+                written.append(restore_image(path, stage, job))
+            elif kind_of(path) == "nifti":
+                written.append(restore_nifti(path, stage, job))
+        for series in dicom_series([p for p in files if kind_of(p) == "dicom"]):
+            written += restore_dicom_series(series, stage, job)
+    written = [out / p.name for p in written]
     for path in written:
         log.info("wrote %s", path)
     return written
@@ -322,6 +298,7 @@ def predict(cfg: DictConfig) -> list[Path]:
         nonnegative=cfg.nonnegative,
         force=cfg.force,
         tiling=tiling,
+        assume_hu=cfg.get("assume_hu"),
     )
     print(f"restored {len(written)} file(s) into {out}")
     return written

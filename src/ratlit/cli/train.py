@@ -31,7 +31,7 @@ from ratlit.training.loggers import (MetricsFromRestoredStep, build_loggers, com
 from ratlit.training.preemption import StopOnSignals, exit_after_signal, requeued_checkpoint
 from ratlit.training.rank_watch import RankWatch
 from ratlit.training.results import (fit_results, loss_name, model_name, scores_after_test, summary_line,
-                                     write_results)
+                                     test_image_counts, write_results)
 from ratlit.training.run_folder import (RelocateCheckpointState, RunHistory, absolute_data_paths, original_overrides,
                                         refuse_used_run_dir, resumed_config)
 from ratlit.utils.config import instantiate, overrides
@@ -54,6 +54,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(str(cfg.run_dir))
     if ckpt_path is None and rank_zero_only.rank == 0:  # DDP's other ranks start later, in the same folder
         refuse_used_run_dir(run_dir)
+    if rank_zero_only.rank == 0:
+        log.info("run folder: %s", run_dir)  # known now: a long run can be followed (and resumed) from the start
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
     absolute_data_paths(cfg.data)
@@ -103,6 +105,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if cfg.get("test_after_fit", True):
                 trainer.test(module, datamodule=datamodule, ckpt_path=results["best_checkpoint"], weights_only=True)
                 results.update(scores_after_test(trainer))
+                results["test_images"] = test_image_counts(trainer, datamodule)
         except SIGTERMException:  # SIGTERM, SIGINT or SLURM's warning: last.ckpt holds this step
             exit_after_signal(trainer, stop, run_dir)
         if trainer.is_global_zero:

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from ratlit.data.base import RestorationDataModule, Sample, UnitMap
-from ratlit.data.splits import write_splits
 from ratlit.data.io import check_same_geometry, dicom_slice_corners, read_dicom, read_dicom_series, write_dicom
+from ratlit.data.splits import write_splits
+from ratlit.data.values import check_ct_rescale
 
 # "*full dose*": TCIA LDCT-and-Projection-data names its series "1.000000-Full Dose Images-96514"
 FULL_DOSE_PATTERNS = ("full*", "*full dose*", "*full-dose*", "*full_dose*", "*fd*", "*ndct*", "*normal*")
@@ -56,10 +57,14 @@ def _patient_id(path: Path) -> str:
         return ""
 
 
-def pair_ct_series(quarter: Path, full: Path, tolerance_mm: float = 0.5) -> list[tuple[Path, Path, float]]:
-    """Pair quarter- and full-dose slices by position; every slice must find a partner."""
+def pair_ct_series(quarter: Path, full: Path, tolerance_mm: float = 0.5,
+                   assume_hu: bool = False) -> list[tuple[Path, Path, float]]:
+    """Pair quarter- and full-dose slices by position; every slice must find a partner and say how its stored
+    values map to HU (``check_ct_rescale``; ``assume_hu`` takes files without rescale tags as HU)."""
     q_slices = read_dicom_series(quarter, pixels=False)
     f_slices = read_dicom_series(full, pixels=False)
+    for dicom in q_slices + f_slices:
+        check_ct_rescale(dicom.header, dicom.path, assume_hu)
     if len(q_slices) != len(f_slices):
         raise ValueError(
             f"{quarter} has {len(q_slices)} slices but {full} has {len(f_slices)}: the series do not pair"
@@ -91,6 +96,7 @@ class CTDataModule(RestorationDataModule):
         hu_max: float = 3072.0,
         position_tolerance_mm: float = 0.5,
         photons: float = 1.5e5,
+        assume_hu: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(root=root, **kwargs)
@@ -99,6 +105,7 @@ class CTDataModule(RestorationDataModule):
         self.hu_min, self.hu_max = float(hu_min), float(hu_max)
         self.position_tolerance_mm = position_tolerance_mm
         self.photons = photons
+        self.assume_hu = bool(assume_hu)  # DICOM files without RescaleSlope / Intercept: stored values are HU
 
     def list_samples(self, root: Path) -> list[Sample]:
         patients = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -114,7 +121,7 @@ class CTDataModule(RestorationDataModule):
                     f"(names like full_1mm / quarter_1mm); found full={[str(f) for f in full]}, "
                     f"quarter={[str(q) for q in quarter]}"
                 )
-            pairs = pair_ct_series(quarter[0], full[0], self.position_tolerance_mm)
+            pairs = pair_ct_series(quarter[0], full[0], self.position_tolerance_mm, self.assume_hu)
             person = _patient_id(pairs[0][0]) if pairs else ""
             for lq_path, hq_path, position in pairs:
                 load = partial(_load_ct_pair, lq_path, hq_path, self.window)

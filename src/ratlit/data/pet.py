@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from ratlit.data.base import RestorationDataModule, Sample, UnitMap
+from ratlit.data.io import check_volume_pair, dicom_files, is_nifti, read_dicom, read_volume, write_nifti
 from ratlit.data.splits import write_splits
-from ratlit.data.io import check_volume_pair, is_nifti, read_volume, write_nifti
+from ratlit.data.values import note_values
 
 PERCENTILE = 99.9
 
@@ -110,6 +111,7 @@ class PETDataModule(RestorationDataModule):
             if lq.shape != hq.shape:
                 raise ValueError(f"PET volumes do not pair: {lq_path} is {lq.shape}, {hq_path} is {hq.shape}")
             check_volume_pair(lq_path, hq_path, self.geometry_tolerance_mm)
+            note_pet_values(lq_path)
             if not np.isfinite(lq).all() or not np.isfinite(hq).all():
                 raise ValueError(f"PET volume {lq_path} or {hq_path} holds NaN/inf values")
             units = self.unit_map(lq, str(lq_path))  # the map predict uses too; refuses a volume without activity
@@ -134,6 +136,14 @@ class PETDataModule(RestorationDataModule):
         if not np.isfinite(scale) or scale <= 0:
             raise ValueError(f"PET volume {source} has no positive activity (99.9th percentile {scale})")
         return UnitMap(scale=scale)
+
+
+def note_pet_values(path: Path) -> None:
+    """Say (once per process) what the values of a PET volume, a DICOM series folder or a NIfTI file, are taken as."""
+    if path.is_dir():
+        note_values("pet", "dicom", path, read_dicom(dicom_files(path)[0], pixels=False).header)
+    else:
+        note_values("pet", "nifti", path)
 
 
 # --- the embedded data set --------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -15,8 +14,6 @@ import numpy as np
 import torch
 
 from ratlit.partition.postprocess import compact_labels
-
-log = logging.getLogger(__name__)
 
 
 def as_channels_last(image: Any, name: str = "image") -> np.ndarray:
@@ -138,6 +135,6 @@ def stand_in(fallback: Partitioner | Callable[[], Partitioner], requested: str, 
         f"The run records partition={partitioner.name} (requested: {partitioner.requested}); "
         f"do not compare it with {partitioner.requested} runs."
     )
+    # Once: a logged copy beside the warning printed it twice (the run's config records partition_used.requested).
     warnings.warn(message, stacklevel=3)
-    log.warning(message)
     return partitioner

@@ -59,8 +59,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def is_whole_checkpoint(path: Path) -> bool:
-    """Whether ``path`` is a complete torch zip archive (every member's CRC checks out)."""
+    """Whether ``path`` is a complete torch zip archive (every member's CRC checks out). A file that is not a zip
+    archive at all (torch's legacy format, or no checkpoint) is left to ``torch.load`` to judge; an empty one is
+    a save cut short."""
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if len(head) < 4:
+            return False
+        if head != b"PK\x03\x04":
+            return True
         with zipfile.ZipFile(path) as archive:
             return archive.testzip() is None
     except (OSError, zipfile.BadZipFile, EOFError, ValueError):

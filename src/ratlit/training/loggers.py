@@ -207,13 +207,20 @@ class MetricsFromRestoredStep(Callback):
     """At the start of training (after a checkpoint is restored), drop the CSV rows the run will log again, so
     ``metrics.csv`` never holds a step twice (a run killed after its last checkpoint had logged past it)."""
 
+    def __init__(self) -> None:
+        self._aligned = False
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        # Lightning's logging step (batches that stepped) is saved one behind when a checkpoint is written inside a
+        # validation at a step's end; Lightning moves it on when a resume starts at a validation interval, but not
+        # after the last step's validation (ValidateAtEnd), so each such resume would log one step too early. With
+        # one optimiser it equals the optimiser step: align it once, at the first batch (after Lightning's own).
+        if not self._aligned and trainer.accumulate_grad_batches == 1:
+            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+        self._aligned = True
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Lightning's logging step (batches that stepped) is saved one behind when a checkpoint is written inside
-        # a validation at a step's end; restored so, every resume would log from one step earlier. With one
-        # optimiser it equals the optimiser step: resume logging at the restored step.
-        epoch_loop = trainer.fit_loop.epoch_loop
-        if trainer.accumulate_grad_batches == 1:
-            epoch_loop._batches_that_stepped = trainer.global_step
         if not trainer.is_global_zero:
             return
         for logger in trainer.loggers:

@@ -78,6 +78,14 @@ def scores_after_test(trainer: L.Trainer) -> dict[str, Any]:
     return scores
 
 
+def test_image_counts(trainer: L.Trainer, datamodule: Any) -> dict[str, int]:
+    """How many test images the end-of-run test scored (``trainer.limit_test_batches`` may cut the split short)
+    and how many the split holds (the test loader gives one image per batch)."""
+    total = len(datamodule.dataset("test"))
+    scored = int(sum(min(n, total) for n in trainer.num_test_batches)) * trainer.world_size
+    return {"scored": min(scored, total), "split": total}
+
+
 def summary_line(cfg: DictConfig, results: dict[str, Any]) -> str:
     """One line: best validation, test mean ± std beside the input's score and the gain, where things are."""
     best_val, test = results.get("best_val") or {}, results.get("test") or {}
@@ -95,6 +103,12 @@ def summary_line(cfg: DictConfig, results: dict[str, Any]) -> str:
             text += f" (input {given['ssim']:.4f}, {gain['ssim']:+.4f})"
     best = results.get("best_checkpoint")
     where = f"checkpoint {best}" if best else f"last checkpoint {results['last_checkpoint']}"
+    counts = results.get("test_images")
+    if test.get("psnr") is not None and counts:
+        text += f" on {counts['scored']} of {counts['split']} test images"
+        if counts["scored"] < counts["split"]:
+            ckpt = best or results["last_checkpoint"]
+            text += f" (trainer.limit_test_batches; python -m ratlit.evaluate ckpt={ckpt} scores the whole split)"
     return text + f" | {where} | run {results['run_dir']}"
 
 

@@ -12,7 +12,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ratlit.training.checkpoint import upgrade_run_config
+from ratlit.training.checkpoint import load_checkpoint, upgrade_run_config
 from ratlit.utils.config import overrides, user_path
 
 DATA_PATH_KEYS = ("root", "splits", "cache_dir")
@@ -58,6 +58,7 @@ def resumed_config(cfg: DictConfig) -> tuple[DictConfig, str, str]:
         raise ValueError(f"resume={run_dir}: no config.yaml there; give the folder of a ratlit run")
     if not last.is_file():
         raise ValueError(f"resume={run_dir}: no checkpoints/last.ckpt to resume from")
+    load_checkpoint(last)  # a foreign, unsafe or truncated file: one line here, not a traceback from Lightning
     old = upgrade_run_config(OmegaConf.load(saved))
     # Paths the saved (resolved) config holds into its own folder follow it: a copied folder resumes in
     # the copy and never writes into the original.

@@ -132,3 +132,28 @@ def load_weights(path: Path, what: str) -> dict:
     if not isinstance(loaded, dict):
         raise ValueError(f"{what} {path} holds a {type(loaded).__name__}, not a state dict")
     return loaded
+
+
+@contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``out`` to write into; if the block succeeds, its files are moved
+    into ``out`` (the whole folder renamed when ``out`` is new); otherwise it is removed, with every folder this
+    call created on the way: a failure leaves no new folder or file behind."""
+    import shutil
+
+    created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # the topmost new folder
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = make_temp_dir(out.parent, f".{out.name}.partial-")
+    try:
+        yield stage
+        if not out.exists():
+            os.rename(stage, out)
+        else:
+            for item in sorted(stage.iterdir()):
+                os.replace(item, out / item.name)
+    except BaseException:
+        if created is not None and created != out:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
