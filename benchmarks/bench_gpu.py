@@ -329,7 +329,6 @@ def network_filters(parser: argparse.ArgumentParser, text: str) -> dict[str, str
 def network_table(cfg: dict, device: torch.device, compile_backend: str | None, record, budget: TimeBudget,
                   filters: dict[str, str] | None = None, memory_budgets: tuple[float, ...] = ()) -> list[dict]:
     from bench_rat import slic_regions
-
     from ratlit.losses import FocalRegionLoss
 
     rows = []
@@ -364,9 +363,9 @@ def network_table(cfg: dict, device: torch.device, compile_backend: str | None, 
 def network_case(cfg: dict, device: torch.device, compile_backend: str | None, record, case: dict, size: int,
                  name: dict, lq_inputs: tuple, big_inputs: tuple, loss_fn) -> list[dict]:
     """One network case's rows: its training step and, for the cases that time it, 512x512 inference."""
+    from ratlit.models import RAT
     from ratlit.training.compiling import compile_repeated_blocks
     from ratlit.training.cuda_graph import GraphedBackward
-    from ratlit.models import RAT
     from ratlit.utils.checks import finite_checks
 
     rows = []

@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+
 from bench_attention import peak_rss_reset, rss
 
 

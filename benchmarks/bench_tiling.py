@@ -59,9 +59,9 @@ def child(args: argparse.Namespace) -> None:
 
     import torch
 
-    from ratlit.utils.allocator import OPT_OUT
-    from ratlit.inference import Tiling
     from ratlit.cli.predict import restore_paths
+    from ratlit.inference import Tiling
+    from ratlit.utils.allocator import OPT_OUT
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -115,7 +115,8 @@ def main() -> None:
                     print(f"| {size} | {malloc} | failed ({done.returncode}): {tail} | |", flush=True)
                     continue
                 row = json.loads(done.stdout.strip().splitlines()[-1])
-                print(f"| {size} | {malloc}{'' if row['malloc_kept'] or malloc == 'system' else ' (predict: not kept)'} "
+                kept = "" if row["malloc_kept"] or malloc == "system" else " (predict: not kept)"
+                print(f"| {size} | {malloc}{kept} "
                       f"| {row['seconds']:.1f} | {row['peak_gib']:.2f} |", flush=True)
 
 

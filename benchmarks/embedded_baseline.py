@@ -15,10 +15,10 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from ratlit.utils.config import CONF_DIR
 from ratlit.data import DATAMODULES
-from ratlit.training.module import image_metrics
 from ratlit.partition import GridPartitioner
+from ratlit.training.module import image_metrics
+from ratlit.utils.config import CONF_DIR
 
 
 def main() -> None:

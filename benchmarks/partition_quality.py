@@ -26,10 +26,10 @@ from skimage.feature import canny
 from skimage.segmentation import find_boundaries
 from skimage.transform import resize
 
-from ratlit.utils.config import CONF_DIR, instantiate
 from ratlit.partition import SlicPartitioner, labels_from_masks
 from ratlit.partition.base import as_channels_last, to_unit_range
 from ratlit.partition.litemedsam import LiteMedSamPartitioner, box_grid, point_grid
+from ratlit.utils.config import CONF_DIR, instantiate
 
 TOLERANCE_PX = 2
 BOX_SETS = {"boxes 64-256": (64, 128, 256)}

@@ -32,12 +32,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args(argv)
 
-    from bench_rat import slic_regions
     from torch.profiler import ProfilerActivity, profile
 
-    from ratlit.training.compiling import compile_repeated_blocks
+    from bench_rat import slic_regions
     from ratlit.losses import FocalRegionLoss
     from ratlit.models import RAT
+    from ratlit.training.compiling import compile_repeated_blocks
     from ratlit.utils.checks import finite_checks
 
     device = torch.device(args.device)

@@ -25,7 +25,8 @@ def _awkward_labels():
         "one region": torch.full((2, n), 5),
         "every token its own": torch.stack([torch.randperm(n, generator=g), torch.arange(n) * 3 - 200]),
         "large non-contiguous ids": torch.randint(0, 4, (2, n), generator=g) * 10**12 - 7,
-        "different per item": torch.stack([torch.randint(0, 3, (n,), generator=g), torch.randint(0, 40, (n,), generator=g)]),
+        "different per item": torch.stack([torch.randint(0, 3, (n,), generator=g),
+                                           torch.randint(0, 40, (n,), generator=g)]),
         "one huge region + dust": torch.where(torch.rand(2, n, generator=g) < 0.8, 0, torch.arange(n) + 1),
     }
 
@@ -196,7 +197,8 @@ def test_flex_block_mask_lists_the_inside_of_large_regions_as_full():
 
     sorted_labels = torch.repeat_interleave(torch.tensor([0, 1, 2]), torch.tensor([10, 300, 74]))[None]
     mask = region_block_mask(sorted_labels, block=32)  # region 1: tokens 10-309
-    full = {(i, int(j)) for i in range(12) for j in mask.full_kv_indices[0, 0, i, : int(mask.full_kv_num_blocks[0, 0, i])]}
+    full = {(i, int(j)) for i in range(12)
+            for j in mask.full_kv_indices[0, 0, i, : int(mask.full_kv_num_blocks[0, 0, i])]}
     inside = [range(1, 9), range(10, 12)]  # blocks 1-8 (tokens 32-287) in region 1, 10-11 (320-383) in region 2
     assert full == {(i, j) for blocks in inside for i in blocks for j in blocks}
 
@@ -211,7 +213,8 @@ def test_flex_path_forward_matches_dense_on_large_regions():
 
 
 @pytest.mark.parametrize("case", list(_awkward_labels()))
-@pytest.mark.parametrize("block_size, packed", [(1, True), (7, True), (64, True), (128, True), (7, False), (128, False)])
+@pytest.mark.parametrize("block_size, packed",
+                         [(1, True), (7, True), (64, True), (128, True), (7, False), (128, False)])
 def test_prebuilt_layout_is_exact_in_float64(case, block_size, packed):
     from ratlit.models.region_attention import build_region_layout
 
@@ -383,7 +386,8 @@ def test_sparse_is_an_alias_of_packed_and_unknown_impls_are_named():
     assert RAT(width=8, num_groups=1, layers_per_group=1, num_heads=2, region_impl="sparse").region_impl == "packed"
     q, k, v = _qkv(1, 2, 20, 8)
     labels = torch.randint(0, 3, (1, 20))
-    torch.testing.assert_close(region_attention(q, k, v, labels, impl="sparse"), dense_region_attention(q, k, v, labels))
+    torch.testing.assert_close(region_attention(q, k, v, labels, impl="sparse"),
+                               dense_region_attention(q, k, v, labels))
     with pytest.raises(ValueError, match="region_impl must be one of"):
         MultiHeadSelfAttention(16, num_heads=2, region_impl="blocky")
     with pytest.raises(ValueError, match="attention must be one of"):

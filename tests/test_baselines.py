@@ -10,11 +10,11 @@ from ratlit.models.cnn import SRCNN, ChenCNN
 from ratlit.models.dcnn import ResidualDCNN
 from ratlit.models.edcnn import EDCNN
 from ratlit.models.edsr import EDSR
+from ratlit.models.perceptual import ResNet50Features
 from ratlit.models.rcan import RCAN
 from ratlit.models.redcnn import REDCNN
 from ratlit.models.swinir import SwinIR, SwinLayer
 from ratlit.models.unet import UNet
-from ratlit.models.perceptual import ResNet50Features
 
 SMALL = {
     "cnn": lambda c: ChenCNN(c, features=(8, 8)),

@@ -144,8 +144,9 @@ def test_misspelt_selection_is_a_usage_error(args, capsys):
 
 
 def test_cuda_is_required_without_tiny_cpu_mode():
-    import bench_gpu
     import torch
+
+    import bench_gpu
 
     if torch.cuda.is_available():
         pytest.skip("has CUDA")

@@ -8,11 +8,11 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from ratlit.utils.config import CONF_DIR
 from ratlit.losses import LOSSES
 from ratlit.models import RAT
-from ratlit.training.module import RestorationModule
 from ratlit.partition import Partitioner
+from ratlit.training.module import RestorationModule
+from ratlit.utils.config import CONF_DIR
 
 GROUPS = {
     "task": ["ct", "pet", "pathology"],

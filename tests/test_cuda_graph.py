@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from ratlit.training.cuda_graph import GraphedBackward
 from ratlit.losses import FocalRegionLoss
 from ratlit.models import RAT
+from ratlit.training.cuda_graph import GraphedBackward
 from ratlit.training.module import RestorationModule
 from ratlit.utils.checks import finite_checks
 

@@ -8,8 +8,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ratlit.utils.config import CONF_DIR
-from ratlit.data import CTDataModule, PathologyDataModule, PETDataModule, bicubic_degrade, random_paired_crop, split_groups
+from ratlit.data import (
+    CTDataModule,
+    PathologyDataModule,
+    PETDataModule,
+    bicubic_degrade,
+    random_paired_crop,
+    split_groups,
+)
 from ratlit.data.ct import build_embedded_ct, write_ct_series
 from ratlit.data.io import write_image, write_nifti
 from ratlit.data.pathology import build_embedded_pathology
@@ -17,6 +23,7 @@ from ratlit.data.pet import build_embedded_pet
 from ratlit.data.simulation import simulate_ct_scan, simulate_pet_pair
 from ratlit.data.splits import read_splits
 from ratlit.partition import GridPartitioner
+from ratlit.utils.config import CONF_DIR
 from scans import write_pet_series
 
 
@@ -189,7 +196,8 @@ def test_bicubic_degradation_is_4x():
     np.testing.assert_allclose(bicubic_degrade(checker), 0.5, atol=0.02)
     smooth = (0.5 + 0.3 * np.sin(2 * np.pi * cols / 64)).astype(np.float32)[None]
     assert np.abs(bicubic_degrade(smooth) - smooth)[:, 8:-8, 8:-8].max() < 0.01
-    small = torch.nn.functional.interpolate(torch.from_numpy(smooth)[None], scale_factor=0.25, mode="bicubic", antialias=True)
+    small = torch.nn.functional.interpolate(torch.from_numpy(smooth)[None], scale_factor=0.25, mode="bicubic",
+                                            antialias=True)
     assert small.shape[-1] == 16
 
 

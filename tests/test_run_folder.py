@@ -17,11 +17,11 @@ from omegaconf import OmegaConf
 
 from ratlit.cli.command import prepare_argv
 from ratlit.cli.evaluate import split_checked_datamodule
-from ratlit.utils.files import make_temp_dir, write_text_atomic
+from ratlit.data.splits import check_not_seen, saved_splits
 from ratlit.training.callbacks import ValidateAtEnd
 from ratlit.training.loggers import AppendingCSVLogger
-from ratlit.data.splits import check_not_seen, saved_splits
 from ratlit.training.run_folder import RelocateCheckpointState, absolute_data_paths, relocate
+from ratlit.utils.files import make_temp_dir, write_text_atomic
 
 
 @pytest.fixture
@@ -44,7 +44,8 @@ def test_tilde_paths_and_open_data_keys_pass_hydras_lexer():
     parser = OverridesParser.create()
     with pytest.raises(Exception, match="token recognition error"):
         parser.parse_override("data.root=~/scans")
-    argv = prepare_argv(["prog", "data.root=~/my scans", "ckpt=a.ckpt", "attention=msa,rmsa", "-m"], open_nodes=("data",))
+    argv = prepare_argv(["prog", "data.root=~/my scans", "ckpt=a.ckpt", "attention=msa,rmsa", "-m"],
+                        open_nodes=("data",))
     assert argv[0] == "prog" and argv[-1] == "-m" and argv[2] == "ckpt=a.ckpt"
     root = parser.parse_override(argv[1])
     assert argv[1].startswith("++data.root=") and root.value() == os.path.expanduser("~/my scans")
@@ -205,8 +206,8 @@ def _old_rule(groups: list, val_fraction: float, test_fraction: float, seed: int
 
 
 def test_runs_made_with_the_old_split_rule_keep_their_split(tmp_path):
-    from ratlit.utils.config import instantiate
     from ratlit.data.splits import groups_by_split
+    from ratlit.utils.config import instantiate
 
     root = tmp_path / "pet"
     patients = ["P1", "P2", "P3", "P4", "P5"]

@@ -8,11 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from ratlit.utils.config import CONF_DIR
 from ratlit.data import PathologyDataModule, PETDataModule, RestorationDataModule, group_names, split_groups
 from ratlit.data.io import write_image
 from ratlit.data.splits import group_position
 from ratlit.partition import GridPartitioner
+from ratlit.utils.config import CONF_DIR
 
 NAMES = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-", min_size=1, max_size=8)
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from ratlit.utils.config import CONF_DIR
 from ratlit.cli.evaluate import evaluate
+from ratlit.cli.predict import predict
 from ratlit.inference import Tiling, tile_multiple, tile_starts, tiled_forward
 from ratlit.models.cnn import ChenCNN
 from ratlit.models.edsr import EDSR
 from ratlit.models.rat import RAT
-from ratlit.cli.predict import predict
+from ratlit.utils.config import CONF_DIR
 
 
 @pytest.mark.parametrize(("size", "tile", "overlap", "multiple"),
@@ -147,10 +147,9 @@ def test_evaluate_scores_tiled_test_images():
 
 def test_predict_restores_a_large_image_in_tiles_with_progress(tmp_path, capfd):
     """A network ``lq + 0.1`` (zeroed last conv) gives the same image whole or tiled; the bars show the tiles."""
-    from test_predict import make_checkpoint
-
-    from ratlit.data.io import read_image, write_image
     from ratlit.cli.predict import restore_paths
+    from ratlit.data.io import read_image, write_image
+    from test_predict import make_checkpoint
 
     image = np.random.default_rng(0).uniform(0, 0.8, (3, 80, 72)).astype(np.float32)
     (tmp_path / "in").mkdir()

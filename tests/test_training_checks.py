@@ -82,7 +82,8 @@ def test_compiled_training_step_then_eager_evaluation_of_other_sizes(monkeypatch
     torch._dynamo.reset()
     module = _module(compile=True)
     module.configure_model()
-    batch = {"lq": torch.rand(2, 1, 16, 16), "hq": torch.rand(2, 1, 16, 16), "regions": torch.randint(0, 3, (2, 16, 16))}
+    batch = {"lq": torch.rand(2, 1, 16, 16), "hq": torch.rand(2, 1, 16, 16),
+             "regions": torch.randint(0, 3, (2, 16, 16))}
     for step in range(2):
         module.training_step(dict(batch, regions=torch.randint(0, 3 + 4 * step, (2, 16, 16))), step).backward()
     with torch._dynamo.config.patch(error_on_recompile=True):  # whole images of another size: run eagerly

@@ -53,7 +53,8 @@ class CompoundLoss(nn.Module):
                  perceptual_checkpoint: str | None = None) -> None:
         super().__init__()
         if mse_weight < 0 or perceptual_weight < 0:
-            raise ValueError(f"weights must be >= 0, got mse_weight={mse_weight}, perceptual_weight={perceptual_weight}")
+            raise ValueError(f"weights must be >= 0, got mse_weight={mse_weight}, "
+                             f"perceptual_weight={perceptual_weight}")
         self.mse_weight, self.perceptual_weight = mse_weight, perceptual_weight
         self.features = None
         if perceptual_weight > 0:

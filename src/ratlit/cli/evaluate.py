@@ -66,7 +66,8 @@ def evaluate(cfg: DictConfig) -> dict:
     write_text_atomic(out / f"eval_{cfg.split}.csv", per_image_csv(per_image.rows))
     result = {"checkpoint": str(ckpt), "split": cfg.split, "data": OmegaConf.to_container(run_cfg.data), **summary,
               "input": {k[len("input_"):]: v for k, v in summary.items() if k.startswith("input_")},
-              "gain": {"psnr": summary["psnr"] - summary["input_psnr"], "ssim": summary["ssim"] - summary["input_ssim"]}}
+              "gain": {"psnr": summary["psnr"] - summary["input_psnr"],
+                       "ssim": summary["ssim"] - summary["input_ssim"]}}
     write_text_atomic(out / f"eval_{cfg.split}.json", json.dumps(result, indent=2, default=str))
     print(f"wrote {out}/eval_{cfg.split}.{{md,csv,json}}")
     return result

@@ -11,8 +11,8 @@ Outputs keep the input's format, name and geometry: DICOM slices as derived DICO
 DERIVED\\SECONDARY, new SOP / series UIDs, RescaleSlope/Intercept chosen per slice so no restored value is
 clipped, uncompressed Explicit VR Little Endian whatever the input's encoding); NIfTI in the input's own
 orientation, affine and header (float32); images in their format, bit depth and channels. ``nonnegative``
-keeps restored values >= 0 (default: the task's, on for PET activity). The input's modality (DICOM Modality) and format are
-checked against the checkpoint's task; ``force=true`` runs anyway.
+keeps restored values >= 0 (default: the task's, on for PET activity). The input's modality (DICOM Modality) and
+format are checked against the checkpoint's task; ``force=true`` runs anyway.
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from ratlit.training.checkpoint import build_module, checkpoint_file, load_checkpoint
 from ratlit.cli.command import exit_on_user_error, hydra_command
-from ratlit.utils.config import instantiate, user_path
 from ratlit.data.base import RestorationDataModule, UnitMap
 from ratlit.data.inputs import check_inputs, format_problem, input_files, kind_of
 from ratlit.data.io import (
@@ -44,9 +42,11 @@ from ratlit.data.io import (
     write_image,
 )
 from ratlit.inference import Tiling, keeps_freed_memory, tile_multiple, tiled_forward
-from ratlit.utils.allocator import keep_freed_memory
-from ratlit.utils.files import atomic_output, staged_folder
 from ratlit.partition import PartitionCache, partitioner_from_spec
+from ratlit.training.checkpoint import build_module, checkpoint_file, load_checkpoint
+from ratlit.utils.allocator import keep_freed_memory
+from ratlit.utils.config import instantiate, user_path
+from ratlit.utils.files import atomic_output, staged_folder
 
 log = logging.getLogger("ratlit.predict")
 USAGE = "python -m ratlit.predict ckpt=<checkpoint .ckpt> input=<file or folder> output=<folder>"
@@ -236,7 +236,8 @@ def restore_paths(
     if accelerator not in ACCELERATORS:
         raise ValueError(f"accelerator must be one of {list(ACCELERATORS)}, got {accelerator!r}")
     if nonnegative not in (None, True, False) or force not in (True, False):
-        raise ValueError(f"nonnegative must be null, true or false and force true or false, got {nonnegative!r}, {force!r}")
+        raise ValueError("nonnegative must be null, true or false and force true or false, "
+                         f"got {nonnegative!r}, {force!r}")
     ckpt = checkpoint_file(ckpt)
     run_cfg, state = load_checkpoint(ckpt)
     if keeps_freed_memory(tiling, run_cfg.model.net.get("region_impl")):
@@ -259,7 +260,8 @@ def restore_paths(
     job = Job(restorer, datamodule, str(run_cfg.task_name), ckpt, int(run_cfg.model.net.in_channels), axis, floor,
               int(run_cfg.data.get("scale", 4)) if upscale else None, force)
     if source.is_file() and kind_of(source) == "dicom":
-        siblings = [p for p in source.parent.iterdir() if p != source and p.is_file() and p.suffix.lower() in DICOM_SUFFIXES]
+        siblings = [p for p in source.parent.iterdir()
+                    if p != source and p.is_file() and p.suffix.lower() in DICOM_SUFFIXES]
         if siblings:
             log.warning("restoring %s alone: it is normalised as a one-slice volume; give its folder %s to restore "
                         "(and normalise) the whole series as training does", source, source.parent)

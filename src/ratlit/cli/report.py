@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from ratlit.analysis.paired import METRICS, RESAMPLES, RULE, Scores, compare, image_set_note, read_per_image
 from ratlit.utils.files import atomic_output, write_text_atomic
 from ratlit.utils.tables import csv_text, markdown_table
-from ratlit.analysis.paired import METRICS, RESAMPLES, RULE, Scores, compare, image_set_note, read_per_image
 
 
 def load_runs(folder: Path) -> list[dict[str, Any]]:

@@ -26,14 +26,34 @@ from ratlit.data.splits import groups_by_split, write_splits
 from ratlit.training.callbacks import RunConfigInCheckpoint
 from ratlit.training.checkpointing import AtomicCheckpointIO, resume_checkpoint
 from ratlit.training.launch import check_launch, pin_parallel_job, set_matmul_precision
-from ratlit.training.loggers import (MetricsFromRestoredStep, build_loggers, comparison_columns, finish_wandb,
-                                     run_name, run_tags, wandb_id)
+from ratlit.training.loggers import (
+    MetricsFromRestoredStep,
+    build_loggers,
+    comparison_columns,
+    finish_wandb,
+    run_name,
+    run_tags,
+    wandb_id,
+)
 from ratlit.training.preemption import StopOnSignals, exit_after_signal, requeued_checkpoint
 from ratlit.training.rank_watch import RankWatch
-from ratlit.training.results import (fit_results, loss_name, model_name, scores_after_test, summary_line,
-                                     test_image_counts, write_results)
-from ratlit.training.run_folder import (RelocateCheckpointState, RunHistory, absolute_data_paths, original_overrides,
-                                        refuse_used_run_dir, resumed_config)
+from ratlit.training.results import (
+    fit_results,
+    loss_name,
+    model_name,
+    scores_after_test,
+    summary_line,
+    test_image_counts,
+    write_results,
+)
+from ratlit.training.run_folder import (
+    RelocateCheckpointState,
+    RunHistory,
+    absolute_data_paths,
+    original_overrides,
+    refuse_used_run_dir,
+    resumed_config,
+)
 from ratlit.utils.config import instantiate, overrides
 from ratlit.utils.files import write_text_atomic
 

@@ -33,9 +33,9 @@ from ratlit.data.splits import (
     split_groups,
     warn_on_people_in_several_splits,
 )
+from ratlit.partition import CacheStats, PartitionCache, Partitioner, SlicPartitioner
 from ratlit.utils.config import default_cache_dir
 from ratlit.utils.files import make_temp_dir
-from ratlit.partition import CacheStats, PartitionCache, Partitioner, SlicPartitioner
 
 log = logging.getLogger(__name__)
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}  # no predict_dataloader
@@ -75,7 +75,8 @@ class Sample:
 
 
 def random_paired_crop(
-    lq: torch.Tensor, hq: torch.Tensor, regions: torch.Tensor, size: int, augment: bool, generator: torch.Generator | None = None
+    lq: torch.Tensor, hq: torch.Tensor, regions: torch.Tensor, size: int, augment: bool,
+    generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One random ``size x size`` window of all three, then one of the 8 dihedral transforms if ``augment``."""
     height, width = lq.shape[-2:]
@@ -301,7 +302,8 @@ class RestorationDataModule(L.LightningDataModule, ABC):
             lq, _ = sample.load()
             cache.labels(lq, stats)
         log.info(
-            "partition cache %s: %d computed, %d reused, %d repaired", cache.folder, stats.computed, stats.reused, stats.repaired
+            "partition cache %s: %d computed, %d reused, %d repaired", cache.folder, stats.computed, stats.reused,
+            stats.repaired
         )
         return stats
 
@@ -324,7 +326,8 @@ class RestorationDataModule(L.LightningDataModule, ABC):
             chosen = self.split_samples(split)
             if split == "train":
                 length = max(self.epoch_size or 0, len(chosen)) if chosen else 0
-                dataset = PairedDataset(chosen, self.partition_cache, self.patch_size, self.augment, self.in_memory, length)
+                dataset = PairedDataset(chosen, self.partition_cache, self.patch_size, self.augment, self.in_memory,
+                                        length)
             else:
                 dataset = PairedDataset(chosen, self.partition_cache, None, False, self.in_memory)
             self.datasets[split] = dataset

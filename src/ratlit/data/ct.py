@@ -74,7 +74,8 @@ def pair_ct_series(quarter: Path, full: Path, tolerance_mm: float = 0.5,
     for q in q_slices:
         nearest = int(np.argmin(np.abs(f_positions - q.position)))
         if abs(f_positions[nearest] - q.position) > tolerance_mm:
-            raise ValueError(f"{q.path} (position {q.position:.2f} mm) has no full-dose slice within {tolerance_mm} mm in {full}")
+            raise ValueError(f"{q.path} (position {q.position:.2f} mm) has no full-dose slice within {tolerance_mm} mm "
+                             f"in {full}")
         partner = f_slices[nearest]
         check_same_geometry(q.path, dicom_slice_corners(q.header), partner.path, dicom_slice_corners(partner.header),
                             tolerance_mm)  # in-plane too: origin, orientation, pixel spacing
@@ -235,7 +236,8 @@ def build_embedded_ct(folder: Path, seed: int, photons: float = 1.5e5, phantom_p
     cases: list[tuple[str, np.ndarray, float]] = list(real_ct_slices())
     for p in range(1, phantom_patients + 1):
         patient_rng = np.random.default_rng(rng.integers(2**32))
-        cases += [(f"phantom-{p:02d}", body_phantom(patient_rng, EMBEDDED_SIZE), 0.7) for _ in range(slices_per_phantom)]
+        cases += [(f"phantom-{p:02d}", body_phantom(patient_rng, EMBEDDED_SIZE), 0.7)
+                  for _ in range(slices_per_phantom)]
     scans = simulate_ct_doses([(hu, mm) for _, hu, mm in cases], photons, seed, workers)
     patients = sorted({c[0] for c in cases})
     for patient in patients:

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ratlit.data.base import RestorationDataModule, Sample, UnitMap
-from ratlit.data.splits import write_splits
 from ratlit.data.io import find_images, read_image, write_image
+from ratlit.data.splits import write_splits
 
 
 def bicubic_degrade(hq: np.ndarray, scale: int = 4) -> np.ndarray:

@@ -96,8 +96,9 @@ def group_names(names: Sequence[str], group_by: str | None) -> dict[str, str]:
         if not group:
             unmatched.append(name)
         groups[name] = group or name
-    log.info("data.group_by=%r: %d name(s) in %d group(s); %d unmatched kept as their own group%s", group_by, len(groups),
-             len(set(groups.values())), len(unmatched), f" ({_listing(unmatched, 10)})" if unmatched else "")
+    log.info("data.group_by=%r: %d name(s) in %d group(s); %d unmatched kept as their own group%s", group_by,
+             len(groups), len(set(groups.values())), len(unmatched),
+             f" ({_listing(unmatched, 10)})" if unmatched else "")
     return groups
 
 

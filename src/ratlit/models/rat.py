@@ -115,7 +115,8 @@ class RAT(nn.Module):
 
     ``num_groups=0`` is RAT's U-Net without attention (NAFNet-style, the ``nafnet`` baseline); ``regions`` may
     be None whenever no R-MSA layer needs it. Any H, W: the input is zero-padded to a multiple of
-    ``2**levels * window_size`` (padded pixels form a region of their own) and the output cropped back. ``regions`` holds arbitrary integer ids.
+    ``2**levels * window_size`` (padded pixels form a region of their own) and the output cropped back.
+    ``regions`` holds arbitrary integer ids.
 
     Paper defaults: width 64, 2 + 2 NAFBlocks per encoder level and 2 + 2 per decoder level, 12 RAT layers
     (4 groups of 3, as in the public code), 8 heads, window 4, MLP ratio 2, attention scaled by 1/sqrt(heads).

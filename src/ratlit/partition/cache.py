@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from ratlit.utils.files import atomic_write, write_text_atomic
 from ratlit.partition.base import Partitioner
+from ratlit.utils.files import atomic_write, write_text_atomic
 
 log = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ratlit.utils.files import load_weights
 from ratlit.partition._torchvision_compat import batched_nms, import_segment_anything
 from ratlit.partition.base import Partitioner, as_window, file_digest, resolve_device, stand_in, to_unit_rgb
 from ratlit.partition.postprocess import labels_from_masks
 from ratlit.partition.tinyvit import TinyViT
+from ratlit.utils.files import load_weights
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ratlit.utils.files import load_weights
 from ratlit.partition._torchvision_compat import import_segment_anything
 from ratlit.partition.base import Partitioner, as_window, file_digest, resolve_device, stand_in, to_uint8_rgb
 from ratlit.partition.postprocess import labels_from_masks
+from ratlit.utils.files import load_weights
 
 log = logging.getLogger(__name__)
 

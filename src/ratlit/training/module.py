@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 import lightning as L
 import torch
-from torch import Tensor, nn
 from omegaconf import OmegaConf
+from torch import Tensor, nn
 from torchmetrics import CatMetric
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 

@@ -13,8 +13,6 @@ from torch import Tensor
 from ratlit.utils.files import atomic_output
 
 
-
-
 def display_image(x: Tensor, value_range: Sequence[float] | None = None, window: Sequence[float] | None = None,
                   cmap: str = "gray") -> np.ndarray:
     """A ``[C, H, W]`` image in the task's normalised units as ``[H, W, 3]`` RGB in [0, 1] for display.
