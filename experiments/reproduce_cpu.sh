@@ -48,9 +48,9 @@ if [[ -z "${RUNS:-}" ]]; then
 fi
 
 # Each run's small files into $results/runs/<multirun>/<attention>_<loss>_<partition>/seed<k>/; the reports are
-# made from these copies, so the committed files regenerate them.
-rm -rf "$results/runs"
-python - "$folder" "$results/runs" <<'PY'
+# made from these copies, so the committed files regenerate them (`python -m ratlit.report $results/runs ...`).
+staged="$(mktemp -d)"  # copied first, then swapped in: RUNS may be $results/runs itself
+python - "$folder" "$staged" <<'PY'
 import json, shutil, sys
 from pathlib import Path
 
@@ -62,6 +62,7 @@ for path in sorted(folder.rglob("results.json")):
     for name in ("results.json", "test_results.csv"):
         shutil.copy2(path.parent / name, dest / name)
 PY
+rm -rf "$results/runs" && mkdir -p "$results" && mv "$staged" "$results/runs"
 python -m ratlit.report "$results/runs/table4" --reference attention=msa,loss=l1 --out "$results/table4"
 python -m ratlit.report "$results/runs" --reference attention=rmsa,loss=fr,partition=slic --out "$results/partition"
 echo "runs: $folder"
