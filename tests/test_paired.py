@@ -113,3 +113,14 @@ def test_per_image_file_is_read_and_refused_clearly(tmp_path):
     short.write_text("name,psnr\na,30\n")
     with pytest.raises(ValueError, match="short.csv: missing column"):
         read_per_image(short)
+
+
+def test_the_report_does_not_depend_on_the_order_runs_and_images_are_read():
+    rng = np.random.default_rng(3)
+    names = [f"img{i}" for i in range(12)]
+    tables = [{n: {"psnr": 40 + rng.normal(), "ssim": 0.9} for n in names} for _ in range(3)]
+    reference = Scores([{n: {"psnr": 40.0, "ssim": 0.9} for n in names}] * 3, ["0", "1", "2"])
+    first = compare(Scores(tables, ["0", "1", "2"]), reference, "psnr", resamples=500)
+    shuffled = [dict(reversed(list(t.items()))) for t in reversed(tables)]
+    second = compare(Scores(shuffled, ["2", "1", "0"]), reference, "psnr", resamples=500)
+    assert (first["ci_low"], first["ci_high"]) == (second["ci_low"], second["ci_high"])

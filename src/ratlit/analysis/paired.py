@@ -53,10 +53,17 @@ class Scores:
     tables: list[dict[str, dict[str, float]]]
     seeds: list[str | None]
 
+    def __post_init__(self) -> None:
+        # Seeds in one order, whatever order the runs were read in: the bootstrap's draws, and so a report's
+        # intervals, depend on the rows' order.
+        order = sorted(range(len(self.seeds)), key=lambda k: str(self.seeds[k]))
+        self.tables = [self.tables[k] for k in order]
+        self.seeds = [self.seeds[k] for k in order]
+
     def names(self) -> list[str]:
-        """The images every seed was tested on (first seed's order)."""
+        """The images every seed was tested on, sorted (the report does not depend on the order files list them)."""
         common = set.intersection(*(set(t) for t in self.tables))
-        return [n for n in self.tables[0] if n in common]
+        return sorted(common)
 
     def matrix(self, metric: str, names: Sequence[str]) -> np.ndarray:
         """``[seeds, images]`` scores of ``metric`` on ``names``."""
