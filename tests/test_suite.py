@@ -22,19 +22,23 @@ SMOKE = ["experiment=smoke", "data.patch_size=32", "trainer.max_steps=6", "train
          "data.val_fraction=0.25", "data.test_fraction=0.25"]
 
 
+def tiny_ct(root: Path, seed: int, size: int, slices: int, radius: int, quarter_noise) -> Path:
+    """An AAPM-layout CT set of 4 patients x ``slices`` discs of ``size`` x ``size`` (quarter dose: noisier)."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size, :size]
+    disc = (rows - size // 2) ** 2 + (cols - size // 2) ** 2
+    for p in range(4):
+        base = [np.where(disc < (radius + 3 * k + p) ** 2, 60.0, -1000.0) for k in range(slices)]
+        for side, noise, kind in (("full_1mm", 10, "FD"), ("quarter_1mm", quarter_noise(p), "QD")):
+            write_ct_series(root / f"P{p}" / side, [b + rng.normal(0, noise, b.shape) for b in base], f"P{p}", kind,
+                            0.7, [float(k) for k in range(slices)], "1.2.3.4")
+    return root
+
+
 @pytest.fixture(scope="module")
 def ct_root(tmp_path_factory):
     """A tiny AAPM-layout CT set: 4 patients x 2 slices of 48 x 48."""
-    root = tmp_path_factory.mktemp("aapm")
-    rng = np.random.default_rng(0)
-    for p in range(4):
-        rows, cols = np.mgrid[:48, :48]
-        base = [np.where((rows - 24) ** 2 + (cols - 24) ** 2 < (12 + 3 * k + p) ** 2, 60.0, -1000.0) for k in range(2)]
-        full = [b + rng.normal(0, 10, b.shape) for b in base]
-        quarter = [b + rng.normal(0, 20, b.shape) for b in base]
-        write_ct_series(root / f"P{p}" / "full_1mm", full, f"P{p}", "FD", 0.7, [0.0, 1.0], "1.2.3.4")
-        write_ct_series(root / f"P{p}" / "quarter_1mm", quarter, f"P{p}", "QD", 0.7, [0.0, 1.0], "1.2.3.4")
-    return root
+    return tiny_ct(tmp_path_factory.mktemp("aapm"), 0, 48, 2, 12, lambda p: 20)
 
 
 def run(module, *args, cwd, check=True, env_extra=None, timeout=400):
@@ -185,15 +189,7 @@ def test_resume_continues_from_the_last_checkpoint(ct_root, tmp_path):
 @pytest.fixture(scope="module")
 def ct_odd_root(tmp_path_factory):
     """4 patients x 3 slices: a patient's 3 test images do not share evenly over 2 processes."""
-    root = tmp_path_factory.mktemp("aapm3")
-    rng = np.random.default_rng(1)
-    for p in range(4):
-        rows, cols = np.mgrid[:40, :40]
-        base = [np.where((rows - 20) ** 2 + (cols - 20) ** 2 < (8 + 3 * k + p) ** 2, 60.0, -1000.0) for k in range(3)]
-        for side, noise in (("full_1mm", 10), ("quarter_1mm", 20 + 10 * p)):
-            write_ct_series(root / f"P{p}" / side, [b + rng.normal(0, noise, b.shape) for b in base], f"P{p}", "FD",
-                            0.7, [0.0, 1.0, 2.0], "1.2.3.4")
-    return root
+    return tiny_ct(tmp_path_factory.mktemp("aapm3"), 1, 40, 3, 8, lambda p: 20 + 10 * p)
 
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
