@@ -16,17 +16,23 @@ GLIBC = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get
 
 # Fills and frees a 64 MB tensor 20 times (as a forward does with its largest activations) and prints the
 # page faults that took: with mmap'd blocks every round faults the whole tensor in again. Kept memory needs
-# a few rounds first (the heap grows until a freed block fits the next one).
+# some rounds first: the heap grows until a freed block fits the next one, which took 13 rounds on a loaded
+# 2-core CPU (small blocks of other threads land in the freed one), so warm up until 3 rounds in a row fault
+# (almost) nothing, or 60 rounds.
 FAULTS = """
-import resource, sys, torch
+import resource, torch
 from ratlit.utils.allocator import keep_freed_memory
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(16 * 2**20)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 print(keep_freed_memory())
-for _ in range(10):
-    torch.ones(16 * 2**20)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
-    torch.ones(16 * 2**20)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+quiet = 0
+for _ in range(60):
+    quiet = quiet + 1 if faults() < 100 else 0
+    if quiet == 3:
+        break
+print(sum(faults() for _ in range(20)))
 """
 
 
