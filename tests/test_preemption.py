@@ -106,3 +106,36 @@ def test_slurm_warning_requeues_and_the_requeued_job_resumes_by_itself(ct_root, 
     assert "already holds a run" not in err and "best val PSNR" in out
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 20
     assert_no_step_twice(run_dir, 20) and step < 20
+
+
+SIGNAL_IN_VALIDATION = '''
+import os, signal
+from lightning.pytorch.callbacks import Callback
+
+class TermInValidation(Callback):
+    """Sends this process a real SIGTERM as a validation batch starts after step 10, once, in the first run only."""
+    sent = False
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        armed = os.environ.get("TERM_IN_VALIDATION") == "1"
+        if armed and trainer.global_step >= 10 and not trainer.sanity_checking and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+'''
+
+
+def test_a_sigterm_during_validation_saves_the_step_and_the_resume_repeats_none(ct_root, tmp_path):  # noqa: F811
+    (tmp_path / "signal_in_validation.py").write_text(SIGNAL_IN_VALIDATION)
+    run_dir = tmp_path / "run"
+    process = start(tmp_path, run_dir, f"data.root={ct_root}", "+callbacks.term._target_=signal_in_validation."
+                    "TermInValidation", "data.val_fraction=0.5", "data.batch_size=1",
+                    env_extra={"TERM_IN_VALIDATION": "1",
+                               "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])})
+    out, err = output(process)
+    assert process.returncode == 143, err[-3000:]
+    step = stopped_line(out, run_dir, "SIGTERM")
+    assert step == 10 and "Traceback" not in err
+    # The saved config names the callback; the resume imports it from its working folder, unarmed.
+    resumed = run("ratlit.train", f"resume={run_dir}", "trainer.max_steps=13", cwd=tmp_path)
+    assert "best val PSNR" in resumed.stdout
+    assert_no_step_twice(run_dir, 13)
