@@ -5,10 +5,13 @@ fresh subprocess, so its peak RSS (``ru_maxrss``, the whole process: Python, tor
 its own; the partition cache starts empty. ``--ckpt``: a run's checkpoint (e.g. ``experiment=smoke``); without
 it, an untrained paper-size RAT checkpoint (task ct, partition slic) is built: time and memory do not depend
 on the weights. ``--malloc keep system`` measures with ratlit's allocator setting (ratlit.allocator) and with
-glibc's defaults; ``--max-tile 0`` runs whole images; ``--region-impl dense`` swaps the R-MSA kernel.
+glibc's defaults; ``--max-tile 0`` runs whole images; ``--region-impl dense`` swaps the R-MSA kernel;
+``--override`` adds Hydra overrides to the paper-size checkpoint's config (e.g. ``partition.n_segments=6400``:
+SLIC regions as dense on a 4096 slice as the default 100 are on a 512 one).
 
     python benchmarks/bench_tiling.py [--ckpt run/checkpoints/best.ckpt] [--sizes 512 1024 2048 4096]
         [--max-tile 512] [--overlap 64] [--malloc keep system] [--region-impl auto|dense] [--timeout 900]
+        [--override partition.n_segments=6400 ...]
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def ct_slice(side: int, seed: int = 0) -> np.ndarray:
     return (image + rng.normal(0, 40, image.shape)).astype(np.float32)
 
 
-def paper_checkpoint(path: Path, region_impl: str) -> Path:
+def paper_checkpoint(path: Path, region_impl: str, overrides: list[str]) -> Path:
     """An untrained paper-size RAT checkpoint (task ct, partition slic), as predict reads a run's."""
     import torch
     from hydra import compose, initialize_config_dir
@@ -45,7 +48,8 @@ def paper_checkpoint(path: Path, region_impl: str) -> Path:
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["task=ct", "partition=slic", f"model.net.region_impl={region_impl}",
-                                          f"run_dir={path.parent}", f"paths.cache_dir={path.parent / 'cache'}"])
+                                          f"run_dir={path.parent}", f"paths.cache_dir={path.parent / 'cache'}",
+                                          *overrides])
     module = instantiate(cfg.model)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["partition_used"] = instantiate(cfg.partition).spec
@@ -83,6 +87,7 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--malloc", nargs="+", default=["keep"], choices=["keep", "system"])
     parser.add_argument("--region-impl", default="auto", help="paper-size checkpoint only")
+    parser.add_argument("--override", nargs="*", default=[], help="paper-size checkpoint only: Hydra overrides")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900, help="seconds per size before it is stopped")
     parser.add_argument("--child-size", dest="size", type=int, help=argparse.SUPPRESS)
@@ -94,9 +99,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench_tiling_") as tmp:
         work = Path(tmp)
-        ckpt = args.ckpt or str(paper_checkpoint(work / "paper_rat.ckpt", args.region_impl))
+        ckpt = args.ckpt or str(paper_checkpoint(work / "paper_rat.ckpt", args.region_impl, args.override))
         tile = f"max_tile {args.max_tile}, overlap {args.overlap}" if args.max_tile else "whole images"
-        print(f"checkpoint {args.ckpt or 'paper-size RAT (untrained)'}, {tile}, {args.threads} threads\n")
+        name = args.ckpt or " ".join(["paper-size RAT (untrained)", *args.override])
+        print(f"checkpoint {name}, {tile}, {args.threads} threads\n")
         print("| size | malloc | seconds | peak RSS (GiB) |\n|---|---|---|---|", flush=True)
         for size in args.sizes:
             nib.save(nib.Nifti1Image(ct_slice(size)[..., None], np.eye(4)), str(work / f"ct{size}.nii"))
