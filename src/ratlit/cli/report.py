@@ -111,10 +111,11 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any
 
 
 def table_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: run, distinguishing overrides, partition, seeds, test PSNR / SSIM (mean ± std over
+    """Header and rows: run, distinguishing overrides, the partitioner that ran (``partition_used``: a
+    ``partition=`` override may differ where a fallback ran), seeds, test PSNR / SSIM (mean ± std over
     images; with several seeds also ± std over seeds) and the gain over the input (LQ) on the same images."""
     keys, entries = summarise(runs)
-    header = ["run", *keys, "partition", "seeds", "test PSNR", "PSNR gain", "test SSIM", "SSIM gain"]
+    header = ["run", *keys, "partition_used", "seeds", "test PSNR", "PSNR gain", "test SSIM", "SSIM gain"]
     rows = []
     for e in entries:
         if e["is_input"]:
@@ -189,7 +190,7 @@ def paired_table(runs: list[dict[str, Any]], reference: str | None = None, resam
         ref_scores = (scores.as_input() if scores else None) if ref is None else variant_scores(ref)
         ref_label = "input" if ref is None else ref["label"]
         base = {"task": e["task"], "run": e["label"], **e["keys"],
-                "partition": (e["runs"][0].get("partition") or {}).get("name", ""), "reference": ref_label}
+                "partition_used": (e["runs"][0].get("partition") or {}).get("name", ""), "reference": ref_label}
         if scores is not None and ref_scores is not None:
             note = image_set_note(e["label"], scores, ref_scores, ref_label)
             notes += [note] if note else []
@@ -216,7 +217,7 @@ def _num(value: Any) -> str:
 
 
 def paired_csv_rows(keys: list[str], rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    header = ["task", "run", *keys, "partition", "reference", "metric", *PAIRED_COLUMNS]
+    header = ["task", "run", *keys, "partition_used", "reference", "metric", *PAIRED_COLUMNS]
     return header, [[_num(r.get(c, "")) for c in header] for r in rows]
 
 
@@ -240,7 +241,7 @@ def numeric_rows(runs: list[dict[str, Any]], gains: dict[tuple[str, str], dict[s
     """``report.csv``: one number per cell; the gain over the input with its paired 95% interval where the
     runs' per-image scores are there (``gains[(row label, metric)]``: ``paired.compare`` against the input)."""
     keys, entries = summarise(runs)
-    header = ["task", "run", *keys, "partition", "seeds"]
+    header = ["task", "run", *keys, "partition_used", "seeds"]
     for m in METRICS:
         header += [f"{m}_mean", f"{m}_std_images", f"{m}_std_seeds", f"{m}_gain", f"{m}_gain_ci_low",
                    f"{m}_gain_ci_high"]
