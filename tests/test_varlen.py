@@ -195,14 +195,17 @@ def _check_cuda_against_dense(labels, dtype, heads=2, dim=32):
                            requires_grad=True) for _ in range(3))
     out = region_attention(q, k, v, labels, 0.3, impl="varlen")
     assert out.dtype == dtype
-    ref = dense_region_attention(*(x.float() for x in (q, k, v)), labels, 0.3)  # the reference in float32
+    # The reference in float32 on float32 leaves, so its gradients stay float32 (not rounded to q's dtype).
+    q32, k32, v32 = (x.detach().float().requires_grad_() for x in (q, k, v))
+    ref = dense_region_attention(q32, k32, v32, labels, 0.3)
     tol = 2e-2 if dtype == torch.bfloat16 else 2e-3
     torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
     grad_out = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
-    grads_ref = torch.autograd.grad(ref, (q, k, v), grad_out.float())
+    grads_ref = torch.autograd.grad(ref, (q32, k32, v32), grad_out.float())
     for name, g, g_ref in zip("qkv", grads, grads_ref):
-        torch.testing.assert_close(g.float(), g_ref, atol=5 * tol, rtol=5 * tol, msg=name)
+        assert g.dtype == dtype
+        torch.testing.assert_close(g.float(), g_ref, atol=5 * tol, rtol=5 * tol, msg=lambda m, n=name: f"d{n}: {m}")
 
 
 @pytest.mark.gpu
