@@ -38,14 +38,17 @@ partition_axis() {
     hydra.sweep.dir="$folder/partition"
 }
 each_run() {  # one line per run, seed by seed: <sweep dir> <overrides>
+  local name
   for seed in $seeds; do
     for attention in msa wmsa rmsa; do
       for loss in l1 fr; do
-        echo "$folder/table4/${attention}_${loss}_slic_seed$seed ${common[*]} seed=$seed attention=$attention loss=$loss partition=slic"
+        name="${attention}_${loss}_slic_seed$seed"
+        echo "$folder/table4/$name ${common[*]} seed=$seed attention=$attention loss=$loss partition=slic"
       done
     done
     for partition in $partitions; do
-      echo "$folder/partition/rmsa_fr_${partition}_seed$seed ${common[*]} seed=$seed attention=rmsa loss=fr partition=$partition"
+      name="rmsa_fr_${partition}_seed$seed"
+      echo "$folder/partition/$name ${common[*]} seed=$seed attention=rmsa loss=fr partition=$partition"
     done
   done
 }
