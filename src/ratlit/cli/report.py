@@ -90,21 +90,22 @@ def _cell(score: dict[str, float] | None, digits: int) -> str:
 
 def summarise(runs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
     """The distinguishing override keys (seed aside) and one entry per row: the input of each task, then each
-    group of runs that differ only in seed, with test and input scores."""
+    group of runs that differ only in seed, with test and input scores and the partitioner that ran."""
     keys = [k for k in distinguishing(runs) if k != "seed"]
     entries: list[dict[str, Any]] = []
     for task in dict.fromkeys(r.get("task") for r in runs):
         given = [r for r in runs if r.get("task") == task and r.get("input")]
         if given:
             entries.append({"label": "input" if len({r.get("task") for r in runs}) == 1 else f"input ({task})",
-                            "task": task, "keys": {}, "runs": given, "is_input": True,
+                            "task": task, "keys": {}, "runs": given, "is_input": True, "partition_used": "",
                             "psnr": _score(given[:1], "input", "psnr"), "ssim": _score(given[:1], "input", "ssim")})
     for group in group_seeds(runs, keys):
         over = _overrides(group[0])
         entries.append({
             "label": group[0]["run"] if len(group) == 1 else f"{group[0]['run']} (+{len(group) - 1} seeds)",
             "task": group[0].get("task"), "keys": {k: over.get(k, "") for k in keys}, "runs": group,
-            "is_input": False, "psnr": _score(group, "test", "psnr"), "ssim": _score(group, "test", "ssim"),
+            "partition_used": (group[0].get("partition") or {}).get("name", ""), "is_input": False,
+            "psnr": _score(group, "test", "psnr"), "ssim": _score(group, "test", "ssim"),
             "input_psnr": _score(group, "input", "psnr"), "input_ssim": _score(group, "input", "ssim"),
         })
     return keys, entries
@@ -125,8 +126,7 @@ def table_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
         for name in ("psnr", "ssim"):
             base = e[f"input_{name}"]
             gains.append(f"{e[name]['mean'] - base['mean']:+.4f}" if e[name] and base else "n/a")
-        partition = (e["runs"][0].get("partition") or {}).get("name", "")
-        rows.append([e["label"], *(e["keys"][k] for k in keys), partition, str(len(e["runs"])),
+        rows.append([e["label"], *(e["keys"][k] for k in keys), e["partition_used"], str(len(e["runs"])),
                      _cell(e["psnr"], 4), gains[0], _cell(e["ssim"], 4), gains[1]])
     return header, rows
 
@@ -190,7 +190,7 @@ def paired_table(runs: list[dict[str, Any]], reference: str | None = None, resam
         ref_scores = (scores.as_input() if scores else None) if ref is None else variant_scores(ref)
         ref_label = "input" if ref is None else ref["label"]
         base = {"task": e["task"], "run": e["label"], **e["keys"],
-                "partition_used": (e["runs"][0].get("partition") or {}).get("name", ""), "reference": ref_label}
+                "partition_used": e["partition_used"], "reference": ref_label}
         if scores is not None and ref_scores is not None:
             note = image_set_note(e["label"], scores, ref_scores, ref_label)
             notes += [note] if note else []
@@ -249,8 +249,7 @@ def numeric_rows(runs: list[dict[str, Any]], gains: dict[tuple[str, str], dict[s
     rows = []
     for e in entries:
         seeds = "" if e["is_input"] else str(len(e["runs"]))
-        row = [e["task"], e["label"], *(e["keys"].get(k, "") for k in keys),
-               "" if e["is_input"] else (e["runs"][0].get("partition") or {}).get("name", ""), seeds]
+        row = [e["task"], e["label"], *(e["keys"].get(k, "") for k in keys), e["partition_used"], seeds]
         images = None
         for m in METRICS:
             score, base = e[m], e.get(f"input_{m}")
