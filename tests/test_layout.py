@@ -3,7 +3,10 @@
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ratlit"
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "ratlit"
 # A module imports from its own area or from areas of a lower rank only (the README's Layout).
 RANKS = {"utils": 0, "partition": 1, "models": 1, "losses": 2, "data": 2, "analysis": 2, "inference": 2, "training": 3,
          "cli": 4}
@@ -73,3 +76,12 @@ def test_modules_stay_readable():
     top = sorted(p.name for p in PACKAGE.glob("*.py"))
     entries = [p for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py", "losses.py")]
     assert all(len(p.read_text().splitlines()) <= 8 for p in entries), top  # the top holds entry points only
+
+
+def test_every_package_and_the_configs_are_installed():
+    # pyproject lists the packages (ratlit.conf lies outside src/): a new subpackage must be added there too.
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {".".join(("ratlit", *p.parent.relative_to(PACKAGE).parts)) for p in PACKAGE.rglob("__init__.py")}
+    assert set(setuptools["packages"]) == found | {"ratlit.conf"}, "pyproject.toml's packages list is stale"
+    assert setuptools["package-dir"]["ratlit.conf"] == "conf" and (ROOT / "conf" / "train.yaml").is_file()

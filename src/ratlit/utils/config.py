@@ -5,6 +5,7 @@ command-line overrides, and paths the user typed made absolute against the folde
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ratlit.utils.files import DiskFullError
 
-# The configs travel inside the package: a plain (non-editable) install runs every command from any folder.
-# Users add their own config folders with Hydra's search path (README, "Your own configs").
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# The configs (conf/ at the repository's top) travel as the package ratlit.conf: an editable install maps it onto
+# conf/, a plain install carries it, so every command runs from any folder. Users add their own config folders with
+# Hydra's search path (README, "Your own configs").
+CONF_DIR = Path(str(resources.files("ratlit.conf")))
 # Resolvers the configs use. conf/train.yaml: a resumed run's Hydra job (its train.log, and its .hydra/ record
 # under resume-<date>/) lives in the folder given to resume=, not in a new dated folder.
 if not OmegaConf.has_resolver("ratlit.if"):
