@@ -63,8 +63,8 @@ def child(args: argparse.Namespace) -> None:
 
     import torch
 
-    from ratlit.cli.predict import restore_paths
     from ratlit.inference import Tiling
+    from ratlit.inference.restore import restore_paths
     from ratlit.utils.allocator import OPT_OUT
 
     torch.set_num_threads(args.threads)

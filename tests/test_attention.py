@@ -3,7 +3,7 @@ import warnings
 import pytest
 import torch
 
-from compare import assert_same_outputs_and_grads
+from helpers.compare import assert_same_outputs_and_grads
 from ratlit.models.attention import (
     MultiHeadSelfAttention,
     attention_scale,

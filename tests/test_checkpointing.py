@@ -17,9 +17,9 @@ import pytest
 import torch
 from torch import nn
 
-from ratlit.training.checkpoint import load_checkpoint
-from ratlit.training.checkpointing import AtomicCheckpointIO, RunCheckpoint, is_whole_checkpoint, resume_checkpoint
+from ratlit.training.checkpoint_saving import AtomicCheckpointIO, RunCheckpoint, is_whole_checkpoint, resume_checkpoint
 from ratlit.training.loggers import AppendingCSVLogger, MetricsFromRestoredStep
+from ratlit.training.run_loading import load_checkpoint
 from ratlit.utils.files import DiskFullError, write_bytes_atomic
 
 STATE = {"state_dict": {"w": torch.arange(20_000, dtype=torch.float32)}, "global_step": 7}
@@ -50,7 +50,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_partial_file(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", half_then_full)
-    monkeypatch.setattr("ratlit.training.checkpointing.saved_size", lambda obj: 81_234_567)
+    monkeypatch.setattr("ratlit.training.checkpoint_saving.saved_size", lambda obj: 81_234_567)
     with pytest.raises(DiskFullError, match=rf"no space left in {tmp_path} for last.ckpt: 81.2 MB needed, .* MB free"):
         AtomicCheckpointIO().save_checkpoint({**STATE, "global_step": 8}, target)
     assert target.read_bytes() == before and os.listdir(tmp_path) == ["last.ckpt"]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from helpers.scans import write_pet_series
 from ratlit.data import (
     CTDataModule,
     PathologyDataModule,
@@ -24,7 +25,6 @@ from ratlit.data.simulation import simulate_ct_scan, simulate_pet_pair
 from ratlit.data.splits import read_splits
 from ratlit.partition import GridPartitioner
 from ratlit.utils.config import CONF_DIR
-from scans import write_pet_series
 
 
 def _dm(cls, root, tmp_path, **kw):

@@ -1,5 +1,5 @@
 """Honest input handling (issue 24): what stored values mean, folders restored whole or not at all, one-line
-errors for every bad checkpoint form, and the guardrails of a CPU run."""
+errors for every bad checkpoint form, and the CPU run-time estimate."""
 
 import logging
 import pickle
@@ -13,24 +13,24 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from helpers.checkpoints import make_checkpoint
+from helpers.scans import pet_volume, write_pet_series
 from ratlit.cli.command import prepare_argv
-from ratlit.cli.predict import restore_paths
 from ratlit.data import CTDataModule, PETDataModule
-from ratlit.data import values as values_module
 from ratlit.data.ct import write_ct_series
 from ratlit.data.io import write_image
+from ratlit.inference.restore import restore_paths
 from ratlit.partition import SlicPartitioner
 from ratlit.partition.base import stand_in
-from ratlit.training import guardrails
-from ratlit.training.checkpoint import build_module, checkpoint_file, load_checkpoint
+from ratlit.training import cpu_estimate
 from ratlit.training.results import summary_line
-from scans import write_pet_series
-from test_predict import make_checkpoint, pet_volume
+from ratlit.training.run_loading import build_module, checkpoint_file, load_checkpoint
+from ratlit.utils import messages
 
 
 @pytest.fixture(autouse=True)
 def _fresh_notes():
-    values_module._said.clear()  # "once per process": each test starts as a new process would
+    messages._said.clear()  # "once per process": each test starts as a new process would
     yield
 
 
@@ -183,7 +183,7 @@ def test_the_sam_stand_in_warns_once(caplog):
 
 
 def fake_step(callback, trainer, module, step, now, monkeypatch):
-    monkeypatch.setattr(guardrails.time, "perf_counter", lambda: now)
+    monkeypatch.setattr(cpu_estimate.time, "perf_counter", lambda: now)
     trainer.global_step = step
     callback.on_train_batch_end(trainer, module, None, None, step)
 
@@ -191,11 +191,11 @@ def fake_step(callback, trainer, module, step, now, monkeypatch):
 @pytest.mark.parametrize("device, max_steps, warned", [("cpu", 200000, True), ("cpu", 1000, False),
                                                        ("cuda", 200000, False)])
 def test_cpu_estimate_after_the_first_steps(caplog, monkeypatch, device, max_steps, warned):
-    callback = guardrails.CpuTimeEstimate(after=5)
+    callback = cpu_estimate.CpuTimeEstimate(after=5)
     trainer = SimpleNamespace(global_step=0, max_steps=max_steps, is_global_zero=True)
     module = SimpleNamespace(device=torch.device(device))
     callback.on_train_start(trainer, module)
-    with caplog.at_level(logging.WARNING, logger=guardrails.__name__):
+    with caplog.at_level(logging.WARNING, logger=cpu_estimate.__name__):
         fake_step(callback, trainer, module, 1, 100.0, monkeypatch)
         callback.on_validation_start(trainer, module)  # a validation restarts the timing
         fake_step(callback, trainer, module, 2, 500.0, monkeypatch)

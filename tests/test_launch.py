@@ -9,11 +9,6 @@ from hydra import compose, initialize_config_dir
 from ratlit.training.launch import claim_gpu, gpu_count
 from ratlit.utils.config import CONF_DIR
 
-try:
-    from test_suite import ct_root  # noqa: F401  (the tiny CT set fixture, for the slow sweep below)
-except ImportError:  # run from elsewhere than tests/
-    ct_root = None
-
 
 def _claim(slot_dir, slots, barrier, queue):
     try:
@@ -89,7 +84,7 @@ def test_matmul_precision_key(value):
 def test_local_gpus_sweep_pins_each_job(ct_root, tmp_path):
     import re
 
-    from test_suite import SMOKE, run
+    from helpers.commands import SMOKE, run
 
     run("ratlit.train", "-m", *SMOKE, f"data.root={ct_root}", "trainer=cpu", "hydra/launcher=local_gpus",
         "seed=1,2", "sweep_name=pin", "test_after_fit=false", cwd=tmp_path, env_extra={"CUDA_VISIBLE_DEVICES": "4,6"})

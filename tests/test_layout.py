@@ -7,10 +7,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "ratlit"
-# A module imports from its own area or from areas of a lower rank only (the README's Layout).
-RANKS = {"utils": 0, "partition": 1, "models": 1, "losses": 2, "data": 2, "analysis": 2, "inference": 2, "training": 3,
-         "cli": 4}
-ENTRY_RANK = 5  # the python -m ratlit.<command> files and __main__
+# A module imports from its own area or from areas of a lower rank only (the README's Layout). inference runs a
+# trained module (training loads it back) and analysis reads what training wrote (and logs to W&B as it does).
+RANKS = {"utils": 0, "partition": 1, "models": 1, "losses": 2, "data": 2, "training": 3, "inference": 4, "analysis": 4,
+         "cli": 5}
+ENTRY_RANK = 6  # the python -m ratlit.<command> files and __main__
 
 
 def _area(module: str) -> str:
@@ -85,3 +86,19 @@ def test_every_package_and_the_configs_are_installed():
     found = {".".join(("ratlit", *p.parent.relative_to(PACKAGE).parts)) for p in PACKAGE.rglob("__init__.py")}
     assert set(setuptools["packages"]) == found | {"ratlit.conf"}, "pyproject.toml's packages list is stale"
     assert setuptools["package-dir"]["ratlit.conf"] == "conf" and (ROOT / "conf" / "train.yaml").is_file()
+
+
+def test_every_command_starts_through_hydra_command_or_says_why_not():
+    for path in sorted((PACKAGE / "cli").glob("*.py")):
+        if path.name in ("__init__.py", "command.py"):
+            continue
+        text = path.read_text()
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        assert "hydra_command(" in text or "hydra_command" in doc, f"{path.name}: how does the command start?"
+
+
+def test_tests_hold_tests_and_helpers_sit_apart():
+    tests = ROOT / "tests"
+    strays = [p.name for p in tests.glob("*.py") if not p.name.startswith("test_") and p.name != "conftest.py"]
+    assert not strays, f"test helpers belong in tests/helpers/: {strays}"
+    assert not list((tests / "helpers").glob("test_*.py")), "tests/helpers/ holds helpers, not tests"

@@ -1,5 +1,5 @@
-"""The authors' weights: ``from_official`` gives a RAT equal to their network (tests/official_reference.py, written
-from the facts of their Model_RAT.py), the paper-size state dict maps key for key, foreign weights get one clear
+"""The authors' weights: ``from_official`` gives a RAT equal to their network (tests/helpers/official_reference.py,
+written from the facts of their Model_RAT.py), the paper-size state dict maps key for key, foreign weights get one clear
 error, and ``ratlit.convert`` writes a checkpoint that evaluate and predict take."""
 
 import os
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from official_reference import OfficialRAT, randomize_
-from ratlit.cli.convert import convert
+from helpers.official_reference import OfficialRAT, randomize_
 from ratlit.models import RAT, from_official
 from ratlit.models.official import official_options
-from ratlit.training.checkpoint import build_module, load_checkpoint
+from ratlit.training.official_checkpoint import convert
+from ratlit.training.run_loading import build_module, load_checkpoint
 
 SMALL = dict(width=8, middle_blk_num=4, layers_per_group=2)  # 32 channels at 1/4 scale, 8 heads of 4
 

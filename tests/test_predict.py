@@ -17,46 +17,16 @@ import pydicom
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from ratlit.cli.predict import predict, restore_paths
+from helpers.checkpoints import make_checkpoint
+from helpers.scans import pet_volume, write_pet_series
+from ratlit.cli.predict import predict
 from ratlit.data import PETDataModule
 from ratlit.data.ct import write_ct_series
+from ratlit.inference.restore import restore_paths
 from ratlit.partition import GridPartitioner, PartitionCache
-from ratlit.utils.config import CONF_DIR, instantiate
-from scans import write_pet_series
-
-
-def make_checkpoint(path: Path, task: str, bias: float | None = 0.0, seed: int = 0) -> Path:
-    """A checkpoint of a tiny RAT for ``task``; ``bias`` not None: the network is ``lq + bias`` exactly."""
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"task={task}", "experiment=smoke", "partition=grid",
-                                          f"run_dir={path.parent}", f"paths.cache_dir={path.parent / 'cache'}"])
-    torch.manual_seed(seed)
-    module = instantiate(cfg.model)
-    with torch.no_grad():
-        if bias is None:  # a network that is not flip-equivariant: orientation matters
-            torch.nn.init.normal_(module.net.ending.weight, std=0.2)
-        else:
-            module.net.ending.weight.zero_()
-            module.net.ending.bias.fill_(bias)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["partition_used"] = instantiate(cfg.partition).spec
-    torch.save({"state_dict": module.state_dict(), "ratlit_config": OmegaConf.to_yaml(resolved)}, path)
-    return path
-
-
-def pet_volume(shape=(32, 32, 4), seed=0) -> np.ndarray:
-    """Bq/ml: a warm body with hot spots of very different peaks per slice."""
-    rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[: shape[0], : shape[1]]
-    volume = np.empty(shape, np.float32)
-    for k in range(shape[-1]):
-        body = np.where((rows - 16) ** 2 + (cols - 16) ** 2 < 13**2, 2000.0, 50.0)
-        hot = (rows - 10 - k) ** 2 + (cols - 12) ** 2 < 4
-        volume[..., k] = body + hot * 3000.0 * (k + 1) + rng.uniform(0, 300, shape[:2])
-    return volume
+from ratlit.utils.config import CONF_DIR
 
 
 def read_back(path: Path) -> np.ndarray:
@@ -146,7 +116,7 @@ def test_nifti_in_any_orientation_restores_as_training_reads_it(tmp_path):
     np.testing.assert_array_equal(out.affine, affine)
     assert out.shape == native.shape and out.get_data_dtype() == np.float32
     # evaluate's route: the DataModule's samples (RAS+, slice_axis 2, per-volume scale), the same network.
-    from ratlit.training.checkpoint import build_module, load_checkpoint
+    from ratlit.training.run_loading import build_module, load_checkpoint
 
     run_cfg, state = load_checkpoint(ckpt)
     module = build_module(run_cfg, state)

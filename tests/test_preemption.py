@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_suite import SMOKE, ct_root, run  # noqa: F401  (ct_root: the fixture)
+from helpers.commands import SMOKE, run
 
 pytestmark = pytest.mark.slow
 

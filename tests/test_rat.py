@@ -3,7 +3,7 @@ import warnings
 import pytest
 import torch
 
-from compare import assert_same_network
+from helpers.compare import assert_same_network
 from ratlit.models import RAT
 
 # zero_init_last=False: these tests look at what the body computes, which a zero last layer would hide.

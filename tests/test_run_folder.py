@@ -16,8 +16,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
 from ratlit.cli.command import prepare_argv
-from ratlit.cli.evaluate import split_checked_datamodule
 from ratlit.data.splits import check_not_seen, saved_splits
+from ratlit.inference.evaluation import split_checked_datamodule
 from ratlit.training.callbacks import ValidateAtEnd
 from ratlit.training.loggers import AppendingCSVLogger
 from ratlit.training.run_folder import RelocateCheckpointState, absolute_data_paths, relocate
@@ -245,17 +245,20 @@ def test_wandb_gets_the_run_config_as_values_not_built_objects(tmp_path, monkeyp
 
 
 def test_run_configs_saved_before_the_package_was_regrouped_still_load(tmp_path):
-    """A checkpoint's config names the classes where they were (ratlit.module, ratlit.callbacks, ratlit.runs)."""
+    """A checkpoint's config names the classes where they were (ratlit.module, ratlit.callbacks, ratlit.runs,
+    ratlit.training.checkpointing, ratlit.training.guardrails)."""
     import torch
     from hydra.utils import get_class
     from omegaconf import OmegaConf
 
-    from ratlit.training.checkpoint import MOVED_TARGETS, load_checkpoint
+    from ratlit.training.run_loading import MOVED_TARGETS, load_checkpoint
 
     old = {"task_name": "ct", "data": {"_target_": "ratlit.data.CTDataModule"},  # what every run config holds
            "model": {"_target_": "ratlit.module.RestorationModule", "net": {"_target_": "ratlit.models.RAT"}},
            "callbacks": {"end": {"_target_": "ratlit.runs.ValidateAtEnd"},
-                         "w": {"_target_": "ratlit.callbacks.WandbSummaries"}},
+                         "w": {"_target_": "ratlit.callbacks.WandbSummaries"},
+                         "ckpt": {"_target_": "ratlit.training.checkpointing.RunCheckpoint"},
+                         "cpu": {"_target_": "ratlit.training.guardrails.CpuTimeEstimate"}},
            "logger": {"csv": {"_target_": "ratlit.runs.AppendingCSVLogger"}}}
     path = tmp_path / "old.ckpt"
     torch.save({"state_dict": {}, "ratlit_config": OmegaConf.to_yaml(OmegaConf.create(old))}, path)
@@ -263,5 +266,7 @@ def test_run_configs_saved_before_the_package_was_regrouped_still_load(tmp_path)
     assert cfg.model._target_ == "ratlit.training.module.RestorationModule"
     assert cfg.callbacks.end._target_ == "ratlit.training.callbacks.ValidateAtEnd"
     assert cfg.logger.csv._target_ == "ratlit.training.loggers.AppendingCSVLogger"
+    assert cfg.callbacks.ckpt._target_ == "ratlit.training.checkpoint_saving.RunCheckpoint"
+    assert cfg.callbacks.cpu._target_ == "ratlit.training.cpu_estimate.CpuTimeEstimate"
     for new in MOVED_TARGETS.values():
         get_class(new)  # every new name imports

@@ -119,7 +119,7 @@ def test_a_bad_tiling_key_is_one_line_naming_it(caplog, command, key, value, mes
 
 def test_weights_cover_every_pixel():
     """Every pixel gets a positive summed weight, for any overlap."""
-    from ratlit.inference.tiling import edge_weights
+    from ratlit.models.tiling import edge_weights
 
     for overlap in (0, 1, 2, 5, 16):
         size, starts = 97, tile_starts(97, 40, overlap, 1)
@@ -147,9 +147,9 @@ def test_evaluate_scores_tiled_test_images():
 
 def test_predict_restores_a_large_image_in_tiles_with_progress(tmp_path, capfd):
     """A network ``lq + 0.1`` (zeroed last conv) gives the same image whole or tiled; the bars show the tiles."""
-    from ratlit.cli.predict import restore_paths
+    from helpers.checkpoints import make_checkpoint
     from ratlit.data.io import read_image, write_image
-    from test_predict import make_checkpoint
+    from ratlit.inference.restore import restore_paths
 
     image = np.random.default_rng(0).uniform(0, 0.8, (3, 80, 72)).astype(np.float32)
     (tmp_path / "in").mkdir()

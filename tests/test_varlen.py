@@ -9,7 +9,7 @@ import logging
 import pytest
 import torch
 
-from compare import assert_same_network, assert_same_outputs_and_grads
+from helpers.compare import assert_same_network, assert_same_outputs_and_grads
 from ratlit.models import RAT
 from ratlit.models.region_attention import (
     AUTO_IMPL,

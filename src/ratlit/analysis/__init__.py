@@ -1,1 +1,1 @@
-"""Comparing runs: per-image paired statistics between variants of a study."""
+"""Comparing runs: the report's runs, tables, chart and per-image paired statistics between variants."""

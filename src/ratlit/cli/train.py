@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ratlit.cli.command import exit_on_user_error, hydra_command
 from ratlit.data.splits import groups_by_split, write_splits
 from ratlit.training.callbacks import RunConfigInCheckpoint
-from ratlit.training.checkpointing import AtomicCheckpointIO, resume_checkpoint
+from ratlit.training.checkpoint_saving import AtomicCheckpointIO, resume_checkpoint
 from ratlit.training.launch import check_launch, pin_parallel_job, set_matmul_precision
 from ratlit.training.loggers import (
     MetricsFromRestoredStep,

@@ -7,41 +7,23 @@ of a data set's split.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
 
 from ratlit.cli.command import exit_on_user_error, hydra_command
+from ratlit.data.io import read_any_image
 from ratlit.partition import Partitioner
 from ratlit.partition.base import as_channels_last, to_unit_range
 from ratlit.utils.config import instantiate, user_path
 from ratlit.utils.display import render_regions
 
 
-def load_any_image(path: Path, slice_axis: int = 2, slice_index: int | None = None) -> np.ndarray:
-    """A 2D image ``[C, H, W]`` from a PNG/TIFF/JPEG, a DICOM file or a NIfTI volume (one slice of it)."""
-    from ratlit.data.io import IMAGE_SUFFIXES, is_nifti, read_dicom, read_image, read_volume
-
-    if not path.exists():
-        raise ValueError(f"image {path} does not exist")
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return read_image(path)
-    if is_nifti(path):
-        volume = read_volume(path)
-        index = volume.shape[slice_axis] // 2 if slice_index is None else int(slice_index)
-        if not 0 <= index < volume.shape[slice_axis]:
-            raise ValueError(f"slice_index {index} is outside {path} "
-                             f"({volume.shape[slice_axis]} slices on axis {slice_axis})")
-        return np.take(volume, index, axis=slice_axis)[None]
-    return read_dicom(path).pixels[None]
-
-
 def collect(cfg: DictConfig, datamodule: Any, partitioner: Partitioner) -> list[tuple[str, np.ndarray, np.ndarray]]:
     if cfg.image:
         path = user_path(cfg.image)
-        image = load_any_image(path, cfg.data.get("slice_axis", 2), cfg.slice_index)
+        image = read_any_image(path, cfg.data.get("slice_axis", 2), cfg.slice_index)
         # A file is in its own units (HU, counts, 8-bit): shown between its 0.5th and 99.5th percentiles.
         shown = np.moveaxis(to_unit_range(as_channels_last(image)), -1, 0)
         return [(path.name, shown, partitioner(image))]

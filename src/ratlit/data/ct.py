@@ -20,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ratlit.data.base import RestorationDataModule, Sample, UnitMap
+from ratlit.data.datamodule import RestorationDataModule
+from ratlit.data.dicom_rescale import check_ct_rescale
 from ratlit.data.io import check_same_geometry, dicom_slice_corners, read_dicom, read_dicom_series, write_dicom
+from ratlit.data.sample import Sample
 from ratlit.data.splits import write_splits
-from ratlit.data.values import check_ct_rescale
+from ratlit.data.unit_map import UnitMap
 
 # "*full dose*": TCIA LDCT-and-Projection-data names its series "1.000000-Full Dose Images-96514"
 FULL_DOSE_PATTERNS = ("full*", "*full dose*", "*full-dose*", "*full_dose*", "*fd*", "*ndct*", "*normal*")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ratlit.data.base import RestorationDataModule
+from ratlit.data.datamodule import RestorationDataModule
 from ratlit.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_nifti, read_dicom, read_image
-from ratlit.data.values import note_values
+from ratlit.data.value_assumptions import note_values
 
 log = logging.getLogger("ratlit.predict")
 KIND_NAMES = {"dicom": "a DICOM file", "nifti": "a NIfTI volume", "image": "an image file"}
@@ -83,12 +83,12 @@ def check_inputs(files: Sequence[Path], datamodule: RestorationDataModule, task:
         kind = kind_of(path)
         if kind == "image":
             matches = refuse_unless_forced(path, kind)
-            check_image(path, channels, ckpt)
+            check_image_file(path, channels, ckpt)
             if matches:
                 note_values(task, kind, path)
         elif kind == "nifti":
             matches = refuse_unless_forced(path, kind)
-            check_nifti(path, channels, ckpt)
+            check_nifti_file(path, channels, ckpt)
             if matches:
                 note_values(task, kind, path)
         else:
@@ -109,7 +109,7 @@ def check_inputs(files: Sequence[Path], datamodule: RestorationDataModule, task:
                 note_values(task, "dicom", dicom.path, dicom.header, assume_hu, "assume_hu")
 
 
-def check_image(path: Path, channels: int, ckpt: Path) -> None:
+def check_image_file(path: Path, channels: int, ckpt: Path) -> None:
     """Readable, finite, and of the checkpoint's channels (a grey image goes through an RGB network)."""
     image = read_image(path)
     if image.shape[0] != channels and not (image.shape[0] == 1 and channels == 3):
@@ -119,7 +119,7 @@ def check_image(path: Path, channels: int, ckpt: Path) -> None:
         raise ValueError(f"{path} holds {bad} NaN or infinite value(s); predict needs finite pixel values")
 
 
-def check_nifti(path: Path, channels: int, ckpt: Path) -> None:
+def check_nifti_file(path: Path, channels: int, ckpt: Path) -> None:
     """A readable NIfTI header of one 3D volume, for a one-channel network (its voxels are read when restored)."""
     import nibabel as nib
 

@@ -347,6 +347,22 @@ def write_image(path: Path, image: np.ndarray, bits: int | None = None) -> None:
         skio.imsave(tmp, array, check_contrast=False)
 
 
+def read_any_image(path: Path, slice_axis: int = 2, slice_index: int | None = None) -> np.ndarray:
+    """A 2D image ``[C, H, W]`` from a PNG/TIFF/JPEG, a DICOM file or a NIfTI volume (one slice of it)."""
+    if not path.exists():
+        raise ValueError(f"image {path} does not exist")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return read_image(path)
+    if is_nifti(path):
+        volume = read_volume(path)
+        index = volume.shape[slice_axis] // 2 if slice_index is None else int(slice_index)
+        if not 0 <= index < volume.shape[slice_axis]:
+            raise ValueError(f"slice_index {index} is outside {path} "
+                             f"({volume.shape[slice_axis]} slices on axis {slice_axis})")
+        return np.take(volume, index, axis=slice_axis)[None]
+    return read_dicom(path).pixels[None]
+
+
 def find_images(folder: Path) -> list[Path]:
     """Image files (PNG, TIFF, JPEG) directly in ``folder``, sorted."""
     if not folder.is_dir():

@@ -18,9 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ratlit.data.base import RestorationDataModule, Sample, UnitMap
+from ratlit.data.datamodule import RestorationDataModule
 from ratlit.data.io import find_images, read_image, write_image
+from ratlit.data.sample import Sample
 from ratlit.data.splits import write_splits
+from ratlit.data.unit_map import UnitMap
 
 
 def bicubic_degrade(hq: np.ndarray, scale: int = 4) -> np.ndarray:

@@ -21,10 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ratlit.data.base import RestorationDataModule, Sample, UnitMap
+from ratlit.data.datamodule import RestorationDataModule
 from ratlit.data.io import check_volume_pair, dicom_files, is_nifti, read_dicom, read_volume, write_nifti
+from ratlit.data.sample import Sample
 from ratlit.data.splits import write_splits
-from ratlit.data.values import note_values
+from ratlit.data.unit_map import UnitMap
+from ratlit.data.value_assumptions import note_values
 
 PERCENTILE = 99.9
 

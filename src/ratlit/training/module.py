@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torchmetrics import CatMetric
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from ratlit.inference import Tiling, tile_multiple, tiled_forward
+from ratlit.models.tiling import Tiling, tile_multiple, tiled_forward
 from ratlit.training.compiling import compile_choice, compile_repeated_blocks, compiles_on, eager
 from ratlit.training.cuda_graph import GraphedBackward
 from ratlit.utils.checks import DeferredFiniteCheck, finite_checks
@@ -104,7 +104,7 @@ class RestorationModule(L.LightningModule):
         self.cuda_graph, self.cuda_graph_warmup = cuda_graph, cuda_graph_warmup
         self._configured_lrs: list[float] = []  # set by configure_optimizers
         self._graphed: GraphedBackward | None = None  # set at fit start where the step is replayed as a CUDA graph
-        self.tiling: Tiling | None = None  # test images in tiles (set by evaluate; ratlit.inference)
+        self.tiling: Tiling | None = None  # test images in tiles (set by evaluate; ratlit.models.tiling)
 
     def forward(self, lq: Tensor, regions: Tensor | None = None) -> Tensor:
         return self.net(lq, regions)

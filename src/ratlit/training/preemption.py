@@ -27,7 +27,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ratlit.training.checkpointing import RunCheckpoint, resume_checkpoint
+from ratlit.training.checkpoint_saving import RunCheckpoint, resume_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ratlit.training.checkpoint import load_checkpoint, upgrade_run_config
+from ratlit.training.run_loading import load_checkpoint, upgrade_run_config
 from ratlit.utils.config import overrides, user_path
 
 DATA_PATH_KEYS = ("root", "splits", "cache_dir")

@@ -7,7 +7,7 @@ and unmaps it on ``free``; PyTorch frees each activation when it is done with it
 and 4.6-5.6 s with 0.4 million when malloc keeps its memory (peak resident memory 1.2 -> 1.7 GB: freed blocks
 wait for reuse). PyTorch's CPU tuning guide gives the same advice with jemalloc or tcmalloc; this needs no
 preloaded library. train and precompute call :func:`keep_freed_memory` first; predict and evaluate only for tiled
-inference without dense R-MSA (ratlit.inference.keeps_freed_memory: there it grew the peak beyond 1.5x).
+inference without dense R-MSA (ratlit.models.tiling.keeps_freed_memory: there it grew the peak beyond 1.5x).
 """
 
 from __future__ import annotations

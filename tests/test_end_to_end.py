@@ -13,44 +13,12 @@ import pydicom
 import pytest
 import yaml
 
+from helpers.commands import SMOKE, run
+from helpers.scans import tiny_ct
 from ratlit.data.ct import write_ct_series
 from ratlit.data.io import write_nifti
 
 pytestmark = pytest.mark.slow  # subprocess runs of the command lines
-
-SMOKE = ["experiment=smoke", "data.patch_size=32", "trainer.max_steps=6", "trainer.val_check_interval=3",
-         "data.val_fraction=0.25", "data.test_fraction=0.25"]
-
-
-def tiny_ct(root: Path, seed: int, size: int, slices: int, radius: int, quarter_noise) -> Path:
-    """An AAPM-layout CT set of 4 patients x ``slices`` discs of ``size`` x ``size`` (quarter dose: noisier)."""
-    rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[:size, :size]
-    disc = (rows - size // 2) ** 2 + (cols - size // 2) ** 2
-    for p in range(4):
-        base = [np.where(disc < (radius + 3 * k + p) ** 2, 60.0, -1000.0) for k in range(slices)]
-        for side, noise, kind in (("full_1mm", 10, "FD"), ("quarter_1mm", quarter_noise(p), "QD")):
-            write_ct_series(root / f"P{p}" / side, [b + rng.normal(0, noise, b.shape) for b in base], f"P{p}", kind,
-                            0.7, [float(k) for k in range(slices)], "1.2.3.4")
-    return root
-
-
-@pytest.fixture(scope="module")
-def ct_root(tmp_path_factory):
-    """A tiny AAPM-layout CT set: 4 patients x 2 slices of 48 x 48."""
-    return tiny_ct(tmp_path_factory.mktemp("aapm"), 0, 48, 2, 12, lambda p: 20)
-
-
-def run(module, *args, cwd, check=True, env_extra=None, timeout=400):
-    env = {**os.environ, "RATLIT_CACHE": str(cwd / "cache"), "RATLIT_OUTPUTS": str(cwd / "outputs"),
-           "HOME": str(cwd), "WANDB_SILENT": "true", **(env_extra or {})}
-    for key in ("WANDB_API_KEY", "WANDB_MODE", "RATLIT_SAM_CHECKPOINT"):
-        env.pop(key, None)
-    result = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=timeout)
-    if check:
-        assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
-    return result
 
 
 def only_run(cwd: Path, task="ct") -> Path:
@@ -315,8 +283,8 @@ def test_bad_checkpoint_forms_are_one_line_everywhere(tmp_path):
 
 
 def test_predict_folder_is_all_or_nothing_with_a_non_ascii_path(tmp_path):
+    from helpers.checkpoints import make_checkpoint
     from ratlit.data.io import write_image
-    from test_predict import make_checkpoint
 
     folder = tmp_path / "données"  # passed unquoted: Hydra's lexer alone rejects the é
     write_image(folder / "photo.png", np.full((1, 32, 32), 0.5))

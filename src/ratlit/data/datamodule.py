@@ -1,4 +1,4 @@
-"""What the three tasks share: samples, patient-level splits, paired crops, the LightningDataModule.
+"""The LightningDataModule the three tasks share: samples listed, groups split, the partition cache, loaders.
 
 A task lists its ``Sample``s (a name, the group it belongs to — patient for CT and PET, image for
 pathology — and a picklable loader returning ``(lq, hq)`` float32 ``[C, H, W]``). The DataModule splits
@@ -15,16 +15,18 @@ import os
 import shutil
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import lightning as L
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader
 
+from ratlit.data.paired_dataset import PairedDataset
+from ratlit.data.resumable_sampler import ResumableSampler
+from ratlit.data.sample import Sample
 from ratlit.data.splits import (
     SPLITS,
     group_names,
@@ -33,131 +35,13 @@ from ratlit.data.splits import (
     split_groups,
     warn_on_people_in_several_splits,
 )
+from ratlit.data.unit_map import UnitMap
 from ratlit.partition import CacheStats, PartitionCache, Partitioner, SlicPartitioner
 from ratlit.utils.config import default_cache_dir
 from ratlit.utils.files import make_temp_dir
 
 log = logging.getLogger(__name__)
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}  # no predict_dataloader
-
-
-@dataclass(frozen=True)
-class UnitMap:
-    """Between a scan's own values (HU, Bq/ml, [0, 1] pixels) and the network's units, one volume at a time.
-
-    ``to_unit(x) = (x - offset) / scale``, clipped to ``clip`` when given (as the task's loaders do), computed
-    in float32 like the loaders so that a file restored by predict sees exactly the values training saw;
-    ``from_unit(y) = y * scale + offset``, held at or above ``floor`` when given (e.g. PET activity >= 0).
-    """
-
-    scale: float = 1.0
-    offset: float = 0.0
-    clip: tuple[float, float] | None = None
-
-    def to_unit(self, x: np.ndarray) -> np.ndarray:
-        y = (np.asarray(x, dtype=np.float32) - self.offset) / self.scale
-        return (np.clip(y, *self.clip) if self.clip is not None else y).astype(np.float32)
-
-    def from_unit(self, y: np.ndarray, floor: float | None = None) -> np.ndarray:
-        x = np.asarray(y, dtype=np.float64) * self.scale + self.offset
-        return (np.maximum(x, floor) if floor is not None else x).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One LQ/HQ pair: ``load() -> (lq, hq)`` float32 ``[C, H, W]``; ``group`` is the unit of splitting;
-    ``person`` the scan's own patient id (DICOM PatientID) where it has one, checked across the splits."""
-
-    name: str
-    group: str
-    load: Callable[[], tuple[np.ndarray, np.ndarray]]
-    person: str = ""
-
-
-def random_paired_crop(
-    lq: torch.Tensor, hq: torch.Tensor, regions: torch.Tensor, size: int, augment: bool,
-    generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One random ``size x size`` window of all three, then one of the 8 dihedral transforms if ``augment``."""
-    height, width = lq.shape[-2:]
-    top = int(torch.randint(0, height - size + 1, (1,), generator=generator))
-    left = int(torch.randint(0, width - size + 1, (1,), generator=generator))
-    crops = [t[..., top : top + size, left : left + size] for t in (lq, hq, regions)]
-    if augment:
-        k = int(torch.randint(0, 4, (1,), generator=generator))
-        flip = bool(torch.randint(0, 2, (1,), generator=generator))
-        crops = [torch.rot90(t, k, dims=(-2, -1)) for t in crops]
-        if flip:
-            crops = [torch.flip(t, dims=(-1,)) for t in crops]
-    return tuple(t.contiguous() for t in crops)
-
-
-class PairedDataset(Dataset):
-    """LQ/HQ pairs with their label maps; random paired crops for training, whole images otherwise."""
-
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        cache: PartitionCache,
-        patch_size: int | None = None,
-        augment: bool = False,
-        in_memory: bool = True,
-        length: int | None = None,
-    ) -> None:
-        self.samples, self.cache, self.patch_size, self.augment = list(samples), cache, patch_size, augment
-        self.length = length or len(self.samples)
-        self.seed = 0  # crops: a function of (seed, draw), see ResumableSampler
-        self.images = [self._load(s) for s in self.samples] if in_memory else None
-
-    def _load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        lq, hq = sample.load()
-        if lq.shape != hq.shape:
-            raise ValueError(f"{sample.name}: LQ shape {lq.shape} and HQ shape {hq.shape} do not pair")
-        if self.patch_size and min(lq.shape[-2:]) < self.patch_size:
-            raise ValueError(
-                f"{sample.name} is {lq.shape[-2]}x{lq.shape[-1]}, smaller than patch_size {self.patch_size}; "
-                f"lower data.patch_size"
-            )
-        return lq, hq, self.cache.labels(lq).astype(np.int32)  # int32 halves the in-memory label maps
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        """Item ``index % len(self)``; a training crop is drawn from ``(seed, index)`` alone (``index`` may count
-        on across epochs: ResumableSampler gives ``epoch * len + i``), so a resumed run draws the same crops.
-        ``index``: the item's position, for counting each image once across processes."""
-        sample = self.samples[index % len(self.samples)]
-        lq, hq, regions = self.images[index % len(self.samples)] if self.images is not None else self._load(sample)
-        lq_t, hq_t, regions_t = torch.from_numpy(lq), torch.from_numpy(hq), torch.from_numpy(regions).long()
-        if self.patch_size:
-            seed = int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
-            generator = torch.Generator().manual_seed(seed)
-            lq_t, hq_t, regions_t = random_paired_crop(lq_t, hq_t, regions_t, self.patch_size, self.augment, generator)
-        return {"lq": lq_t, "hq": hq_t, "regions": regions_t, "name": sample.name, "index": index % self.length}
-
-
-class ResumableSampler(DistributedSampler):
-    """The training order: a permutation drawn from ``(seed, epoch)`` (this rank's share of it), given as draws
-    ``epoch * len(dataset) + i`` so the dataset's crops differ per epoch. ``resume_at(epoch, consumed)`` skips the
-    items this rank already trained on in that epoch, once: a mid-epoch resume continues the epoch instead of
-    replaying its first crops. ``len`` stays the epoch's (Lightning counts the restored batches into it)."""
-
-    def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        self._skip: tuple[int, int] | None = None
-
-    def resume_at(self, epoch: int, consumed: int) -> None:
-        self.set_epoch(epoch)
-        self._skip = (epoch, consumed) if consumed > 0 else None
-
-    def __iter__(self):
-        order = list(super().__iter__())
-        if self._skip is not None and self._skip[0] == self.epoch:
-            order = order[self._skip[1]:]
-        self._skip = None
-        offset = self.epoch * len(self.dataset)
-        return iter([offset + i for i in order])
 
 
 class RestorationDataModule(L.LightningDataModule, ABC):

@@ -7,6 +7,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage, generate_uid
 
+from ratlit.data.ct import write_ct_series
 from ratlit.data.io import write_dicom
 
 
@@ -36,3 +37,28 @@ def write_pet_series(folder: Path, volume: np.ndarray, modality: str = "PT",
         ds.RescaleSlope, ds.RescaleIntercept = slope, 0
         ds.PixelData = np.round(volume[..., k] / slope).astype(np.int16).tobytes()
         write_dicom(folder / f"IM{volume.shape[-1] - k:03d}.dcm", ds)
+
+
+def pet_volume(shape=(32, 32, 4), seed=0) -> np.ndarray:
+    """Bq/ml: a warm body with hot spots of very different peaks per slice."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    volume = np.empty(shape, np.float32)
+    for k in range(shape[-1]):
+        body = np.where((rows - 16) ** 2 + (cols - 16) ** 2 < 13**2, 2000.0, 50.0)
+        hot = (rows - 10 - k) ** 2 + (cols - 12) ** 2 < 4
+        volume[..., k] = body + hot * 3000.0 * (k + 1) + rng.uniform(0, 300, shape[:2])
+    return volume
+
+
+def tiny_ct(root: Path, seed: int, size: int, slices: int, radius: int, quarter_noise) -> Path:
+    """An AAPM-layout CT set of 4 patients x ``slices`` discs of ``size`` x ``size`` (quarter dose: noisier)."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size, :size]
+    disc = (rows - size // 2) ** 2 + (cols - size // 2) ** 2
+    for p in range(4):
+        base = [np.where(disc < (radius + 3 * k + p) ** 2, 60.0, -1000.0) for k in range(slices)]
+        for side, noise, kind in (("full_1mm", 10, "FD"), ("quarter_1mm", quarter_noise(p), "QD")):
+            write_ct_series(root / f"P{p}" / side, [b + rng.normal(0, noise, b.shape) for b in base], f"P{p}", kind,
+                            0.7, [float(k) for k in range(slices)], "1.2.3.4")
+    return root

@@ -8,23 +8,25 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ratlit.training.checkpointing import check_whole_checkpoint
+from ratlit.training.checkpoint_saving import check_whole_checkpoint
 from ratlit.utils.config import instantiate
 from ratlit.utils.files import load_weights
 
 log = logging.getLogger(__name__)
 
-# Classes that run configs name by `_target_` and that moved when the package was regrouped (0.1 layout):
-# configs saved by earlier runs (checkpoints, config.yaml) still load.
+# Classes that run configs name by `_target_` and that moved when the package was regrouped (0.1 layout) or their
+# modules renamed: configs saved by earlier runs (checkpoints, config.yaml) still load.
 MOVED_TARGETS = {
     "ratlit.module.RestorationModule": "ratlit.training.module.RestorationModule",
     "ratlit.runs.ValidateAtEnd": "ratlit.training.callbacks.ValidateAtEnd",
     "ratlit.runs.AppendingCSVLogger": "ratlit.training.loggers.AppendingCSVLogger",
     "ratlit.callbacks.WandbSummaries": "ratlit.training.loggers.WandbSummaries",
-    # last.ckpt at every validation and interrupt (issue 23); same arguments, same checkpoint state key
-    "lightning.pytorch.callbacks.ModelCheckpoint": "ratlit.training.checkpointing.RunCheckpoint",
+    # last.ckpt at every validation and interrupt; same arguments, same checkpoint state key
+    "lightning.pytorch.callbacks.ModelCheckpoint": "ratlit.training.checkpoint_saving.RunCheckpoint",
     **{f"ratlit.callbacks.{name}": f"ratlit.training.callbacks.{name}"
        for name in ("RegionPanels", "PerImageScores", "BestValidation", "TrainingSpeed", "StepProgressBar")},
+    "ratlit.training.checkpointing.RunCheckpoint": "ratlit.training.checkpoint_saving.RunCheckpoint",
+    "ratlit.training.guardrails.CpuTimeEstimate": "ratlit.training.cpu_estimate.CpuTimeEstimate",
 }
 
 

@@ -1,0 +1,100 @@
+"""The runs a report gathers: every ``results.json`` below a folder, the overrides that tell them apart, runs
+that differ only in ``seed`` grouped into one row, and each row's scores (summary and per image)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ratlit.analysis.paired import Scores, read_per_image
+
+
+def load_runs(folder: Path) -> list[dict[str, Any]]:
+    if not folder.exists():
+        raise ValueError(f"{folder} does not exist")
+    runs = []
+    for path in sorted(folder.rglob("results.json")):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read {path}: {err}") from err
+        result["run"] = str(path.parent.relative_to(folder)) if path.parent != folder else path.parent.name
+        result["_dir"] = str(path.parent)  # where its test_results.csv is
+        runs.append(result)
+    if not runs:
+        raise ValueError(f"no runs (results.json) under {folder}")
+    return runs
+
+
+def distinguishing(runs: list[dict[str, Any]]) -> list[str]:
+    """Override keys whose values differ between runs (all of them for a single run)."""
+    parsed = [dict(o.split("=", 1) for o in run.get("overrides", []) if "=" in o) for run in runs]
+    keys = sorted({k.lstrip("+~") for p in parsed for k in p})
+    for p in parsed:
+        for k in list(p):
+            p[k.lstrip("+~")] = p.pop(k)
+    if len(runs) == 1:
+        return keys
+    return [k for k in keys if len({p.get(k) for p in parsed}) > 1]
+
+
+def run_overrides(run: dict[str, Any]) -> dict[str, str]:
+    return {o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1] for o in run.get("overrides", []) if "=" in o}
+
+
+def group_seeds(runs: list[dict[str, Any]], keys: list[str]) -> list[list[dict[str, Any]]]:
+    """Runs that differ only in ``seed`` form one group (first-seen order)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for run in runs:
+        over = run_overrides(run)
+        ident = (run.get("task"), *(over.get(k, "") for k in keys if k != "seed"))
+        groups.setdefault(ident, []).append(run)
+    return list(groups.values())
+
+
+def _score(runs: list[dict[str, Any]], entry: str, name: str) -> dict[str, float] | None:
+    """Mean over runs, the mean std over images, and the std over runs (seeds) of one score."""
+    values = [(r.get(entry) or {}).get(name) for r in runs]
+    if any(v is None for v in values):
+        return None
+    image_std = [(r.get(entry) or {}).get(f"{name}_std") or 0.0 for r in runs]
+    mean = sum(values) / len(values)
+    seed_std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+    return {"mean": mean, "image_std": sum(image_std) / len(image_std), "seed_std": seed_std, "count": len(values)}
+
+
+def summarise(runs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The distinguishing override keys (seed aside) and one entry per row: the input of each task, then each
+    group of runs that differ only in seed, with test and input scores and the partitioner that ran."""
+    keys = [k for k in distinguishing(runs) if k != "seed"]
+    entries: list[dict[str, Any]] = []
+    for task in dict.fromkeys(r.get("task") for r in runs):
+        given = [r for r in runs if r.get("task") == task and r.get("input")]
+        if given:
+            entries.append({"label": "input" if len({r.get("task") for r in runs}) == 1 else f"input ({task})",
+                            "task": task, "keys": {}, "runs": given, "is_input": True, "partition_used": "",
+                            "psnr": _score(given[:1], "input", "psnr"), "ssim": _score(given[:1], "input", "ssim")})
+    for group in group_seeds(runs, keys):
+        over = run_overrides(group[0])
+        entries.append({
+            "label": group[0]["run"] if len(group) == 1 else f"{group[0]['run']} (+{len(group) - 1} seeds)",
+            "task": group[0].get("task"), "keys": {k: over.get(k, "") for k in keys}, "runs": group,
+            "partition_used": (group[0].get("partition") or {}).get("name", ""), "is_input": False,
+            "psnr": _score(group, "test", "psnr"), "ssim": _score(group, "test", "ssim"),
+            "input_psnr": _score(group, "input", "psnr"), "input_ssim": _score(group, "input", "ssim"),
+        })
+    return keys, entries
+
+
+def _seed(run: dict[str, Any]) -> str | None:
+    seed = run_overrides(run).get("seed", (run.get("columns") or {}).get("seed"))
+    return None if seed is None else str(seed)
+
+
+def variant_scores(entry: dict[str, Any]) -> Scores | None:
+    """The per-image test scores of a row's runs (None when a run has no ``test_results.csv``)."""
+    paths = [Path(run["_dir"]) / "test_results.csv" for run in entry["runs"]]
+    if not all(p.is_file() for p in paths):
+        return None
+    return Scores([read_per_image(p) for p in paths], [_seed(r) for r in entry["runs"]])

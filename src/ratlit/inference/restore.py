@@ -1,0 +1,111 @@
+"""Restoring scans with a checkpoint, the pipeline of ``python -m ratlit.predict``.
+
+Each input is read and normalised as the run's task reads its training data, one volume at a time: a DICOM
+series (the files of one SeriesInstanceUID in the input folder, ordered along the slice normal) or a NIfTI
+file (reoriented to RAS+ and cut along ``slice_axis``, as training does) is mapped to the network's units
+by the task's DataModule (``unit_map``: CT its HU window, PET the whole LQ volume's 99.9th percentile) and
+restored slice by slice (values a window cut off come back as they went in); PNG/TIFF/JPEG images are
+restored whole. Regions come from the partitioner the run was trained with, computed once per image and cached.
+
+Outputs keep the input's format, name and geometry: DICOM slices as derived DICOM (header kept, ImageType
+DERIVED\\SECONDARY, new SOP / series UIDs, RescaleSlope/Intercept chosen per slice so no restored value is
+clipped, uncompressed Explicit VR Little Endian whatever the input's encoding); NIfTI in the input's own
+orientation, affine and header (float32); images in their format, bit depth and channels. ``nonnegative``
+keeps restored values >= 0 (default: the task's, on for PET activity). The input's modality (DICOM Modality) and
+format are checked against the checkpoint's task; ``force=true`` runs anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from ratlit.data.datamodule import RestorationDataModule
+from ratlit.data.inputs import check_inputs, input_files, kind_of
+from ratlit.data.io import DICOM_SUFFIXES
+from ratlit.inference.formats import Job, dicom_series, restore_dicom_series, restore_image, restore_nifti
+from ratlit.inference.restorer import Restorer
+from ratlit.models.tiling import Tiling, keeps_freed_memory
+from ratlit.partition import PartitionCache, partitioner_from_spec
+from ratlit.training.run_loading import build_module, checkpoint_file, load_checkpoint
+from ratlit.utils.allocator import keep_freed_memory
+from ratlit.utils.config import instantiate
+from ratlit.utils.files import staged_folder
+
+log = logging.getLogger("ratlit.predict")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+
+
+def task_datamodule(run_cfg: DictConfig) -> RestorationDataModule:
+    """The run's task DataModule for its intensity interface only: no data root, no partitioner, nothing read."""
+    return instantiate(run_cfg.data, root=None, partitioner=None)
+
+
+def restore_paths(
+    ckpt: Path,
+    source: Path,
+    out: Path,
+    *,
+    accelerator: str = "auto",
+    cache_dir: Path | None = None,
+    slice_axis: int | None = None,
+    upscale: bool = False,
+    nonnegative: bool | None = None,
+    force: bool = False,
+    tiling: Tiling = Tiling(None),
+    assume_hu: bool | None = None,
+) -> list[Path]:
+    """Restore ``source`` (a file or a folder) with the checkpoint ``ckpt`` (a file or a run folder) into the
+    folder ``out``: every input is checked first, and the outputs appear together or not at all.
+    ``assume_hu``: CT DICOM files without rescale tags hold HU (None: the run's ``data.assume_hu``)."""
+    if accelerator not in ACCELERATORS:
+        raise ValueError(f"accelerator must be one of {list(ACCELERATORS)}, got {accelerator!r}")
+    if nonnegative not in (None, True, False) or force not in (True, False):
+        raise ValueError("nonnegative must be null, true or false and force true or false, "
+                         f"got {nonnegative!r}, {force!r}")
+    ckpt = checkpoint_file(ckpt)
+    run_cfg, state = load_checkpoint(ckpt)
+    if keeps_freed_memory(tiling, run_cfg.model.net.get("region_impl")):
+        keep_freed_memory()
+    files = input_files(source)
+    if any((out / p.name).resolve() == p.resolve() for p in files):
+        raise ValueError(f"output {out} would overwrite the inputs; choose another folder")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} is a file; give a folder")
+    datamodule = task_datamodule(run_cfg)
+    axis = int(slice_axis if slice_axis is not None else run_cfg.data.get("slice_axis", 2))
+    if axis not in (0, 1, 2):
+        raise ValueError(f"slice_axis must be 0, 1 or 2, got {axis}")
+    device = torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
+    partitioner = partitioner_from_spec(dict(run_cfg.partition_used))
+    cache_root = Path(str(run_cfg.paths.cache_dir)).expanduser() if cache_dir is None else cache_dir
+    cache = PartitionCache(cache_root / "partitions" / "predict", partitioner)
+    restorer = Restorer(build_module(run_cfg, state), cache, device, tiling)
+    floor = datamodule.value_floor if nonnegative is None else (0.0 if nonnegative else None)
+    job = Job(restorer, datamodule, str(run_cfg.task_name), ckpt, int(run_cfg.model.net.in_channels), axis, floor,
+              int(run_cfg.data.get("scale", 4)) if upscale else None, force)
+    if source.is_file() and kind_of(source) == "dicom":
+        siblings = [p for p in source.parent.iterdir()
+                    if p != source and p.is_file() and p.suffix.lower() in DICOM_SUFFIXES]
+        if siblings:
+            log.warning("restoring %s alone: it is normalised as a one-slice volume; give its folder %s to restore "
+                        "(and normalise) the whole series as training does", source, source.parent)
+    hu = bool(run_cfg.data.get("assume_hu", False)) if assume_hu is None else bool(assume_hu)
+    check_inputs(files, datamodule, job.task, job.channels, ckpt, force, hu)  # before anything is written
+    with staged_folder(out) as stage:
+        written: list[Path] = []
+        for path in tqdm(files, desc="files", unit="file", disable=len(files) < 2):
+            if kind_of(path) == "image":
+                written.append(restore_image(path, stage, job))
+            elif kind_of(path) == "nifti":
+                written.append(restore_nifti(path, stage, job))
+        for series in dicom_series([p for p in files if kind_of(p) == "dicom"]):
+            written += restore_dicom_series(series, stage, job)
+    written = [out / p.name for p in written]
+    for path in written:
+        log.info("wrote %s", path)
+    return written

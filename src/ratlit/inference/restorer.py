@@ -1,0 +1,28 @@
+"""A trained network with its partitioner, restoring one image (in network units) in tiles."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ratlit.models.tiling import Tiling, tile_multiple, tiled_forward
+from ratlit.partition import PartitionCache
+
+
+class Restorer:
+    """A trained module + its partitioner; ``restorer(image [C, H, W]) -> [C, H, W]`` in network units.
+
+    Regions are computed on the whole image; the network runs on tiles of ``tiling`` (ratlit.inference)."""
+
+    def __init__(self, module: torch.nn.Module, cache: PartitionCache, device: torch.device,
+                 tiling: Tiling = Tiling(None)) -> None:
+        self.module, self.cache, self.device, self.tiling = module.to(device), cache, device, tiling
+        self.multiple = tile_multiple(getattr(module, "net", module))
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        regions = self.cache.labels(image)
+        lq = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(self.device)
+        with torch.inference_mode():
+            out = tiled_forward(self.module, lq, torch.from_numpy(regions)[None].to(self.device), self.tiling,
+                                self.multiple)
+        return out[0].float().cpu().numpy()
