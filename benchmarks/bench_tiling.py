@@ -1,6 +1,6 @@
 """predict on one CT slice of 512 ... 4096 pixels a side: wall time and peak resident memory, tiled or whole.
 
-Each size runs ``ratlit.predict.restore_paths`` (read, partition the whole slice, restore, write a NIfTI) in a
+Each size runs ``ratlit.inference.restore.restore_paths`` (read, partition the whole slice, restore, write a NIfTI) in a
 fresh subprocess, so its peak RSS (``ru_maxrss``, the whole process: Python, torch and the model included) is
 its own; the partition cache starts empty. ``--ckpt``: a run's checkpoint (e.g. ``experiment=smoke``); without
 it, an untrained paper-size RAT checkpoint (task ct, partition slic) is built: time and memory do not depend
@@ -63,8 +63,8 @@ def child(args: argparse.Namespace) -> None:
 
     import torch
 
-    from ratlit.inference import Tiling
     from ratlit.inference.restore import restore_paths
+    from ratlit.models.tiling import Tiling
     from ratlit.utils.allocator import OPT_OUT
 
     torch.set_num_threads(args.threads)
@@ -74,7 +74,7 @@ def child(args: argparse.Namespace) -> None:
                   cache_dir=work / f"cache{os.getpid()}", tiling=Tiling(args.max_tile or None, args.overlap))
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    # restore_paths sets malloc as predict does (ratlit.inference.keeps_freed_memory), unless RATLIT_MALLOC=system
+    # restore_paths sets malloc as predict does (ratlit.models.tiling.keeps_freed_memory), unless RATLIT_MALLOC=system
     kept = os.environ.get(OPT_OUT) != "system" and bool(args.max_tile) and args.region_impl != "dense"
     print(json.dumps({"size": args.size, "seconds": seconds, "peak_gib": peak, "malloc_kept": kept}))
 
