@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from ratlit.utils.errors import InputError
 from ratlit.utils.files import DiskFullError
 
 # The configs (conf/ at the repository's top) travel as the package ratlit.conf: an editable install maps it onto
@@ -26,7 +27,7 @@ if not OmegaConf.has_resolver("ratlit.if"):
 if not OmegaConf.has_resolver("ratlit.cache_dir"):  # conf/paths/default.yaml: one default cache folder
     OmegaConf.register_new_resolver("ratlit.cache_dir", lambda: str(default_cache_dir()))
 # Errors that mean bad input: the commands print them as one line and exit 2.
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, TypeError, DiskFullError)
+USER_ERRORS = (InputError, ValueError, FileNotFoundError, KeyError, TypeError, DiskFullError)
 
 
 def instantiate(cfg: DictConfig | dict, **kwargs: Any) -> Any:
