@@ -4,10 +4,10 @@
     python benchmarks/bench_gpu.py --time-budget 0            # every case, however long it takes
     python benchmarks/bench_gpu.py --device cpu --tiny      # the same logic at toy sizes (tests, no GPU)
 
-Cases run in priority order (the attention table, then the network cases that the issue's table and targets
-need, then the rest) and each starts only if it is expected to end within ``--time-budget`` seconds of the
-start (expected: the longest case of its kind so far, eager or compiled); those that would not are written
-as "skipped (time budget)" and listed at the end.
+Cases run in priority order (the attention table, then the core network cases: the network table and the
+step-time and memory goals of docs/performance.md, then the rest) and each starts only if it is expected to
+end within ``--time-budget`` seconds of the start (expected: the longest case of its kind so far, eager or
+compiled); those that would not are written as "skipped (time budget)" and listed at the end.
 
 Table 1, R-MSA forward + backward of one layer as RAT runs it (region layout built once per forward and
 reused, tokens already in region order; the layouts' own cost is their own columns): dense Eq. 3-4 / global
@@ -238,7 +238,7 @@ def attention_table(cfg: dict, device: torch.device, record, budget: TimeBudget,
 
 
 def network_cases(compile_backend: str | None, memory_budgets: tuple[float, ...] = ()) -> list[dict]:
-    """The paper-size RAT cases in the order they run, the issue's table and targets first (``core``): every
+    """The paper-size RAT cases in the order they run, the core table and goals first (``core``): every
     region_impl a user chooses (auto, dense, packed) and attention msa / wmsa, eager, fp32 and bf16-mixed, then
     compiled blocks replayed as a CUDA graph (what ``model.compile=true`` trains with), activation memory budgets,
     activation checkpointing; then the rest: the bench's own FlexAttention block sizes, a CUDA graph of eager
@@ -517,7 +517,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also time the compiled step with this activation memory budget (0-1; repeatable)")
     parser.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET_S,
                         help="seconds: start only the cases expected to end within it, in priority order (the "
-                             "issue's table first); the rest are listed as skipped (default "
+                             "core table first); the rest are listed as skipped (default "
                              f"{DEFAULT_TIME_BUDGET_S:.0f}: the whole command under 4 minutes; 0: run everything)")
     parser.add_argument("--autotune", action="store_true",
                         help="also time FlexAttention with autotuned tile sizes (max-autotune: minutes of tuning)")

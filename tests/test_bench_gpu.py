@@ -68,14 +68,14 @@ def test_network_filter_selects_cases_by_their_keys():
     assert len([c for c in cases if bench_gpu.selected(c, {})]) == len(cases)
 
 
-def test_the_issues_cases_run_first():
+def test_core_cases_run_first():
     import bench_gpu
 
     cases = bench_gpu.network_cases("inductor", (0.5,))
     flags = [c["core"] for c in cases]
     assert flags == sorted(flags, reverse=True)  # every core case before any other
     core = [c for c in cases if c["core"]]
-    # the issue's table: region_impl dense / packed / auto x fp32 / bf16-mixed, training and 512x512 inference,
+    # the core table: region_impl dense / packed / auto x fp32 / bf16-mixed, training and 512x512 inference,
     # compiled and not; msa beside rmsa in each mode (the step-time target); the fp32 memory budget; checkpointing
     for precision in ("fp32", "bf16-mixed"):
         for impl in ("dense", "packed", "auto"):

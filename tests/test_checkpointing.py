@@ -1,4 +1,4 @@
-"""Checkpoints a run can trust (issue 23.1-3): written whole beside their target, never through the system temp
+"""Checkpoints a run can trust: written whole beside their target, never through the system temp
 folder; a full disk is one line with the earlier files intact; a truncated file is never chosen; last.ckpt
 follows every validation; metrics.csv never holds a step twice after a resume."""
 

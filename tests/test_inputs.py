@@ -1,4 +1,4 @@
-"""Honest input handling (issue 24): what stored values mean, folders restored whole or not at all, one-line
+"""Honest input handling: what stored values mean, folders restored whole or not at all, one-line
 errors for every bad checkpoint form, and the CPU run-time estimate."""
 
 import logging

@@ -1,4 +1,4 @@
-"""Real signals to a real training process (issue 23.2): SIGTERM and SIGINT save last.ckpt at the current step
+"""Real signals to a real training process: SIGTERM and SIGINT save last.ckpt at the current step
 and exit 143 / 130 with one line naming it and the resume command; the resume repeats no step; SLURM's
 warning signal requeues the job, whose next start resumes by itself."""
 

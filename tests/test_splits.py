@@ -47,7 +47,7 @@ def test_the_split_is_the_hash_of_each_name_and_holds_its_fractions():
     assert _split_of(splits) == {g: _band(g, 7, 0.1, 0.2) for g in groups}
     assert abs(len(splits["test"]) / 4000 - 0.2) < 0.025 and abs(len(splits["val"]) / 4000 - 0.1) < 0.02
     assert split_groups(groups, None, 0.1, 0.2, seed=8) != splits
-    # the case: a fifth patient added to a PET folder moves none of the first four
+    # a fifth patient added to a PET folder moves none of the first four
     four = split_groups(["P001", "P002", "P003", "P004"], None, 0.25, 0.25, seed=0)
     five = split_groups(["P001", "P002", "P003", "P004", "P005"], None, 0.25, 0.25, seed=0)
     assert {g: s for g, s in _split_of(five).items() if g != "P005"} == _split_of(four)
