@@ -437,7 +437,7 @@ def network_case(cfg: dict, device: torch.device, compile_backend: str | None, r
         if graphed.failed:
             rows[-1]["capture_error"] = graphed.failed.splitlines()[0]
     record(rows[-1])
-    if case["infer"]:  # validation / inference run eagerly (README: compiled training)
+    if case["infer"]:  # validation / inference run eagerly (docs/gpu.md: compiled training)
         rows.append({**name, "case": f"infer {cfg['infer']}x{cfg['infer']}",
                      **measure(infer, device, 1, max(2, cfg["repeats"] // 2))})
         record(rows[-1])

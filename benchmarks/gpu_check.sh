@@ -8,7 +8,7 @@
 # Environment: GPU_TESTS (test files), BENCH_ARGS (extra bench_gpu.py arguments), TRAIN_STEPS (0: no training
 # run), TRAIN_ARGS (its overrides), PROFILE_ARGS (profile_step.py runs, ';'-separated; empty: none), *_TIMEOUT (s).
 # Where the GPU machine's Python lacks hydra-core / omegaconf / antlr4-python3-runtime / pydicom and cannot
-# reach PyPI, put their wheels in .whl/ (README, "On a GPU"); RATLIT_CACHE may point at a copy of the
+# reach PyPI, put their wheels in .whl/ (docs/performance.md, "GPU: how it is measured"); RATLIT_CACHE may point at a copy of the
 # embedded data to skip building it.
 set -uo pipefail
 out=${1:-${OUT:-gpu_check_out}}

@@ -7,8 +7,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "ratlit"
-# A module imports from its own area or from areas of a lower rank only (the README's Layout). inference runs a
-# trained module (training loads it back) and analysis reads what training wrote (and logs to W&B as it does).
+# A module imports from its own area or from areas of a lower rank only (docs/design.md, "Layout of the code").
+# inference runs a trained module (training loads it back) and analysis reads what training wrote (and logs to
+# W&B as it does).
 RANKS = {"utils": 0, "partition": 1, "models": 1, "losses": 2, "data": 2, "training": 3, "inference": 4, "analysis": 4,
          "cli": 5}
 ENTRY_RANK = 6  # the python -m ratlit.<command> files and __main__

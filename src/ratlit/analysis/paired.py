@@ -1,11 +1,11 @@
 """Paired statistics for comparing runs on the same test images: per-image differences against a reference.
 
-Two variants tested on the same images differ far less than the images differ from each other (a 0.005 dB
-spread of per-image differences beside a 4.7 dB spread of absolute PSNR), so variants are compared image by
-image (matched by name). For each variant against the reference: the mean per-image difference, a 95%
-bootstrap interval that resamples images (and seeds, where a variant has several: a hierarchical bootstrap),
-a Wilcoxon signed-rank p-value on the per-image differences (seed-averaged), and a verdict by the rule
-``RULE``. The bootstrap uses a seeded generator, so a report is reproducible.
+Two variants tested on the same images differ far less than the images differ from each other (docs/sweeps.md,
+"Reports and paired statistics"), so variants are compared image by image (matched by name). For each variant
+against the reference: the mean per-image difference, a 95% bootstrap interval that resamples images (and
+seeds, where a variant has several: a hierarchical bootstrap), a Wilcoxon signed-rank p-value on the
+per-image differences (seed-averaged), and a verdict by the rule ``RULE``. The bootstrap uses a seeded
+generator, so a report is reproducible.
 """
 
 from __future__ import annotations

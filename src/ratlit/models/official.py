@@ -3,7 +3,7 @@ as a ratlit :class:`~ratlit.models.RAT` that computes their function.
 
 Their state dict differs from ours in form only: 1x1 convolutions (R-MSA's qkv and output projection, both MLPs)
 where ratlit has linears, layer scales shaped ``[1, C, 1, 1]`` where ratlit's are ``[C]``, other module names.
-The options that make the function equal are :data:`OFFICIAL_OPTIONS` (README, "The authors' weights").
+The options that make the function equal are :data:`OFFICIAL_OPTIONS` (docs/models.md, "The authors' weights").
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def load_official(path: str | Path) -> dict[str, Tensor]:
 def from_official(state_dict_or_path: Mapping[str, Tensor] | str | Path, num_heads: int = OFFICIAL_HEADS,
                   window_size: int = OFFICIAL_WINDOW, region_impl: str = "auto") -> RAT:
     """A RAT holding the authors' weights, ``model(lq [B, C, H, W], regions [B, H, W]) -> [B, C, H, W]``, equal to
-    their ``RAT()(lq, regions)`` (README, "The authors' weights"); in eval mode.
+    their ``RAT()(lq, regions)`` (docs/models.md, "The authors' weights"); in eval mode.
 
     ``num_heads`` and ``window_size`` are fixed in the public code (8, 4), not stored in its weights.
     """

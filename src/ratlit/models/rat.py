@@ -205,7 +205,7 @@ class RAT(nn.Module):
             channels //= 2
             self.decoders.append(nafblocks(channels, count, layer_scale_init))
         self.ending = nn.Conv2d(width, in_channels, 3, padding=1)
-        if zero_init_last:  # start as the identity: lq + 0 (else the random residual costs ~12 dB on CT)
+        if zero_init_last:  # start as the identity: lq + 0 (a random residual starts under the input: docs/training.md)
             zero_init_(self.ending)
         # Channels-last convolutions (oneDNN's preferred layout) and free [B, H, W, C] views for the RAT
         # groups and layer norms: about 10% of a CPU training step.
@@ -236,7 +236,7 @@ class RAT(nn.Module):
         middle_in = x
         for group in self.middle:
             if self.activation_checkpointing and torch.is_grad_enabled():
-                # Recomputed in backward: only each group's input is kept (batch 8-16 at 256x256 on 24 GB).
+                # Recomputed in backward: only each group's input is kept (what fits: docs/performance.md).
                 x = checkpoint(group, x, layout, use_reentrant=False)
             else:
                 x = group(x, layout)

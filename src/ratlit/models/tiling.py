@@ -17,7 +17,7 @@ the whole image (bit-equal). A convolutional network whose receptive-field radiu
 (tests/test_tiling.py: the cnn and edsr baselines) agrees within float tolerance. RAT and NAFNet do not: their
 NAFBlocks average each channel over the whole (tile) image, and R-MSA attends over a whole region of which a
 tile sees only a part. For them tiling is an approximation: region labels are the whole image's, cut with the
-tiles (so a tile's regions are pieces of the same regions), seams are blended, and README gives the measured
+tiles (so a tile's regions are pieces of the same regions), seams are blended, and docs/scale.md gives the measured
 difference. RCAN's channel attention and SwinIR's shifted windows are likewise global / larger than a margin.
 """
 
@@ -52,8 +52,8 @@ class Tiling:
 
 def keeps_freed_memory(tiling: Tiling, region_impl: str | None) -> bool:
     """Whether predict / evaluate ask malloc to keep freed memory (ratlit.allocator): only with tiles bounded by
-    ``max_tile`` and no dense R-MSA. Measured (README): tiled, the peak stays within 1.5x of glibc's default;
-    whole images of dense R-MSA grew 1.75 -> 2.74 GB at 256x256 (the authors' network: 11.4 -> 24 GB)."""
+    ``max_tile`` and no dense R-MSA: tiled, the peak stays near glibc's default; untiled it grows beyond 1.5x
+    (docs/scale.md, "Memory and the allocator")."""
     return tiling.max_tile is not None and region_impl != "dense"
 
 

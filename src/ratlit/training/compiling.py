@@ -19,9 +19,7 @@ import torch
 from torch import nn
 
 # model.compile: true, false, or auto: compiled on CUDA (with cuda_graph=auto the step is also replayed: the fastest
-# measured step, e.g. H100 bf16 batch 4 at 256x256 34.1 ms against 62.8 eager + graph and 82.7 eager; fp32 57.1
-# against 79.9 and 92.0; experiments/results/bench_gpu_h100), eager on the CPU, where compiling costs a 36 s
-# first step for 10% (README, "Compiled training").
+# measured step), eager on the CPU, where a long first step buys little; the figures are in docs/performance.md.
 COMPILE_CHOICES = (True, False, "auto")
 
 

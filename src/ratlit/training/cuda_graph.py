@@ -1,6 +1,6 @@
 """CUDA-graph training: the forward, loss and backward of a training step captured once and replayed.
 
-RAT's training step on a GPU is paced by the host (README, "On a GPU"): hundreds of kernel launches, the
+RAT's training step on a GPU is paced by the host (docs/performance.md): hundreds of kernel launches, the
 eager region layout and the Python between compiled blocks take longer than the kernels themselves. A CUDA
 graph replays all of them with one launch. Capture needs a step without host synchronisation and with fixed
 shapes: RAT's FlexAttention path (the region layout and block mask are built on the GPU without the host

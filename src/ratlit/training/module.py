@@ -59,8 +59,8 @@ class RestorationModule(L.LightningModule):
     (compiled where the run trains on CUDA, eager on the CPU; the configs' default, conf/train.yaml); the first
     compiled step's time (mostly compilation) is logged after it.
     ``compile_memory_budget`` (with ``compile``): the fraction of the compiled blocks' activations that backward
-    keeps (torch's ``activation_memory_budget``); below 1 the rest is recomputed (fp32 batch 4 at 256x256 on an
-    H100: 10.0 GB at 1, 6.3 GB at 0.5). ``cuda_graph``: the training step's forward, loss and backward replayed
+    keeps (torch's ``activation_memory_budget``); below 1 the rest is recomputed (what it saves:
+    docs/performance.md). ``cuda_graph``: the training step's forward, loss and backward replayed
     as one CUDA graph after ``cuda_graph_warmup`` eager steps (:class:`ratlit.training.cuda_graph.GraphedBackward`);
     ``"auto"`` wherever it can be (one CUDA device, fp32 or bf16, no gradient accumulation), ``True`` insists
     (an error where it cannot be, eager with a warning on the CPU), ``False`` never.
@@ -86,7 +86,8 @@ class RestorationModule(L.LightningModule):
         self.metrics = nn.ModuleDict({f"{stage}_{name}": CatMetric() for stage in ("val", "test")
                                       for name in (*SCORES, "index")})
         # torch.compile of the network's repeated blocks, used by the training step only: validation and test
-        # run whole images of several sizes, which would recompile, so they run eagerly (README, "Compiled training").
+        # run whole images of several sizes, which would recompile, so they run eagerly (docs/gpu.md, "Compiled
+        # training").
         self.compile_net = compile_choice(compile)  # not `self.compile`: that is nn.Module.compile
         if not 0 < compile_memory_budget <= 1:
             raise ValueError(f"compile_memory_budget must be in (0, 1], got {compile_memory_budget}")

@@ -2,12 +2,12 @@
 
 glibc's malloc serves every block of more than 32 MB (less before its threshold adapts) with a fresh ``mmap``
 and unmaps it on ``free``; PyTorch frees each activation when it is done with it, so a forward at 512x512
-(64-channel maps of 67 MB) maps, faults in page by page and unmaps the same memory again and again. On the
-2-core CPU of benchmarks/compare_cpu.py RAT's 512x512 inference took 9.0-9.6 s with 11.8 million page faults,
-and 4.6-5.6 s with 0.4 million when malloc keeps its memory (peak resident memory 1.2 -> 1.7 GB: freed blocks
-wait for reuse). PyTorch's CPU tuning guide gives the same advice with jemalloc or tcmalloc; this needs no
-preloaded library. train and precompute call :func:`keep_freed_memory` first; predict and evaluate only for tiled
-inference without dense R-MSA (ratlit.models.tiling.keeps_freed_memory: there it grew the peak beyond 1.5x).
+(64-channel maps of 67 MB) maps, faults in page by page and unmaps the same memory again and again. Keeping
+freed memory saves those page faults for a higher resident peak (freed blocks wait for reuse); the figures are
+in docs/performance.md, "CPU memory allocator". PyTorch's CPU tuning guide gives the same advice with jemalloc
+or tcmalloc; this needs no preloaded library. train and precompute call :func:`keep_freed_memory` first;
+predict and evaluate only for tiled inference without dense R-MSA (ratlit.models.tiling.keeps_freed_memory:
+untiled it grew the peak beyond 1.5x).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from ratlit.utils.files import DiskFullError
 
 # The configs (conf/ at the repository's top) travel as the package ratlit.conf: an editable install maps it onto
 # conf/, a plain install carries it, so every command runs from any folder. Users add their own config folders with
-# Hydra's search path (README, "Your own configs").
+# Hydra's search path (docs/configs.md, "Your own configs").
 CONF_DIR = Path(str(resources.files("ratlit.conf")))
 # Resolvers the configs use. conf/train.yaml: a resumed run's Hydra job (its train.log, and its .hydra/ record
 # under resume-<date>/) lives in the folder given to resume=, not in a new dated folder.

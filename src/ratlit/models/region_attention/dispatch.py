@@ -21,20 +21,14 @@ REGION_IMPLS = ("auto", "packed", "flex", "varlen", "dense")
 # `sparse` was the packed path's first name (configs and runs made before it was renamed): still accepted.
 REGION_IMPL_ALIASES = {"sparse": "packed"}
 
-# What region_impl=auto runs, by (device type, dtype); dtype None: any other dtype of that device. Chosen from
-# R-MSA forward + backward of one layer as RAT runs it (benchmarks/bench_gpu.py; figures: flex64 / packed ms on
-# an NVIDIA H200, experiments/results/bench_gpu_h200/bench_gpu.md, at 64x64 tokens B=8 SLIC, Felzenszwalb, then
-# 128x128 B=2 SLIC, Felzenszwalb). Once a GPU run measures another kernel faster, its entry is the whole change.
+# What region_impl=auto runs, by (device type, dtype); dtype None: any other dtype of that device. Each entry is the
+# fastest kernel measured for R-MSA forward + backward as RAT runs it (benchmarks/bench_gpu.py), varlen aside: its
+# host reads keep the training step out of a CUDA graph. The figures: docs/performance.md, "GPU: which kernel
+# region_impl=auto runs". Once a GPU run measures another kernel faster, its entry is the whole change.
 AUTO_IMPL: dict[tuple[str, torch.dtype | None], str] = {
-    # 1.83 / 2.54, 4.66 / 7.16, 1.90 / 3.17, 14.92 / 23.53 ms (H100 alike: run2_attention.md); varlen has no fp32
-    # kernel.
-    ("cuda", torch.float32): "flex",
-    # 1.22 / 2.04, 2.14 / 3.31, 1.65 / 3.19, 4.45 / 4.36 ms (packed 2% ahead in the last case). varlen per layer
-    # (H200, experiments/results/bench_gpu_h200_varlen/): 0.98, 1.20, 1.11, 2.48 ms against flex64's 1.40, 1.92,
-    # 1.55, 4.39; flex stays: varlen's host reads keep the training step out of a CUDA graph, and its network
-    # rows (bench_gpu.py) are not measured yet.
+    ("cuda", torch.float32): "flex",  # varlen has no fp32 kernel
     ("cuda", torch.bfloat16): "flex",
-    ("cuda", torch.float16): "flex",  # not measured: the kernels of bfloat16; varlen as there
+    ("cuda", torch.float16): "flex",  # not measured: the kernels of bfloat16
     ("cuda", None): "flex",  # float64: not measured; FlexAttention as for every dtype before this table
     # FlexAttention has no CPU backward and varlen_attn no CPU kernel: packed is the CPU's only fast path.
     ("cpu", None): "packed",

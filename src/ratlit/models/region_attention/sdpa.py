@@ -11,10 +11,9 @@ from torch import Tensor
 def matmul_form_is_faster(q: Tensor, training: bool) -> bool:
     """Whether the plain matmul form of :func:`attention` beats SDPA for ``q [..., T, d]`` (CPU, fp32/fp64).
 
-    Measured with 8 heads x 32 and 2 threads: forward + backward over 8192 tokens, SDPA's flash kernel takes
-    35 vs 11 ms at 16 tokens (W-MSA windows) and 36 vs 28 ms at 64, while at 128 the matmul form is 1.8x
-    slower (its score tensor leaves the caches); a few regions of 73-200 tokens (score tensor <= 8 MiB) run
-    1.1-1.5x faster in the matmul form. Forward only (inference), it wins at 16 tokens (3x) but not at 64.
+    In training it wins up to 64 tokens and for a few regions of up to 200 (score tensor <= 8 MiB), and loses at
+    128, where its score tensor leaves the caches. In inference it wins at 16 tokens but not at 64. The timings are in
+    docs/performance.md, "CPU: the matmul form of attention".
     The cost is memory: training keeps the probabilities for backward, ``heads * T`` floats per token (at 64
     tokens and 8 heads as much as one 512-wide MLP activation), where SDPA keeps one float per token and head.
     """
