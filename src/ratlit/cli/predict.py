@@ -13,6 +13,7 @@ from ratlit.cli.command import exit_on_user_error, hydra_command
 from ratlit.inference.restore import restore_paths
 from ratlit.models.tiling import Tiling
 from ratlit.utils.config import user_path
+from ratlit.utils.trusted_targets import CONFIG_KEY, trusted_entries
 
 USAGE = "python -m ratlit.predict ckpt=<checkpoint .ckpt> input=<file or folder> output=<folder>"
 
@@ -36,6 +37,7 @@ def predict(cfg: DictConfig) -> list[Path]:
         force=cfg.force,
         tiling=tiling,
         assume_hu=cfg.get("assume_hu"),
+        trusted=trusted_entries(cfg.get(CONFIG_KEY)),
     )
     print(f"restored {len(written)} file(s) into {out}")
     return written

@@ -56,6 +56,7 @@ from ratlit.training.run_folder import (
 )
 from ratlit.utils.config import instantiate, overrides
 from ratlit.utils.files import write_text_atomic
+from ratlit.utils.trusted_targets import CONFIG_KEY, check_targets, trusted_entries
 
 log = logging.getLogger("ratlit.train")
 
@@ -67,10 +68,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     set_matmul_precision(cfg)
     ckpt_path, made_in = None, None
     if cfg.get("resume"):
-        cfg, ckpt_path, made_in = resumed_config(cfg)
+        cfg, ckpt_path, made_in = resumed_config(cfg)  # its files checked against what this call trusts
         ckpt_path = str(resume_checkpoint(Path(ckpt_path)))  # never a truncated last.ckpt
-    elif (requeued := requeued_checkpoint(cfg)) is not None:  # a requeued SLURM job: the same job, continued
-        ckpt_path = str(requeued)
+    else:
+        # Every `_target_` of the run, before anything is built or written: a mistyped or untrusted name is one line.
+        check_targets(cfg, "the run config", trusted_entries(cfg.get(CONFIG_KEY)))
+        if (requeued := requeued_checkpoint(cfg)) is not None:  # a requeued SLURM job: the same job, continued
+            ckpt_path = str(requeued)
     run_dir = Path(str(cfg.run_dir))
     if ckpt_path is None and rank_zero_only.rank == 0:  # DDP's other ranks start later, in the same folder
         refuse_used_run_dir(run_dir)

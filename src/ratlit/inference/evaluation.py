@@ -23,6 +23,7 @@ from ratlit.utils.allocator import keep_freed_memory
 from ratlit.utils.config import instantiate, user_path
 from ratlit.utils.files import write_text_atomic
 from ratlit.utils.tables import markdown_table
+from ratlit.utils.trusted_targets import CONFIG_KEY, trusted_entries
 
 log = logging.getLogger("ratlit.evaluate")
 
@@ -34,7 +35,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict, str, Path]:
         raise ValueError(f"split must be test or val, got {cfg.split!r}")
     tiling = Tiling.from_config(cfg.max_tile, cfg.tile_overlap)
     ckpt = checkpoint_file(user_path(cfg.ckpt))  # a run folder: its best checkpoint
-    run_cfg, state = load_checkpoint(ckpt)
+    run_cfg, state = load_checkpoint(ckpt, trusted_entries(cfg.get(CONFIG_KEY)))
     if keeps_freed_memory(tiling, run_cfg.model.net.get("region_impl")):
         keep_freed_memory()
     datamodule = split_checked_datamodule(run_cfg, cfg, str(ckpt))

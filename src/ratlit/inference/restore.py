@@ -18,6 +18,7 @@ format are checked against the checkpoint's task; ``force=true`` runs anyway.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -58,17 +59,19 @@ def restore_paths(
     force: bool = False,
     tiling: Tiling = Tiling(None),
     assume_hu: bool | None = None,
+    trusted: Iterable[str] | None = None,
 ) -> list[Path]:
     """Restore ``source`` (a file or a folder) with the checkpoint ``ckpt`` (a file or a run folder) into the
     folder ``out``: every input is checked first, and the outputs appear together or not at all.
-    ``assume_hu``: CT DICOM files without rescale tags hold HU (None: the run's ``data.assume_hu``)."""
+    ``assume_hu``: CT DICOM files without rescale tags hold HU (None: the run's ``data.assume_hu``). ``trusted``: the
+    user's trusted targets for the checkpoint's config (:func:`ratlit.training.run_loading.load_checkpoint`)."""
     if accelerator not in ACCELERATORS:
         raise ValueError(f"accelerator must be one of {list(ACCELERATORS)}, got {accelerator!r}")
     if nonnegative not in (None, True, False) or force not in (True, False):
         raise ValueError("nonnegative must be null, true or false and force true or false, "
                          f"got {nonnegative!r}, {force!r}")
     ckpt = checkpoint_file(ckpt)
-    run_cfg, state = load_checkpoint(ckpt)
+    run_cfg, state = load_checkpoint(ckpt, trusted)
     if keeps_freed_memory(tiling, run_cfg.model.net.get("region_impl")):
         keep_freed_memory()
     files = input_files(source)

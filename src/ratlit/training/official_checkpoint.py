@@ -20,6 +20,7 @@ from ratlit.models.official import load_official, official_rat
 from ratlit.training.run_folder import absolute_data_paths
 from ratlit.utils.config import CONF_DIR, instantiate
 from ratlit.utils.files import atomic_write
+from ratlit.utils.trusted_targets import CONFIG_KEY, check_targets, trusted_entries
 
 log = logging.getLogger("ratlit.convert")
 # The network the authors trained: RAT with R-MSA at full size (the options are then set from their weights).
@@ -57,6 +58,7 @@ def convert(official: str | Path, out: str | Path, task: str, overrides: list[st
         raise ValueError(f"{official}: the weights take {net.in_channels} channel(s); task {task} has "
                          f"{cfg.in_channels}")
     options["region_impl"] = region_impl
+    check_targets(cfg, "the run config", trusted_entries(cfg.get(CONFIG_KEY)))  # what evaluate will check
     with open_dict(cfg):
         cfg.model.net.update(options)
         cfg.partition_used = instantiate(cfg.partition).spec

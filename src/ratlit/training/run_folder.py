@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ratlit.training.run_loading import load_checkpoint, upgrade_run_config
 from ratlit.utils.config import overrides, user_path
+from ratlit.utils.trusted_targets import CONFIG_KEY, check_targets, listed, trusted_entries
 
 DATA_PATH_KEYS = ("root", "splits", "cache_dir")
 _ABSENT = object()
@@ -51,14 +52,20 @@ def refuse_used_run_dir(run_dir: Path) -> None:
 
 def resumed_config(cfg: DictConfig) -> tuple[DictConfig, str, str]:
     """The saved config of the run folder ``cfg.resume`` (with this call's value overrides, and its paths
-    moved into that folder), its last checkpoint, and the folder the run was made in (differs for a copy)."""
+    moved into that folder), its last checkpoint, and the folder the run was made in (differs for a copy).
+
+    Both files are checked before anything is built (:mod:`ratlit.utils.trusted_targets`) against what this call
+    trusts (``cfg.trusted_targets`` and ``$RATLIT_TRUSTED_TARGETS``), never against what the folder says."""
     run_dir = user_path(str(cfg.resume))
     saved, last = run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
     if not saved.is_file():
         raise ValueError(f"resume={run_dir}: no config.yaml there; give the folder of a ratlit run")
     if not last.is_file():
         raise ValueError(f"resume={run_dir}: no checkpoints/last.ckpt to resume from")
-    load_checkpoint(last)  # a foreign, unsafe or truncated file: one line here, not a traceback from Lightning
+    own = listed(cfg.get(CONFIG_KEY))
+    trusted = trusted_entries(own)
+    # A foreign, unsafe or truncated file: one line here, not a traceback from Lightning.
+    load_checkpoint(last, trusted)
     old = upgrade_run_config(OmegaConf.load(saved))
     # Paths the saved (resolved) config holds into its own folder follow it: a copied folder resumes in
     # the copy and never writes into the original.
@@ -68,7 +75,12 @@ def resumed_config(cfg: DictConfig) -> tuple[DictConfig, str, str]:
         old.run_dir = str(run_dir)
         old.resume = str(run_dir)
         # Other overrides change values of the resumed run, e.g. trainer.max_steps=400000 to train longer.
-        apply_resume_overrides(old, [o for o in overrides() if o.partition("=")[0].lstrip("+~") != "resume"])
+        # (this call's trusted_targets is not a value of the run: it is what this call trusts, checked below)
+        apply_resume_overrides(old, [o for o in overrides()
+                                     if o.partition("=")[0].lstrip("+~") not in ("resume", CONFIG_KEY)])
+    check_targets(old, str(saved), trusted)  # after the moved and resumed names are mapped
+    with open_dict(old):
+        old[CONFIG_KEY] = own  # recorded from here on: what this call trusted
     return old, str(last), made_in
 
 

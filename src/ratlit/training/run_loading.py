@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from ratlit.training.checkpoint_saving import check_whole_checkpoint
 from ratlit.utils.config import instantiate
 from ratlit.utils.files import load_weights
+from ratlit.utils.trusted_targets import check_targets, trusted_entries
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +68,11 @@ def checkpoint_file(path: str | Path) -> Path:
                      "give a run folder or a .ckpt file")
 
 
-def load_checkpoint(path: str | Path) -> tuple[DictConfig, dict[str, Any]]:
+def load_checkpoint(path: str | Path, trusted: Iterable[str] | None = None) -> tuple[DictConfig, dict[str, Any]]:
     """``(run config, state_dict)`` from a ratlit checkpoint (a file, or a run folder: :func:`checkpoint_file`),
-    read with ``weights_only=True``; ValueError naming the file when it is not one."""
+    read with ``weights_only=True``; ValueError naming the file when it is not one, InputError when its config
+    names a callable that is not trusted (:mod:`ratlit.utils.trusted_targets`; ``trusted``: the command's own
+    entries, default those of ``$RATLIT_TRUSTED_TARGETS``)."""
     path = checkpoint_file(path)
     check_whole_checkpoint(path)  # a save cut short: one line naming the file, not torch's zip error
     checkpoint = load_weights(path, "checkpoint")
@@ -82,7 +86,9 @@ def load_checkpoint(path: str | Path) -> tuple[DictConfig, dict[str, Any]]:
     if missing:
         raise ValueError(f"{path} is not a ratlit checkpoint: its ratlit_config is not a run config "
                          f"(no {', '.join(missing)})")
-    return upgrade_run_config(cfg), checkpoint["state_dict"]
+    cfg = upgrade_run_config(cfg)  # first: a moved ratlit class is named where it is now
+    check_targets(cfg, str(path), trusted_entries() if trusted is None else trusted)
+    return cfg, checkpoint["state_dict"]
 
 
 def build_module(cfg: DictConfig, state_dict: dict[str, Any]) -> Any:
