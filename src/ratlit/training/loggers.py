@@ -198,7 +198,7 @@ class AppendingCSVLogger(CSVLogger):
     @property
     def experiment(self) -> ExperimentWriter:  # type: ignore[override]
         if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
+            os.makedirs(self.root_dir, exist_ok=True)  # a local folder: the writer reads the file back
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
 
