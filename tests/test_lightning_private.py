@@ -63,6 +63,17 @@ def test_every_private_lightning_member_in_use_still_exists(tmp_path):
                       "(or keep pyproject's upper bound on lightning below this version).")
 
 
+def test_the_installed_lightning_is_in_pyprojects_range():
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11 on
+    project = tomllib.loads((PACKAGE.parents[1] / "pyproject.toml").read_text())["project"]
+    required = next(r for r in map(Requirement, project["dependencies"]) if r.name == "lightning")
+    assert required.specifier.contains(lightning.__version__), (
+        f"lightning {lightning.__version__} is outside pyproject's {required}: test this version (this file first), "
+        "then move the bound")
+
+
 # ------------------------------------------------------------------------ finding the private members ratlit uses
 
 
