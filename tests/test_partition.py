@@ -1,6 +1,8 @@
 import multiprocessing as mp
 import os
+import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -21,8 +23,14 @@ from ratlit.partition import (
     load_sam,
     to_uint8_rgb,
 )
+from ratlit.partition import _torchvision_compat as compat
 from ratlit.partition import sam as sam_module
-from ratlit.partition._torchvision_compat import batched_nms, import_segment_anything
+from ratlit.partition._torchvision_compat import (
+    batched_nms,
+    greedy_batched_nms,
+    import_segment_anything,
+    torchvision_usable,
+)
 
 
 def _mask(shape, rows, cols, **extra):
@@ -232,12 +240,17 @@ def test_wrong_and_corrupt_checkpoints(tiny_sam, tmp_path, monkeypatch):
         load_sam("vit_s", tiny_sam)
 
 
-def test_stand_in_nms_matches_a_plain_greedy_nms():
+def random_boxes(n: int = 60) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` boxes (x0, y0, x1, y1), their scores and one of three categories each."""
     g = torch.Generator().manual_seed(0)
-    xy = torch.rand(60, 2, generator=g) * 50
-    boxes = torch.cat([xy, xy + 5 + torch.rand(60, 2, generator=g) * 20], dim=1)
-    scores, cats = torch.rand(60, generator=g), torch.randint(0, 3, (60,), generator=g)
-    keep = batched_nms(boxes, scores, cats, 0.4).tolist()
+    xy = torch.rand(n, 2, generator=g) * 50
+    boxes = torch.cat([xy, xy + 5 + torch.rand(n, 2, generator=g) * 20], dim=1)
+    return boxes, torch.rand(n, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def test_stand_in_nms_matches_a_plain_greedy_nms():
+    boxes, scores, cats = random_boxes()
+    keep = greedy_batched_nms(boxes, scores, cats, 0.4).tolist()
 
     def iou(a, b):
         w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
@@ -251,6 +264,31 @@ def test_stand_in_nms_matches_a_plain_greedy_nms():
         if all(cats[i] != cats[j] or iou(boxes[i].tolist(), boxes[j].tolist()) <= 0.4 for j in expected):
             expected.append(i)
     assert keep == expected
+
+
+@pytest.mark.skipif(not torchvision_usable(), reason="torchvision does not import beside this torch build")
+def test_torchvisions_nms_and_the_stand_in_keep_the_same_boxes():
+    from torchvision.ops import batched_nms as torchvision_batched_nms
+
+    boxes, scores, cats = random_boxes()
+    assert batched_nms(boxes, scores, cats, 0.4).tolist() == torchvision_batched_nms(boxes, scores, cats, 0.4).tolist()
+    assert greedy_batched_nms(boxes, scores, cats, 0.4).tolist() == batched_nms(boxes, scores, cats, 0.4).tolist()
+
+
+def test_batched_nms_is_torchvisions_where_it_imports_else_the_stand_in(monkeypatch):
+    boxes, scores, cats = random_boxes()
+    calls = []
+    ops = types.ModuleType("torchvision.ops")  # records the call, answers as the stand-in does
+    ops.batched_nms = lambda *args: calls.append(args) or greedy_batched_nms(*args)
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setitem(sys.modules, "torchvision.ops", ops)
+    monkeypatch.setattr(compat, "torchvision_usable", lambda: True)
+    pixel_boxes = boxes.round().long()  # as mask boxes are
+    expected = greedy_batched_nms(pixel_boxes, scores, cats, 0.4).tolist()
+    assert batched_nms(pixel_boxes, scores, cats, 0.4).tolist() == expected
+    assert len(calls) == 1 and calls[0][0].dtype == torch.float32  # torchvision's NMS takes float boxes only
+    monkeypatch.setattr(compat, "torchvision_usable", lambda: False)
+    assert batched_nms(pixel_boxes, scores, cats, 0.4).tolist() == expected and len(calls) == 1
 
 
 # --- cache ----------------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from ratlit.partition import PartitionCache, SlicPartitioner, partitioner_from_spec
+from ratlit.partition import _torchvision_compat as compat
 from ratlit.partition import litemedsam as lms
+from ratlit.partition._torchvision_compat import torchvision_usable
 from ratlit.partition.base import file_digest
 from ratlit.partition.tinyvit import TinyViT
 from ratlit.utils.config import CONF_DIR
@@ -69,18 +71,30 @@ def test_box_grid_covers_the_image_at_every_size():
     assert set(np.diff(np.unique(small[:, 0]))) == {32.0}  # half overlap
     big = boxes[(boxes[:, 2] - boxes[:, 0]) == 256]  # clipped to the image
     np.testing.assert_array_equal(big, [[0, 0, 256, 200]])
-    assert len(lms.point_grid(256, 256, 4)) == 16
+    points = lms.point_grid(200, 100, 4)  # (x, y) at the centres of a 4 x 4 grid, rows first
+    np.testing.assert_allclose(points[:5], [[12.5, 25], [37.5, 25], [62.5, 25], [87.5, 25], [12.5, 75]])
+    assert points.shape == (16, 2) and points.dtype == np.float32
 
 
-def test_mask_boxes_and_stability():
-    masks = torch.zeros(2, 8, 10, dtype=torch.bool)
-    masks[0, 2:5, 3:7] = True
-    np.testing.assert_array_equal(lms.mask_boxes(masks).numpy(), [[3, 2, 6, 4], [0, 0, 0, 0]])
-    logits = torch.full((1, 4, 4), -5.0)
-    logits[0, :2] = 5.0
-    assert lms.stability_score(logits).item() == 1.0
-    logits[0, 2] = 0.5  # inside the -1..1 band: counted by the loose mask only
-    assert lms.stability_score(logits).item() == pytest.approx(8 / 12)
+@needs_weights
+@pytest.mark.parametrize("nms", ["torchvision", "stand-in"])
+def test_select_keeps_confident_stable_masks_best_first_without_near_duplicates(lite, monkeypatch, nms):
+    if nms == "torchvision" and not torchvision_usable():
+        pytest.skip("torchvision does not import beside this torch build")
+    if nms == "stand-in":
+        monkeypatch.setattr(compat, "torchvision_usable", lambda: False)
+    masks = torch.zeros(5, 40, 40, dtype=torch.bool)
+    masks[0, 5:25, 5:25] = True
+    masks[1, 6:25, 5:25] = True  # nearly the same box, less confident: suppressed
+    masks[2, 30:38, 30:38] = True  # elsewhere: kept
+    masks[3, 0:10, 30:40] = True  # predicted IoU below the threshold
+    masks[4, 30:40, 0:10] = True  # unstable
+    iou = torch.tensor([0.75, 0.9, 0.8, 0.5, 0.95])
+    stability = torch.tensor([0.9, 0.9, 0.9, 0.9, 0.3])
+    kept = lite.select(masks, iou, stability)
+    assert [k["predicted_iou"] for k in kept] == pytest.approx([0.9, 0.8])
+    np.testing.assert_array_equal(kept[0]["segmentation"], masks[1].numpy())
+    np.testing.assert_array_equal(kept[1]["segmentation"], masks[2].numpy())
 
 
 def test_missing_package_is_a_clear_error_or_falls_back_to_slic(monkeypatch):

@@ -17,6 +17,8 @@ import torch
 from helpers.commands import SMOKE, run
 
 pytestmark = pytest.mark.slow
+SLURM_TASK = {"SLURM_NTASKS": "1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "ratlit", "SLURM_PROCID": "0",
+              "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "node1"}  # one task of a SLURM job
 
 
 def start(cwd: Path, run_dir: Path, *args: str, env_extra: dict | None = None) -> subprocess.Popen:
@@ -92,9 +94,7 @@ def test_slurm_warning_requeues_and_the_requeued_job_resumes_by_itself(ct_root, 
     scontrol = bin_dir / "scontrol"  # records the call instead of asking a SLURM controller
     scontrol.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'scontrol.args'}\n")
     scontrol.chmod(0o755)
-    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "ratlit", "SLURM_PROCID": "0",
-             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "node1",
-             "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    slurm = {**SLURM_TASK, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     run_dir = tmp_path / "job"  # a sweep job's folder: the same on every start of the job
     args = (f"data.root={ct_root}", "trainer.max_steps=20")
     out, err = stop_after(start(tmp_path, run_dir, *args, env_extra=slurm), run_dir, signal.SIGUSR1, steps=6)
@@ -139,3 +139,24 @@ def test_a_sigterm_during_validation_saves_the_step_and_the_resume_repeats_none(
     resumed = run("ratlit.train", f"resume={run_dir}", "trainer.max_steps=13", cwd=tmp_path)
     assert "best val PSNR" in resumed.stdout
     assert_no_step_twice(run_dir, 13)
+
+
+
+def test_the_slurm_environment_is_the_runs_own_object(monkeypatch):
+    from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+    from ratlit.training.preemption import StopOnSignals, slurm_environment
+
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC_"))]:
+        monkeypatch.delenv(key)
+    plugins = []
+    assert slurm_environment(plugins) is None and plugins == []  # not under SLURM: Lightning's default
+    for key, value in SLURM_TASK.items():
+        monkeypatch.setenv(key, value)
+    environment = slurm_environment(plugins)
+    assert isinstance(environment, SLURMEnvironment) and plugins == [environment]  # what Lightning would detect
+    assert StopOnSignals(environment).requeue_signal == signal.SIGUSR1
+    own = SLURMEnvironment(auto_requeue=False)
+    assert slurm_environment(given := [own]) is own and given == [own]
+    assert StopOnSignals(own).requeue_signal is None  # no requeue: SIGUSR1 left alone
+    assert slurm_environment(given := [LightningEnvironment()]) is None and len(given) == 1  # another one chosen

@@ -15,6 +15,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
+from helpers.commands import run
+from helpers.scans import tiny_ct
 from ratlit.cli.command import prepare_argv
 from ratlit.data.splits import check_not_seen, saved_splits
 from ratlit.inference.evaluation import split_checked_datamodule
@@ -50,6 +52,35 @@ def test_tilde_paths_and_open_data_keys_pass_hydras_lexer():
     root = parser.parse_override(argv[1])
     assert argv[1].startswith("++data.root=") and root.value() == os.path.expanduser("~/my scans")
     assert prepare_argv(["prog", "data.root=~/x"]) == ["prog", f"data.root='{os.path.expanduser('~/x')}'"]
+
+
+def test_each_value_of_a_sweep_over_tilde_paths_is_expanded():
+    parser = OverridesParser.create()
+    home = os.path.expanduser("~")
+    argv = prepare_argv(["prog", "-m", "data.root=~/a,~/my scans,/abs/d", "input=~/x,/tmp/données", "ckpt=~/a\\,b",
+                         "data.root='~/q,r'", "tags=[a,b]"])
+
+    def swept(override: str) -> list[str]:
+        parsed = parser.parse_override(override)
+        assert parsed.is_sweep_override(), override
+        return [getattr(value, "text", value) for value in parsed.value().list]  # quoted ones: their text
+
+    assert swept(argv[2]) == [f"{home}/a", f"{home}/my scans", "/abs/d"]
+    assert swept(argv[3]) == [f"{home}/x", "/tmp/données"]
+    assert not parser.parse_override(argv[4]).is_sweep_override()  # an escaped comma: one path
+    assert argv[5:] == ["data.root='~/q,r'", "tags=[a,b]"]  # quoted values and lists: as written
+
+
+@pytest.mark.slow
+def test_a_multirun_over_tilde_data_roots_runs_one_job_per_root(tmp_path):
+    for seed, name in enumerate(("a", "b")):  # HOME is tmp_path in these runs
+        tiny_ct(tmp_path / name, seed, 32, 1, 8, lambda p: 20)
+    result = run("ratlit.precompute", "-m", "task=ct", "partition=slic", "data.root=~/a,~/b", cwd=tmp_path)
+    log = result.stdout + result.stderr
+    assert "Launching 2 jobs locally" in log, log[-3000:]
+    assert f"#0 : task=ct partition=slic data.root='{tmp_path / 'a'}'" in log
+    assert f"#1 : task=ct partition=slic data.root='{tmp_path / 'b'}'" in log
+    assert result.stdout.count("computed 4, reused 0") == 2  # 4 patients x 1 slice in each root
 
 
 def test_relative_data_paths_are_stored_absolute(tmp_path):

@@ -28,12 +28,26 @@ def _quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _palatable(value: str) -> str:
+    """One override value with each of its comma-separated sweep values (Hydra's ``a,b``; not at ``\\,``) that
+    starts with ``~`` expanded and quoted, and each holding non-ASCII characters quoted. Quoted values, lists and
+    dicts are left as the user wrote them."""
+    if value.startswith(("'", '"', "[", "{")):
+        return value
+    elements = re.split(r"(?<!\\),", value)
+    for i, element in enumerate(elements):
+        if element.startswith("~") or not element.isascii():
+            elements[i] = _quoted(os.path.expanduser(element))
+    return ",".join(elements)
+
+
 def prepare_argv(argv: list[str], open_nodes: tuple[str, ...] = ()) -> list[str]:
     """Command-line overrides made palatable to Hydra's override lexer, which rejects an unquoted ``~`` and
     letters outside ASCII: a value starting with ``~`` (``data.root=~/scans``) becomes the expanded, quoted
-    absolute path; a value holding non-ASCII characters (``input=/tmp/données/scan.png``) is quoted.
-    Keys under ``open_nodes`` (e.g. ``data`` of evaluate, merged into the run's own data config) are set
-    whether or not the node lists them (``++data.root=...``), so ``data.X=...`` works as documented."""
+    absolute path, each value of a sweep alike (``-m data.root=~/a,~/b``); a value holding non-ASCII characters
+    (``input=/tmp/données/scan.png``) is quoted. Keys under ``open_nodes`` (e.g. ``data`` of evaluate, merged
+    into the run's own data config) are set whether or not the node lists them (``++data.root=...``), so
+    ``data.X=...`` works as documented."""
     out = argv[:1]
     for arg in argv[1:]:
         match = re.fullmatch(r"([+~]*)([\w.@/-]+)=(.*)", arg, flags=re.DOTALL)
@@ -41,10 +55,7 @@ def prepare_argv(argv: list[str], open_nodes: tuple[str, ...] = ()) -> list[str]
             out.append(arg)
             continue
         prefix, key, value = match.groups()
-        if value.startswith("~"):
-            value = _quoted(os.path.expanduser(value))
-        elif not value.isascii() and not value.startswith(("'", '"', "[", "{")):  # lists, dicts: the user quotes
-            value = _quoted(value)
+        value = _palatable(value)
         if not prefix and key.split(".", 1)[0] in open_nodes and "." in key:
             prefix = "++"
         out.append(f"{prefix}{key}={value}")

@@ -35,7 +35,7 @@ from ratlit.training.loggers import (
     run_tags,
     wandb_id,
 )
-from ratlit.training.preemption import StopOnSignals, exit_after_signal, requeued_checkpoint
+from ratlit.training.preemption import StopOnSignals, exit_after_signal, requeued_checkpoint, slurm_environment
 from ratlit.training.rank_watch import RankWatch
 from ratlit.training.results import (
     fit_results,
@@ -114,14 +114,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
         if made_in is not None and Path(made_in).resolve() != run_dir.resolve():
             callbacks.append(RelocateCheckpointState(made_in, str(run_dir)))
-        stop = StopOnSignals()
+        # Checkpoints written whole beside their target (Lightning's default goes through the system temp folder).
+        plugins = [*(instantiate(p) for p in cfg.trainer.get("plugins") or []), AtomicCheckpointIO()]
+        stop = StopOnSignals(slurm_environment(plugins))
         callbacks += [RunConfigInCheckpoint(run_config), MetricsFromRestoredStep(), stop,
                       RankWatch(run_dir=str(run_dir))]
         name = OmegaConf.select(cfg, "logger.wandb.name", default=None) or run_name(cfg)
         callbacks.append(RunHistory(original_overrides(run_dir) if ckpt_path else overrides(), name,
                                     resume=overrides() if ckpt_path else None))
-        # Checkpoints written whole beside their target (Lightning's default goes through the system temp folder).
-        plugins = [*(instantiate(p) for p in cfg.trainer.get("plugins") or []), AtomicCheckpointIO()]
         trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, plugins=plugins)
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -1,11 +1,14 @@
-"""DICOM rescale rules: a CT DICOM file must say how its stored values map to HU (RescaleSlope /
-RescaleIntercept) unless the user confirms they are HU (``assume_hu``)."""
+"""DICOM rescale rules: stored values map to the modality's (e.g. HU) by a Modality LUT Sequence or by
+RescaleSlope / RescaleIntercept, applied by pydicom; a CT DICOM file must say how its stored values map to HU
+unless the user confirms they are HU (``assume_hu``)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ratlit.utils.messages import say_once
 
@@ -14,8 +17,26 @@ RESCALE_TAGS = ("RescaleSlope", "RescaleIntercept")
 
 
 def missing_rescale(header: Any) -> list[str]:
-    """The rescale tags a DICOM header lacks (an empty value counts as missing)."""
+    """The rescale tags a DICOM header lacks (an empty value counts as missing); none where a Modality LUT
+    Sequence maps its stored values instead."""
+    if header.get("ModalityLUTSequence"):
+        return []
     return [tag for tag in RESCALE_TAGS if header.get(tag, None) in (None, "")]
+
+
+def modality_values(stored: np.ndarray, header: Any) -> np.ndarray:
+    """Stored pixel values -> the modality's values (e.g. HU), float32, by pydicom's ``apply_modality_lut``: the
+    Modality LUT Sequence where there is one, else RescaleSlope x stored + RescaleIntercept, a missing or empty
+    tag taken as slope 1 / intercept 0 (files without them are read only where allowed: ``check_ct_rescale``)."""
+    from pydicom import Dataset
+    from pydicom.pixels import apply_modality_lut
+
+    if not header.get("ModalityLUTSequence"):
+        rescale = Dataset()  # pydicom rescales only where both tags hold a value
+        rescale.RescaleSlope = float(header.get("RescaleSlope", None) or 1)
+        rescale.RescaleIntercept = float(header.get("RescaleIntercept", None) or 0)
+        header = rescale
+    return np.asarray(apply_modality_lut(stored, header), dtype=np.float32)
 
 
 def check_ct_rescale(header: Any, path: Path, assume_hu: bool, key: str = "data.assume_hu") -> None:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ratlit.data.dicom_rescale import modality_values
+from ratlit.utils.errors import InputError
 from ratlit.utils.files import atomic_output
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -31,11 +33,11 @@ def is_nifti(path: Path) -> bool:
 
 @dataclass
 class DicomSlice:
-    """One DICOM image: rescaled pixel values (e.g. HU), its position along the slice normal, its header."""
+    """One DICOM image: its modality's values (e.g. HU), its position along the slice normal, its header."""
 
     path: Path
     position: float
-    pixels: np.ndarray  # float32 [H, W], RescaleSlope/Intercept applied
+    pixels: np.ndarray  # float32 [H, W], Modality LUT or RescaleSlope/Intercept applied
     header: Any
 
 
@@ -57,9 +59,10 @@ def read_dicom(path: str | os.PathLike, pixels: bool = True) -> DicomSlice:
             raise ValueError(f"cannot decode the pixels of DICOM file {path}: {err}") from err
         if raw.ndim != 2:
             raise ValueError(f"DICOM file {path} holds {raw.shape} pixels; one 2D frame per file is expected")
-        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
-        intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
-        array = (raw.astype(np.float32) * slope + intercept).astype(np.float32)
+        try:
+            array = modality_values(raw, ds)
+        except (ValueError, TypeError, AttributeError, IndexError) as err:  # a malformed Modality LUT
+            raise InputError(f"cannot map the stored values of DICOM file {path} to its modality's: {err}") from err
     return DicomSlice(path, position, array, ds)
 
 
@@ -148,6 +151,8 @@ def write_derived_dicom(
         photometric = "MONOCHROME2"
     ds.set_pixel_data(np.clip(stored, low, high).astype(np.int16 if signed else np.uint16), photometric, 16)
     ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if "ModalityLUTSequence" in ds:  # the values are stored by the rescale above now
+        del ds.ModalityLUTSequence
     for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue", "PixelPaddingValue"):
         if keyword in ds:  # stored values changed meaning with the new slope / encoding
             del ds[keyword]

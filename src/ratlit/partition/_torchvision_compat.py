@@ -5,11 +5,13 @@ segment_anything imports four torchvision functions at module load: ``batched_nm
 wheel next to PyPI's torchvision (built for the CUDA wheel) fails to import (``torchvision::nms does not
 exist``). When, and only when, the real torchvision is unusable, this module provides those four
 functions, bound into segment_anything during its import and removed from ``sys.modules`` right after,
-so no other library ever sees a stand-in torchvision.
+so no other library ever sees a stand-in torchvision. ``batched_nms`` is torchvision's where it imports, else
+the stand-in's greedy NMS.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import sys
@@ -36,6 +38,16 @@ def _box_iou(boxes: Tensor) -> Tensor:
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """NMS within each category ``idxs``: kept indices by decreasing score. torchvision's where it imports,
+    else :func:`greedy_batched_nms`."""
+    if torchvision_usable():
+        from torchvision.ops import batched_nms as torchvision_batched_nms
+
+        return torchvision_batched_nms(boxes.float(), scores.float(), idxs, iou_threshold)
+    return greedy_batched_nms(boxes, scores, idxs, iou_threshold)
+
+
+def greedy_batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """Greedy NMS within each category ``idxs``; kept indices by decreasing score (torchvision's contract)."""
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
@@ -67,7 +79,9 @@ def resize(image, size: list[int] | tuple[int, int]):
     return image.resize((width, height), Image.BILINEAR)
 
 
-def _torchvision_usable() -> bool:
+@functools.cache
+def torchvision_usable() -> bool:
+    """Whether torchvision imports beside this torch build (asked once per process)."""
     try:
         importlib.import_module("torchvision.ops.boxes")
         importlib.import_module("torchvision.transforms.functional")
@@ -80,7 +94,7 @@ def _torchvision_usable() -> bool:
 
 def import_segment_anything() -> types.ModuleType:
     """Import and return ``segment_anything``, standing in for torchvision only if it is unusable."""
-    if "segment_anything" in sys.modules or _torchvision_usable():
+    if "segment_anything" in sys.modules or torchvision_usable():
         return importlib.import_module("segment_anything")
     log.info("torchvision is unusable with this torch build; segment_anything gets ratlit's NMS and resize")
     modules = {
@@ -90,7 +104,7 @@ def import_segment_anything() -> types.ModuleType:
         "torchvision.transforms": types.ModuleType("torchvision.transforms"),
         "torchvision.transforms.functional": types.ModuleType("torchvision.transforms.functional"),
     }
-    modules["torchvision.ops.boxes"].batched_nms = batched_nms
+    modules["torchvision.ops.boxes"].batched_nms = greedy_batched_nms
     modules["torchvision.ops.boxes"].box_area = box_area
     modules["torchvision.transforms.functional"].resize = resize
     modules["torchvision.transforms.functional"].to_pil_image = to_pil_image

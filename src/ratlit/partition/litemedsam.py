@@ -11,7 +11,9 @@ one embedding, then the prompt grid in batches against that embedding. ``prompts
 of each of ``box_sizes`` (pixels of the 256 input) at ``box_overlap`` overlap, one mask per box (the
 model's trained use). ``prompts="points"``: a ``points_per_side`` grid of foreground points, three masks
 each (SAM's automatic generator). Masks are kept when the predicted IoU and the stability score pass their
-thresholds, de-duplicated by box NMS, and merged into labels by Eq. 1 (smallest mask wins).
+thresholds, de-duplicated by box NMS, and merged into labels by Eq. 1 (smallest mask wins). The point grid,
+batches, stability score and mask boxes are segment_anything's own (``utils.amg``); the NMS is torchvision's where
+it imports.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -126,32 +129,15 @@ def box_grid(height: int, width: int, sizes: list[int], overlap: float) -> np.nd
     return np.unique(np.asarray(boxes, dtype=np.float32), axis=0)
 
 
+def amg() -> types.ModuleType:
+    """segment_anything's mask-generation helpers (``segment_anything.utils.amg``), imported with the torchvision
+    stand-in where needed."""
+    return import_segment_anything().utils.amg
+
+
 def point_grid(height: int, width: int, per_side: int) -> np.ndarray:
-    """``per_side x per_side`` points ``[N, 2]`` (x, y) at the centres of a regular grid."""
-    ys = (np.arange(per_side) + 0.5) * height / per_side
-    xs = (np.arange(per_side) + 0.5) * width / per_side
-    return np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2).astype(np.float32)
-
-
-def stability_score(logits: torch.Tensor, offset: float = 1.0) -> torch.Tensor:
-    """IoU of the masks thresholded at +offset and -offset (SAM's stability score). ``[..., H, W] -> [...]``."""
-    inner = (logits > offset).sum((-1, -2), dtype=torch.int32)
-    outer = (logits > -offset).sum((-1, -2), dtype=torch.int32)
-    return inner.float() / outer.clamp(min=1).float()
-
-
-def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Bounding boxes ``[N, 4]`` (x0, y0, x1, y1) of boolean masks ``[N, H, W]`` (zeros for empty masks)."""
-    rows, cols = masks.any(2), masks.any(1)
-    h, w = masks.shape[-2:]
-    ar_h = torch.arange(h, device=masks.device)
-    ar_w = torch.arange(w, device=masks.device)
-    y1 = torch.where(rows, ar_h, -1).amax(1)
-    y0 = torch.where(rows, ar_h, h).amin(1)
-    x1 = torch.where(cols, ar_w, -1).amax(1)
-    x0 = torch.where(cols, ar_w, w).amin(1)
-    boxes = torch.stack([x0, y0, x1, y1], 1).float()
-    return torch.where((y1 >= 0)[:, None], boxes, torch.zeros_like(boxes))
+    """``per_side x per_side`` points ``[N, 2]`` (x, y) at the centres of a regular grid (SAM's own, scaled)."""
+    return (amg().build_point_grid(per_side) * [width, height]).astype(np.float32)
 
 
 class LiteMedSamPartitioner(Partitioner):
@@ -255,9 +241,10 @@ class LiteMedSamPartitioner(Partitioner):
             raise ValueError(f"prompts must be boxes [N, 4] or points [N, 2], got shape {prompts.shape}")
         boxes = prompts.shape[1] == 4
         dense_pe = self.model.prompt_encoder.get_dense_pe()
+        helpers = amg()
         masks, ious, stabilities = [], [], []
-        for start in range(0, len(prompts), self.batch_size):
-            batch = torch.from_numpy(prompts[start : start + self.batch_size]).to(self.device)
+        for (batch,) in helpers.batch_iterator(self.batch_size, prompts):
+            batch = torch.from_numpy(batch).to(self.device)
             if boxes:
                 sparse, dense = self.model.prompt_encoder(points=None, boxes=batch, masks=None)
             else:
@@ -272,7 +259,8 @@ class LiteMedSamPartitioner(Partitioner):
             full = F.interpolate(logits[:, None], size=(height, width), mode="bilinear", align_corners=False)
             masks.append(full[:, 0] > 0)
             ious.append(iou.flatten(0, 1).float())
-            stabilities.append(stability_score(logits))
+            # SAM's stability score: IoU of the mask at logit thresholds +1 and -1.
+            stabilities.append(helpers.calculate_stability_score(logits, 0.0, 1.0))
         return torch.cat(masks), torch.cat(ious), torch.cat(stabilities)
 
     def select(self, masks: torch.Tensor, iou: torch.Tensor, stability: torch.Tensor) -> list[dict[str, Any]]:
@@ -282,7 +270,8 @@ class LiteMedSamPartitioner(Partitioner):
         masks, score = masks[keep], iou[keep]
         if len(masks) == 0:
             return []
-        order = batched_nms(mask_boxes(masks), score, torch.zeros_like(score, dtype=torch.long), self.nms_thresh)
+        boxes = amg().batched_mask_to_box(masks).float()
+        order = batched_nms(boxes, score, torch.zeros_like(score, dtype=torch.long), self.nms_thresh)
         masks, score = masks[order].cpu().numpy(), score[order].cpu().numpy()
         return [{"segmentation": m, "predicted_iou": float(s)} for m, s in zip(masks, score)]
 

@@ -274,9 +274,10 @@ class StepProgressBar(TQDMProgressBar):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         bar = self.train_progress_bar
-        if bar is not None and self._should_update(trainer.global_step, bar.total or 0):
+        step = trainer.global_step
+        if bar is not None and self.is_enabled and (step % self.refresh_rate == 0 or step == bar.total):
             if not bar.disable:
-                bar.n = trainer.global_step
+                bar.n = step
                 bar.refresh()
             bar.set_postfix(self.get_metrics(trainer, pl_module))
 

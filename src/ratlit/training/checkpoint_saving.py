@@ -4,7 +4,8 @@ truncated file never chosen to resume or evaluate.
 
 Lightning 2.6's ModelCheckpoint writes ``last.ckpt`` only together with a new best, and its default save writes
 the whole file into the system temp folder before moving it (a copy, when the run folder is on another
-filesystem: a kill during it leaves ``last.ckpt`` empty).
+filesystem: a kill during it leaves ``last.ckpt`` empty). Writing ``last.ckpt`` at other times has no public
+API: the private ModelCheckpoint members used are listed in tests/test_lightning_private.py.
 """
 
 from __future__ import annotations

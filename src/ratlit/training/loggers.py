@@ -1,5 +1,6 @@
 """Loggers: every W&B piece in one place (online or offline, run ids that survive a resume, names, tags, the
-summary a run keeps, the comparison columns, finishing a run) and a CSV logger that appends on resume."""
+summary a run keeps, the comparison columns, finishing a run) and a CSV logger that appends on resume (through
+private members of Lightning's CSV logger, listed in tests/test_lightning_private.py)."""
 
 from __future__ import annotations
 
@@ -198,7 +199,7 @@ class AppendingCSVLogger(CSVLogger):
     @property
     def experiment(self) -> ExperimentWriter:  # type: ignore[override]
         if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
+            os.makedirs(self.root_dir, exist_ok=True)  # a local folder: the writer reads the file back
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
 

@@ -112,7 +112,10 @@ class RestorationModule(L.LightningModule):
 
     def configure_model(self) -> None:
         # Called before the strategy moves the module: the trainer's device decides `auto`.
-        device = self._trainer.strategy.root_device if self._trainer is not None else self.device
+        try:
+            device = self.trainer.strategy.root_device
+        except RuntimeError:  # not attached to a Trainer: the module's own device
+            device = self.device
         if compiles_on(self.compile_net, device) and not self.compiled_blocks:
             # In place: same parameters, same checkpoint keys.
             self.compiled_blocks = compile_repeated_blocks(self.net)

@@ -6,9 +6,10 @@ command; under SLURM the job is requeued and its next start resumes by itself.
 Built on Lightning's own handling: Lightning's SIGTERM handler sets ``trainer.received_sigterm`` and its loops
 then raise ``SIGTERMException`` at the end of a step (or a validation batch), after which ``on_exception``
 hooks run. SIGINT and the SLURM requeue signal (``SLURMEnvironment.requeue_signal``, USR1; the preset
-conf/hydra/launcher/slurm.yaml asks SLURM for ``--signal=USR1@90``) are turned into the same stop, instead of
-Lightning's KeyboardInterrupt (which stops mid-step, saving nothing) and its USR1 handler (a checkpoint taken
-mid-step in the handler, written to ``hpc_ckpt_N.ckpt`` beside the run).
+conf/hydra/launcher/slurm.yaml asks SLURM for ``--signal=USR1@90``) are turned into the same stop by raising
+SIGTERM (``signal.raise_signal``), instead of Lightning's KeyboardInterrupt (which stops mid-step, saving
+nothing) and its USR1 handler (a checkpoint taken mid-step in the handler, written to ``hpc_ckpt_N.ckpt``
+beside the run). The run's SLURMEnvironment is its own object, given to the Trainer (:func:`slurm_environment`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 import lightning as L
-from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -34,26 +35,27 @@ log = logging.getLogger(__name__)
 
 class StopOnSignals(Callback):
     """Turns SIGINT and SLURM's requeue signal into Lightning's SIGTERM stop and records which signal came
-    (``received``). A second SIGINT stops at once (KeyboardInterrupt), saving nothing."""
+    (``received``). A second SIGINT stops at once (KeyboardInterrupt), saving nothing. ``environment``: the
+    cluster environment given to the Trainer (:func:`slurm_environment`); a SLURMEnvironment that requeues
+    names the requeue signal."""
 
-    def __init__(self) -> None:
+    def __init__(self, environment: ClusterEnvironment | None = None) -> None:
         self.received: int | None = None
         self.requeue_signal: int | None = None
-        self._installed: dict[int, Any] = {}
-
-    def _install(self, trainer: L.Trainer) -> None:
-        # Lightning registers its handlers when a fit / test starts and restores the old ones at its end.
-        environment = trainer._accelerator_connector.cluster_environment
         if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
             self.requeue_signal = int(environment.requeue_signal or signal.SIGUSR1)
+        self._installed: dict[int, Any] = {}
+
+    def _install(self) -> None:
+        # Lightning registers its handlers when a fit / test starts and restores the old ones at its end.
         signals = [signal.SIGTERM, signal.SIGINT] + ([self.requeue_signal] if self.requeue_signal else [])
         for signum in signals:
             previous = signal.getsignal(signum)
             if previous is not self._installed.get(signum):
-                self._installed[signum] = lambda s, f, previous=previous: self._handle(trainer, previous, s, f)
+                self._installed[signum] = lambda s, f, previous=previous: self._handle(previous, s, f)
                 signal.signal(signum, self._installed[signum])
 
-    def _handle(self, trainer: L.Trainer, previous: Any, signum: int, frame: FrameType | None) -> None:
+    def _handle(self, previous: Any, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT and self.received == signal.SIGINT:
             raise KeyboardInterrupt  # Ctrl-C twice: stop now
         if self.received is None:
@@ -62,19 +64,32 @@ class StopOnSignals(Callback):
                   "(Ctrl-C again to stop at once, unsaved)" if signum == signal.SIGINT else
                   f"[ratlit] {signal.Signals(signum).name}: stopping at the end of this step and saving last.ckpt",
                   file=sys.stderr, flush=True)
-        if signum == signal.SIGTERM and callable(previous):
-            previous(signum, frame)  # Lightning's: sets received_sigterm, stops DDP children
-        else:
-            trainer._signal_connector._sigterm_notifier_fn(signum, frame)
+        if signum != signal.SIGTERM:
+            signal.raise_signal(signal.SIGTERM)  # handled at once, by the handler above: Lightning's stop
+        elif callable(previous):
+            previous(signum, frame)  # Lightning's: sets trainer.received_sigterm, stops DDP children
 
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._install(trainer)
+        self._install()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._install(trainer)
+        self._install()
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._install(trainer)
+        self._install()
+
+
+def slurm_environment(plugins: list[Any]) -> SLURMEnvironment | None:
+    """The SLURMEnvironment the Trainer is to use, as an object the run keeps (for :class:`StopOnSignals`): the one
+    in ``plugins``; else, where no cluster environment is given and Lightning would choose SLURM's itself (its
+    own order: TorchElastic's first), a new one, appended to ``plugins``; else None."""
+    given = next((p for p in plugins if isinstance(p, ClusterEnvironment)), None)
+    if given is not None:
+        return given if isinstance(given, SLURMEnvironment) else None
+    if TorchElasticEnvironment.detect() or not SLURMEnvironment.detect():
+        return None
+    plugins.append(SLURMEnvironment())
+    return plugins[-1]
 
 
 def slurm_job_id() -> str | None:
