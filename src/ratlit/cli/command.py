@@ -93,6 +93,29 @@ def _unwritable_line(err: OSError) -> str | None:
             "RATLIT_OUTPUTS=... or hydra.run.dir=...)")
 
 
+def check_overrides_used(config_name: str, cfg: DictConfig, open_nodes: tuple[str, ...] = ()) -> None:
+    """Refuse an override that adds a top-level key or config group the command does not read (``+partition=slic``
+    on predict): it would be ignored without a word. The command reads what its own config holds without the
+    user's additions (its ``open_nodes`` take any key)."""
+    from hydra import compose
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from ratlit.utils.config import overrides
+    from ratlit.utils.errors import InputError
+
+    added = []
+    for override in OverridesParser.create().parse_overrides(overrides()):
+        top = override.key_or_group.split("@", 1)[0].replace("/", ".").split(".", 1)[0]
+        if (override.is_add() or override.is_force_add()) and top not in open_nodes and top != "hydra":
+            added.append((top, override.input_line))
+    if not added:
+        return
+    reads = set(compose(config_name))  # the command's own config, without the user's additions
+    unused = [line for top, line in added if top not in reads]
+    if unused:
+        raise InputError(f"{config_name} does not use {', '.join(unused)}: it reads {', '.join(sorted(reads))}")
+
+
 def hydra_command(config_name: str, task: Callable[[DictConfig], Any], open_nodes: tuple[str, ...] = (),
                   keep_memory: bool = True, stop_anywhere: bool = True) -> Callable[[], Any]:
     """The ``main()`` of a command: ``task(cfg)`` under Hydra with ``conf/<config_name>.yaml``.
@@ -115,6 +138,7 @@ def hydra_command(config_name: str, task: Callable[[DictConfig], Any], open_node
         quiet_unactionable_messages()
         try:
             with stop_on_signals() if stop_anywhere else nullcontext():
+                exit_on_user_error(lambda cfg: check_overrides_used(config_name, cfg, open_nodes))(cfg)
                 return task(cfg)
         except Stopped as stop:
             print(f"[ratlit] {config_name} stopped by {signal.Signals(stop.signum).name}: worker processes ended, "

@@ -36,6 +36,7 @@ def predict(cfg: DictConfig) -> list[Path]:
         force=cfg.force,
         tiling=tiling,
         assume_hu=cfg.get("assume_hu"),
+        regions=None if cfg.get("regions") is None else user_path(cfg.regions),
     )
     print(f"restored {len(written)} file(s) into {out}")
     return written
