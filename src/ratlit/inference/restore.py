@@ -76,14 +76,14 @@ def restore_paths(
     if nonnegative not in (None, True, False) or force not in (True, False):
         raise ValueError("nonnegative must be null, true or false and force true or false, "
                          f"got {nonnegative!r}, {force!r}")
+    ckpt = checkpoint_file(ckpt)
+    run_cfg, state = load_checkpoint(ckpt)  # its config says what the inputs must be; nothing is built yet
     files = input_files(source)
     if any((out / p.name).resolve() == p.resolve() for p in files):
         raise ValueError(f"output {out} would overwrite the inputs; choose another folder")
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {out} is a file; give a folder")
     check_writable(out, "output folder")
-    ckpt = checkpoint_file(ckpt)
-    run_cfg, state = load_checkpoint(ckpt)
     datamodule = task_datamodule(run_cfg)
     axis = int(slice_axis if slice_axis is not None else run_cfg.data.get("slice_axis", 2))
     if axis not in (0, 1, 2):

@@ -219,6 +219,8 @@ def preflight(cfg: DictConfig) -> None:
 
     if not cfg.get("preflight", True) or not on_cpu(cfg.trainer):
         return
+    if int(cfg.data.batch_size) < 1 or int(cfg.data.patch_size) < 1:
+        return  # the DataModule names the bad value
     start = time.perf_counter()
     step = estimate_step(cfg)
     max_steps = OmegaConf.select(cfg, "trainer.max_steps", default=None)
