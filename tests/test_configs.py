@@ -22,7 +22,8 @@ GROUPS = {
     "partition": ["sam", "sam_or_slic", "sam_or_litemedsam", "litemedsam", "slic", "felzenszwalb", "grid", "single"],
     "trainer": ["default", "cpu", "gpu", "ddp"],
     "logger": ["csv", "wandb", "tensorboard", "all"],
-    "experiment": ["smoke", "cpu_ablation", "cpu_ct", "paper_ct", "paper_pet", "paper_pathology"],
+    "experiment": ["smoke", "cpu_ablation", "cpu_ct", "cpu_pet", "cpu_pathology", "paper_ct", "paper_pet",
+                   "paper_pathology"],
     "optimizer": ["adam"],
     "size": ["full", "small", "tiny"],
 }

@@ -231,7 +231,7 @@ def test_sweep_with_ddp_is_refused(ct_root, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["attention=swin"], "Could not find 'attention/swin'"),
+        (["attention=swin"], "attention=swin: no such option; attention is one of msa, none, rmsa, wmsa"),
         (["data.patch_size=-1"], "patch_size and batch_size must be positive"),
         (["data.root=/no/such/folder"], "data root /no/such/folder does not exist"),
         (["model.net.scale_by=sqrt"], "scale_by must be one of"),

@@ -191,7 +191,7 @@ def fake_step(callback, trainer, module, step, now, monkeypatch):
 @pytest.mark.parametrize("device, max_steps, warned", [("cpu", 200000, True), ("cpu", 1000, False),
                                                        ("cuda", 200000, False)])
 def test_cpu_estimate_after_the_first_steps(caplog, monkeypatch, device, max_steps, warned):
-    callback = cpu_estimate.CpuTimeEstimate(after=5)
+    callback = cpu_estimate.CpuTimeEstimate(after=5, task="ct")
     trainer = SimpleNamespace(global_step=0, max_steps=max_steps, is_global_zero=True)
     module = SimpleNamespace(device=torch.device(device))
     callback.on_train_start(trainer, module)

@@ -1,22 +1,29 @@
 """One way to start a command: Hydra config from the package's ``conf/``, overrides made palatable to Hydra's
-lexer, the process's allocator set, Lightning's unactionable messages hidden, and bad input reported as one
-line (exit status 2) instead of a traceback."""
+lexer, the process's allocator set, Lightning's unactionable messages hidden, bad input (the project's
+:class:`~ratlit.utils.errors.InputError`, and Hydra's config errors) reported as one line (exit status 2) instead
+of a traceback, and a stop by SIGTERM or Ctrl-C reported as one line (exit 128 + the signal) once every worker
+process has ended and every temporary folder is removed (:mod:`ratlit.utils.stopping`). Any other error is a bug
+and keeps its traceback."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
 import re
+import signal
 import sys
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig
 
 from ratlit.utils.allocator import keep_freed_memory
 from ratlit.utils.config import CONF_DIR, USER_ERRORS
+from ratlit.utils.stopping import Stopped, stop_on_signals
 
 T = TypeVar("T")
 log = logging.getLogger("ratlit")
@@ -70,33 +77,107 @@ def exit_on_user_error(task: Callable[[DictConfig], T]) -> Callable[[DictConfig]
         try:
             return task(cfg)
         except USER_ERRORS as err:
-            log.error("%s", err.args[0] if isinstance(err, KeyError) and err.args else err)
+            log.error("%s", err)
             sys.exit(2)
 
     return wrapped
 
 
+def config_error_line(err: Exception) -> str:
+    """Hydra's multi-line config error as one line; an unknown option lists the valid ones."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(err, MissingConfigException) and getattr(err, "options", None):
+        group, _, option = str(err.missing_cfg_file).rpartition("/")
+        return f"{group}={option}: no such option; {group} is one of {', '.join(err.options)}"
+    if isinstance(err, OverrideParseException):
+        return f"cannot read the override {err.override!r}: {str(err.message).splitlines()[0]}"
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text.split(" Config search path:")[0]
+
+
+def _unwritable_line(err: OSError) -> str | None:
+    """A folder Hydra could not create or write (the run or log folder), as one line; None for other errors."""
+    if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC) or not err.filename:
+        return None
+    return (f"cannot write the output folder {err.filename}: {os.strerror(err.errno)} (choose another with "
+            "RATLIT_OUTPUTS=... or hydra.run.dir=...)")
+
+
+def check_overrides_used(config_name: str, cfg: DictConfig, open_nodes: tuple[str, ...] = ()) -> None:
+    """Refuse an override that adds a top-level key or config group the command does not read (``+partition=slic``
+    on predict): it would be ignored without a word. The command reads what its own config holds without the
+    user's additions (its ``open_nodes`` take any key)."""
+    from hydra import compose
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from ratlit.utils.config import overrides
+    from ratlit.utils.errors import InputError
+
+    added = []
+    for override in OverridesParser.create().parse_overrides(overrides()):
+        top = override.key_or_group.split("@", 1)[0].replace("/", ".").split(".", 1)[0]
+        if (override.is_add() or override.is_force_add()) and top not in open_nodes and top != "hydra":
+            added.append((top, override.input_line))
+    if not added:
+        return
+    reads = set(compose(config_name))  # the command's own config, without the user's additions
+    unused = [line for top, line in added if top not in reads]
+    if unused:
+        raise InputError(f"{config_name} does not use {', '.join(unused)}: it reads {', '.join(sorted(reads))}")
+
+
 def hydra_command(config_name: str, task: Callable[[DictConfig], Any], open_nodes: tuple[str, ...] = (),
-                  keep_memory: bool = True) -> Callable[[], Any]:
+                  keep_memory: bool = True, stop_anywhere: bool = True) -> Callable[[], Any]:
     """The ``main()`` of a command: ``task(cfg)`` under Hydra with ``conf/<config_name>.yaml``.
 
     ``open_nodes``: see :func:`prepare_argv`. ``keep_memory``: set the allocator first
-    (:func:`ratlit.utils.allocator.keep_freed_memory`).
+    (:func:`ratlit.utils.allocator.keep_freed_memory`). ``stop_anywhere``: SIGTERM / SIGINT stop the task
+    wherever it is (:func:`ratlit.utils.stopping.stop_on_signals`); false where the task enters that itself
+    around its own phases (training leaves the trainer's steps to Lightning's signal handling).
     """
     import hydra
+    from hydra.errors import HydraException
+
+    started = []
 
     @functools.wraps(task)  # Hydra names the job (and its log file) after the task's module
     def start(cfg: DictConfig) -> Any:
+        started.append(True)
         if keep_memory:
             keep_freed_memory()
         quiet_unactionable_messages()
-        return task(cfg)
+        try:
+            with stop_on_signals() if stop_anywhere else nullcontext():
+                exit_on_user_error(lambda cfg: check_overrides_used(config_name, cfg, open_nodes))(cfg)
+                return task(cfg)
+        except Stopped as stop:
+            print(f"[ratlit] {config_name} stopped by {signal.Signals(stop.signum).name}: worker processes ended, "
+                  "temporary files removed", file=sys.stderr, flush=True)
+            sys.exit(stop.exit_status)
 
     hydra_main = hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(start)
 
     def main() -> Any:
         sys.argv = prepare_argv(sys.argv, open_nodes)  # data.root=~/scans: Hydra's lexer rejects an unquoted ~
-        return hydra_main()
+        # Hydra then raises its errors here instead of printing them over several lines and exiting 1.
+        full_error = os.environ.get("HYDRA_FULL_ERROR")
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        try:
+            return hydra_main()
+        except (HydraException, OSError) as err:
+            if started:  # from inside the task: not the command line's fault, keep the traceback
+                raise
+            line = config_error_line(err) if isinstance(err, HydraException) else _unwritable_line(err)
+            if line is None:
+                raise
+            print(f"error: {line}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        finally:
+            if full_error is None:
+                os.environ.pop("HYDRA_FULL_ERROR", None)
+            else:
+                os.environ["HYDRA_FULL_ERROR"] = full_error
 
     return main
 

@@ -36,6 +36,7 @@ from ratlit.training.loggers import (
     wandb_id,
 )
 from ratlit.training.preemption import StopOnSignals, exit_after_signal, requeued_checkpoint, slurm_environment
+from ratlit.training.preflight import preflight
 from ratlit.training.rank_watch import RankWatch
 from ratlit.training.results import (
     fit_results,
@@ -56,6 +57,7 @@ from ratlit.training.run_folder import (
 )
 from ratlit.utils.config import instantiate, overrides
 from ratlit.utils.files import write_text_atomic
+from ratlit.utils.stopping import stop_on_signals
 from ratlit.utils.trusted_targets import CONFIG_KEY, check_targets, trusted_entries
 
 log = logging.getLogger("ratlit.train")
@@ -75,6 +77,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_targets(cfg, "the run config", trusted_entries(cfg.get(CONFIG_KEY)))
         if (requeued := requeued_checkpoint(cfg)) is not None:  # a requeued SLURM job: the same job, continued
             ckpt_path = str(requeued)
+    if rank_zero_only.rank == 0:
+        preflight(cfg)  # on a CPU: before anything is built, refuse a run that would not fit or not end in a day
     run_dir = Path(str(cfg.run_dir))
     if ckpt_path is None and rank_zero_only.rank == 0:  # DDP's other ranks start later, in the same folder
         refuse_used_run_dir(run_dir)
@@ -85,11 +89,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     absolute_data_paths(cfg.data)
     wandb_id(cfg)
 
-    datamodule = instantiate(cfg.data)
-    # Before the data is listed (and an embedded set built, or a user's folder read): a mistyped model, loss or
-    # optimiser value fails in seconds.
-    module = instantiate(cfg.model)
-    splits = groups_by_split(datamodule)
+    with stop_on_signals():  # a stop while the data is built or listed ends its workers and temporary folders
+        datamodule, module, splits = _prepare(cfg)
     partition = datamodule.partitioner.spec
     log.info("partitioner: %s", partition)
     with open_dict(cfg):
@@ -140,12 +141,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         finish_wandb(loggers, saved_mode)
 
 
+def _prepare(cfg: DictConfig) -> tuple[Any, Any, dict[str, list[str]]]:
+    """The DataModule, the LightningModule and the split (the embedded set built if needed, the data listed)."""
+    datamodule = instantiate(cfg.data)
+    # Before the data is listed (and an embedded set built, or a user's folder read): a mistyped model, loss or
+    # optimiser value fails in seconds.
+    module = instantiate(cfg.model)
+    return datamodule, module, groups_by_split(datamodule)
+
+
 def _test_psnr(cfg: DictConfig) -> float | None:
     """Hydra's return value for sweepers that optimise: the test PSNR."""
     return (train(cfg).get("test") or {}).get("psnr")
 
 
-main = hydra_command("train", _test_psnr)
+# The trainer's steps stop by Lightning's own signal handling (last.ckpt at the end of a step): train enters
+# stop_on_signals itself, around the data build only.
+main = hydra_command("train", _test_psnr, stop_anywhere=False)
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,14 @@ import numpy as np
 
 from ratlit.data.datamodule import RestorationDataModule
 from ratlit.data.dicom_rescale import check_ct_rescale
-from ratlit.data.io import check_same_geometry, dicom_slice_corners, read_dicom, read_dicom_series, write_dicom
+from ratlit.data.io import (
+    check_one_slice_shape,
+    check_same_geometry,
+    dicom_slice_corners,
+    read_dicom,
+    read_dicom_series,
+    write_dicom,
+)
 from ratlit.data.sample import Sample
 from ratlit.data.splits import write_splits
 from ratlit.data.unit_map import UnitMap
@@ -65,6 +72,8 @@ def pair_ct_series(quarter: Path, full: Path, tolerance_mm: float = 0.5,
     values map to HU (``check_ct_rescale``; ``assume_hu`` takes files without rescale tags as HU)."""
     q_slices = read_dicom_series(quarter, pixels=False)
     f_slices = read_dicom_series(full, pixels=False)
+    for slices, folder in ((q_slices, quarter), (f_slices, full)):
+        check_one_slice_shape(slices, folder)  # as predict refuses such a series
     for dicom in q_slices + f_slices:
         check_ct_rescale(dicom.header, dicom.path, assume_hu)
     if len(q_slices) != len(f_slices):

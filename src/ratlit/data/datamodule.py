@@ -38,7 +38,7 @@ from ratlit.data.splits import (
 from ratlit.data.unit_map import UnitMap
 from ratlit.partition import CacheStats, PartitionCache, Partitioner, SlicPartitioner
 from ratlit.utils.config import default_cache_dir
-from ratlit.utils.files import make_temp_dir
+from ratlit.utils.files import check_writable, make_temp_dir
 
 log = logging.getLogger(__name__)
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}  # no predict_dataloader
@@ -134,6 +134,7 @@ class RestorationDataModule(L.LightningDataModule, ABC):
         folder = self.data_root
         if self.root is not None or (folder / "COMPLETE").exists():
             return folder
+        check_writable(folder.parent, f"cache folder for the embedded {self.task} set (RATLIT_CACHE / paths.cache_dir)")
         folder.parent.mkdir(parents=True, exist_ok=True)
         with open(folder.parent / f".{folder.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ratlit.data.datamodule import RestorationDataModule
-from ratlit.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_nifti, read_dicom, read_image
+from ratlit.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, check_one_slice_shape, is_nifti, read_dicom, read_image
 from ratlit.data.value_assumptions import note_values
 
 log = logging.getLogger("ratlit.predict")
@@ -97,9 +97,7 @@ def check_inputs(files: Sequence[Path], datamodule: RestorationDataModule, task:
     for slices in series.values():
         first = slices[0]
         source = first.path.parent if len(slices) > 1 else first.path
-        shapes = sorted({(int(s.header.get("Rows", 0)), int(s.header.get("Columns", 0))) for s in slices})
-        if len(shapes) != 1:
-            raise ValueError(f"DICOM series {source} mixes slice shapes {shapes}")
+        check_one_slice_shape(slices, source)
         matches = refuse_unless_forced(source, "dicom", str(first.header.get("Modality", "")))
         samples = int(first.header.get("SamplesPerPixel", 1) or 1)
         if samples != 1 or channels != 1:

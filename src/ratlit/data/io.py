@@ -116,14 +116,17 @@ def rescale_to_hold(values: np.ndarray, slope: float, intercept: float, signed: 
 
 
 def write_derived_dicom(
-    path: Path, header: Any, values: np.ndarray, series_uid: str, description: str = "restored"
+    path: Path, header: Any, values: np.ndarray, series_uid: str, description: str = "restored",
+    series_number: int | None = None,
 ) -> dict[str, float]:
     """Write ``values`` (float [H, W] in the header's rescaled units, e.g. HU or Bq/ml) as a derived image.
 
     A copy of ``header`` gets 16-bit pixels (signed as the input's) with a RescaleSlope / Intercept chosen for
     this slice (``rescale_to_hold``), so no value is clipped; uncompressed pixel data with the Explicit VR
     Little Endian transfer syntax (file meta consistent) whatever the input's encoding; ImageType
-    DERIVED\\SECONDARY; new SOP instance UID; ``series_uid``. Returns the slope, intercept and the number of
+    DERIVED\\SECONDARY; new SOP instance UID; ``series_uid`` and ``series_number`` (default: the input's + 1000, a
+    series of its own); a SourceImageSequence item referencing the input image (its SOP class and instance UIDs).
+    Returns the slope, intercept and the number of
     values outside the stored type's range (0 unless the values are not finite).
     """
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -158,6 +161,14 @@ def write_derived_dicom(
             del ds[keyword]
     image_type = list(ds.get("ImageType", []) or [])
     ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
+    if "SOPInstanceUID" in header:  # the derived image names the image it was made from (as read: set_pixel_data
+        from pydicom.dataset import Dataset  # gave the copy a new instance UID already)
+
+        source = Dataset()
+        source.ReferencedSOPClassUID = header.get("SOPClassUID", "")
+        source.ReferencedSOPInstanceUID = header.SOPInstanceUID
+        ds.SourceImageSequence = [source]
+    ds.SeriesNumber = derived_series_number(header) if series_number is None else int(series_number)
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     if "SOPClassUID" in ds:
@@ -167,6 +178,14 @@ def write_derived_dicom(
     ds.DerivationDescription = "Restored (denoised) by the ratlit Region Attention Transformer"
     write_dicom(path, ds)
     return {"slope": slope, "intercept": intercept, "outside": outside}
+
+
+def derived_series_number(header: Any) -> int:
+    """A series number for images derived from ``header``'s series: its own + 1000 (1000 where it has none)."""
+    try:
+        return int(header.get("SeriesNumber", 0) or 0) + 1000
+    except (TypeError, ValueError):
+        return 1000
 
 
 # --- volumes (NIfTI or DICOM series) ----------------------------------------------------------------
@@ -251,6 +270,13 @@ def check_same_geometry(a: Path, a_corners: np.ndarray | None, b: Path, b_corner
             f"ImagePositionPatient / ImageOrientationPatient / PixelSpacing differ; tolerance {tolerance_mm} mm, "
             f"data.geometry_tolerance_mm for PET, data.position_tolerance_mm for CT)"
         )
+
+
+def check_one_slice_shape(slices: list[DicomSlice], source: object) -> None:
+    """Refuse a DICOM series whose slices differ in size (Rows x Columns, read from the headers)."""
+    shapes = sorted({(int(s.header.get("Rows", 0)), int(s.header.get("Columns", 0))) for s in slices})
+    if len(shapes) > 1:
+        raise ValueError(f"DICOM series {source} mixes slice shapes {shapes}: a series' slices share one size")
 
 
 def stack_series(slices: list[DicomSlice], source: object) -> np.ndarray:

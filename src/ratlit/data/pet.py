@@ -210,9 +210,10 @@ def build_embedded_pet(folder: Path, seed: int, dose_reduction: float = 12.0, su
                        slice_step: int = 4, counts_per_slice: float = 3e6, workers: int | None = None) -> None:
     """Simulate full- and low-count 2D acquisitions of every ``slice_step``-th axial slice of each subject."""
     import os
-    from concurrent.futures import ProcessPoolExecutor
 
     from tqdm.auto import tqdm
+
+    from ratlit.utils.stopping import worker_pool
 
     gm, wm, head = mni_maps()
     rng = np.random.default_rng(seed)
@@ -225,8 +226,8 @@ def build_embedded_pet(folder: Path, seed: int, dose_reduction: float = 12.0, su
             jobs.append((activity[..., z], mu[..., z], counts_per_slice * activity[..., z].sum() / peak,
                          dose_reduction, next(seeds)))
     workers = workers or min(len(jobs), os.cpu_count() or 1)
-    with ProcessPoolExecutor(workers) as pool:
-        results = list(tqdm(pool.map(_simulate_pet_job, jobs, chunksize=4), total=len(jobs),
+    with worker_pool(workers) as pool:  # its workers end with the block, also on an error or a stop
+        results = list(tqdm(pool.imap(_simulate_pet_job, jobs, chunksize=4), total=len(jobs),
                             desc="simulating PET scans", unit="slice"))
     for s in range(subjects):
         part = results[s * len(slices) : (s + 1) * len(slices)]

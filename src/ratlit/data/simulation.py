@@ -150,12 +150,13 @@ def simulate_ct_doses(
     """``(quarter dose, normal dose)`` scans of each ``(HU image, pixel mm)`` case, in parallel processes;
     each case draws from its own child of ``SeedSequence(seed)``, so the result does not depend on ``workers``."""
     import os
-    from concurrent.futures import ProcessPoolExecutor
 
     from tqdm.auto import tqdm
+
+    from ratlit.utils.stopping import worker_pool
 
     seeds = np.random.SeedSequence(seed).spawn(len(cases))
     jobs = [(hu, mm, photons, s) for (hu, mm), s in zip(cases, seeds)]
     workers = workers or min(len(jobs), os.cpu_count() or 1)
-    with ProcessPoolExecutor(workers) as pool:
-        return list(tqdm(pool.map(_simulate_ct_job, jobs), total=len(jobs), desc="simulating CT scans", unit="slice"))
+    with worker_pool(workers) as pool:  # its workers end with the block, also on an error or a stop
+        return list(tqdm(pool.imap(_simulate_ct_job, jobs), total=len(jobs), desc="simulating CT scans", unit="slice"))

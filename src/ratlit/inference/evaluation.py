@@ -21,7 +21,7 @@ from ratlit.training.run_folder import absolute_data_paths
 from ratlit.training.run_loading import build_module, checkpoint_file, load_checkpoint
 from ratlit.utils.allocator import keep_freed_memory
 from ratlit.utils.config import instantiate, user_path
-from ratlit.utils.files import write_text_atomic
+from ratlit.utils.files import check_writable, write_text_atomic
 from ratlit.utils.tables import markdown_table
 from ratlit.utils.trusted_targets import CONFIG_KEY, trusted_entries
 
@@ -38,6 +38,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict, str, Path]:
     run_cfg, state = load_checkpoint(ckpt, trusted_entries(cfg.get(CONFIG_KEY)))
     if keeps_freed_memory(tiling, run_cfg.model.net.get("region_impl")):
         keep_freed_memory()
+    out = user_path(cfg.out) if cfg.out else ckpt.parent.parent / "eval"
+    check_writable(out, "eval folder (out=)")  # before the test pass, not after it
     datamodule = split_checked_datamodule(run_cfg, cfg, str(ckpt))
     module = build_module(run_cfg, state)
     module.tiling = tiling
@@ -47,7 +49,6 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict, str, Path]:
     loader = datamodule.test_dataloader() if cfg.split == "test" else datamodule.val_dataloader()
     trainer.test(module, dataloaders=loader, verbose=False)
     summary = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    out = user_path(cfg.out) if cfg.out else ckpt.parent.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     row = {
         "checkpoint": ckpt.name,

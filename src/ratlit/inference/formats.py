@@ -18,6 +18,7 @@ from ratlit.data.datamodule import RestorationDataModule
 from ratlit.data.inputs import format_problem
 from ratlit.data.io import (
     DicomSlice,
+    derived_series_number,
     image_bits,
     read_dicom,
     read_image,
@@ -27,6 +28,7 @@ from ratlit.data.io import (
     write_image,
 )
 from ratlit.data.unit_map import UnitMap
+from ratlit.inference.regions import RegionMaps
 from ratlit.inference.restorer import Restorer
 from ratlit.utils.files import atomic_output
 
@@ -46,6 +48,17 @@ class Job:
     floor: float | None
     upscale: int | None
     force: bool
+    regions: RegionMaps | None = None  # the user's own label maps (regions=), else the run's partitioner's
+    regions_from: str = ""  # what gave the regions, for the log
+
+
+def log_regions(job: Job, source: object) -> None:
+    """Say which partitioner (or which label maps) gave the regions of ``source``, and how many."""
+    counts = job.restorer.take_region_counts()
+    if counts:
+        spread = f"{counts[0]}" if len(counts) == 1 else f"{min(counts)}-{max(counts)} per slice (mean " \
+            f"{sum(counts) / len(counts):.1f})"
+        log.info("%s: regions from %s: %s", source, job.regions_from, spread)
 
 
 def check_finite(values: np.ndarray, source: object) -> None:
@@ -66,8 +79,9 @@ def check_format(job: Job, kind: str, source: object, modality: str | None = Non
     return kind in dm.input_formats
 
 
-def restore_volume(volume: np.ndarray, mapping: UnitMap, job: Job) -> np.ndarray:
-    """``[X, Y, Z]`` in the scan's units -> restored, cut along ``job.slice_axis`` as training cuts it."""
+def restore_volume(volume: np.ndarray, mapping: UnitMap, job: Job, labels: np.ndarray | None = None) -> np.ndarray:
+    """``[X, Y, Z]`` in the scan's units -> restored, cut along ``job.slice_axis`` as training cuts it;
+    ``labels``: the user's label map of the volume (same shape), cut alike."""
     units = mapping.to_unit(volume)
     restored = np.empty_like(units)
     count = units.shape[job.slice_axis]
@@ -75,7 +89,8 @@ def restore_volume(volume: np.ndarray, mapping: UnitMap, job: Job) -> np.ndarray
         piece = np.take(units, index, axis=job.slice_axis)
         slicer: list[slice | int] = [slice(None)] * 3
         slicer[job.slice_axis] = index
-        restored[tuple(slicer)] = job.restorer(piece[None])[0]
+        regions = None if labels is None else np.take(labels, index, axis=job.slice_axis)
+        restored[tuple(slicer)] = job.restorer(piece[None], regions)[0]
     values = mapping.from_unit(restored)
     if mapping.clip is not None:
         # The network sees the window training saw; what the window cut off (metal above it, the air outside
@@ -109,10 +124,14 @@ def restore_dicom_series(slices: list[DicomSlice], out: Path, job: Job) -> list[
     source = first.parent if len(slices) > 1 else first
     matches = check_format(job, "dicom", source, str(slices[0].header.get("Modality", "")))
     volume = stack_series(slices, source)  # as read_volume stacks a series for training
-    restored = restore_volume(volume, volume_map(job, volume, source, matches), job)
+    labels = None if job.regions is None else job.regions.volume(source, [s.path for s in slices], volume.shape)
+    restored = restore_volume(volume, volume_map(job, volume, source, matches), job, labels)
+    log_regions(job, source)
     series_uid, written, rescaled, outside = generate_uid(), [], 0, 0
+    series_number = derived_series_number(slices[0].header)
     for index, dicom in enumerate(slices):
-        result = write_derived_dicom(out / dicom.path.name, dicom.header, restored[..., index], series_uid)
+        result = write_derived_dicom(out / dicom.path.name, dicom.header, restored[..., index], series_uid,
+                                     series_number=series_number)
         rescaled += result["slope"] != float(dicom.header.get("RescaleSlope", 1) or 1)
         outside += result["outside"]
         written.append(out / dicom.path.name)
@@ -139,7 +158,12 @@ def restore_nifti(path: Path, out: Path, job: Job) -> Path:
     index = np.arange(int(np.prod(image.shape))).reshape(image.shape)
     canonical_index = nib.orientations.apply_orientation(index, nib.io_orientation(image.affine))
     canonical_index = canonical_index.reshape(volume.shape)
-    restored = restore_volume(volume, volume_map(job, volume, path, matches), job)
+    labels = None
+    if job.regions is not None:  # a NIfTI label map is reoriented as the scan is; an array is in the file's order
+        labels = job.regions.volume(path, [], volume.shape,
+                                    (image.shape, lambda native: native.ravel()[canonical_index]))
+    restored = restore_volume(volume, volume_map(job, volume, path, matches), job, labels)
+    log_regions(job, path)
     native = np.empty(index.size, dtype=np.float32)
     native[canonical_index.ravel()] = restored.ravel()
     header = image.header.copy()
@@ -165,7 +189,9 @@ def restore_image(path: Path, out: Path, job: Job) -> Path:
         x = torch.from_numpy(image)[None]
         image = torch.nn.functional.interpolate(x, scale_factor=job.upscale, mode="bicubic").clamp(0, 1)[0].numpy()
     mapping = job.datamodule.unit_map(image, str(path)) if matches else UnitMap(clip=(0.0, 1.0))
-    restored = mapping.from_unit(job.restorer(mapping.to_unit(image)), job.floor)
+    labels = None if job.regions is None else job.regions.volume(path, [], image.shape[-2:])
+    restored = mapping.from_unit(job.restorer(mapping.to_unit(image), labels), job.floor)
+    log_regions(job, path)
     if grey_through_rgb:  # a grey image comes back grey, as it went in
         restored = restored.mean(axis=0, keepdims=True)
     write_image(out / path.name, restored, image_bits(path))  # a 16-bit input keeps its precision

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ratlit.partition.base import Partitioner
-from ratlit.utils.files import atomic_write, write_text_atomic
+from ratlit.utils.files import atomic_write, check_writable, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +65,17 @@ class PartitionCache:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ValueError(f"partition cache folder {self.folder} cannot be created: {err}") from err
+        self._writable = False
         spec_file = self.folder / "partitioner.json"
         if not spec_file.exists():
+            self._check_writable()
             text = json.dumps({"name": partitioner.name, **partitioner.params()}, indent=2, sort_keys=True, default=str)
             write_text_atomic(spec_file, text)
+
+    def _check_writable(self) -> None:
+        if not self._writable:
+            check_writable(self.folder, "partition cache folder (RATLIT_CACHE / paths.cache_dir)")
+            self._writable = True
 
     def path(self, digest: str) -> Path:
         return self.folder / f"{digest}.npz"
@@ -83,6 +90,7 @@ class PartitionCache:
         shape = tuple(image.shape[-2:])
         labels, status = self._read(digest, shape), "reused"
         if labels is None:
+            self._check_writable()  # a read-only cache serves what it holds; a miss must be stored
             with self._entry_lock(digest):
                 existed = self.path(digest).exists()
                 labels = self._read(digest, shape)  # another process may have written it while this one waited

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from ratlit.utils.errors import InputError
+
 
 def user_mode(directory: bool = False) -> int:
     """The permission bits a plain ``open`` / ``mkdir`` would give under the process's umask."""
@@ -35,7 +37,22 @@ def make_temp_dir(parent: Path, prefix: str) -> Path:
     return tmp
 
 
-class DiskFullError(OSError):
+def check_writable(folder: Path, what: str) -> None:
+    """Raise :class:`InputError` unless files can be made in ``folder`` (where it does not exist yet: in its
+    nearest existing parent, where it would be made). Tried with a real file, not the permission bits, so a
+    read-only mount shows as one, also to root; nothing is created when the check fails."""
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise InputError(f"cannot write the {what} {folder}: {existing} is a file, not a folder")
+    try:
+        fd, name = tempfile.mkstemp(dir=existing, prefix=".ratlit-write-check-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as err:
+        raise InputError(f"cannot write the {what} {folder}: {err.strerror or err}") from None
+
+
+class DiskFullError(OSError, InputError):
     """No space left for a file: one line naming the folder, the space needed and the space free."""
 
     def __init__(self, path: Path, needed: int | None) -> None:
