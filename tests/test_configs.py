@@ -200,3 +200,18 @@ def test_a_bad_compile_value_is_one_error_naming_the_key():
         instantiate(_compose("experiment=smoke", "model.compile=sometimes").model)
     assert isinstance(info.value.__cause__, ValueError)
     assert str(info.value.__cause__) == "model.compile must be true, false or auto, got 'sometimes'"
+
+
+def test_a_mistyped_key_names_itself_and_the_arguments_there_are():
+    from omegaconf import OmegaConf
+
+    from ratlit.utils.config import instantiate
+    from ratlit.utils.errors import InputError
+
+    cfg = OmegaConf.create({"model": {"net": {"_target_": "ratlit.models.RAT", "widht": 8}}})
+    with pytest.raises(InputError, match=r"model\.net\.widht: ratlit\.models\.RAT takes no argument 'widht'.*width"):
+        instantiate(cfg.model.net)
+    # Keys passed by the caller and callables that take **kwargs are not refused.
+    assert instantiate({"_target_": "builtins.dict", "a": 1}) == {"a": 1}
+    opt = OmegaConf.create({"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3})
+    assert instantiate(opt).keywords == {"lr": 1e-3}

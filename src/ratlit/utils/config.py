@@ -11,7 +11,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ratlit.utils.errors import InputError
 from ratlit.utils.files import DiskFullError
@@ -34,6 +34,7 @@ def instantiate(cfg: DictConfig | dict, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` that re-raises the user's error itself, not Hydra's wrapper around it."""
     from hydra.utils import instantiate as hydra_instantiate
 
+    check_arguments(cfg, given=kwargs)
     try:
         return hydra_instantiate(cfg, **kwargs)
     except InstantiationException as err:
@@ -43,6 +44,42 @@ def instantiate(cfg: DictConfig | dict, **kwargs: Any) -> Any:
         if isinstance(cause, USER_ERRORS):
             raise cause from None
         raise
+
+
+_HYDRA_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
+
+
+def check_arguments(cfg: Any, path: str = "", given: dict[str, Any] | None = None) -> None:
+    """Every key of every node with a ``_target_`` is an argument its callable takes: a mistyped key
+    (``+model.net.widht=32``) is one line naming the key and the arguments there are, not a TypeError from deep
+    inside the constructor. Nodes whose callable takes ``**kwargs`` or has no readable signature pass."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    if not path and isinstance(cfg, DictConfig):
+        path = cfg._get_full_key(None) or ""  # the node's place in the whole config, e.g. model.net
+    if isinstance(cfg, DictConfig | dict):
+        items = cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else cfg.items()
+        node = dict(items)
+        target = node.get("_target_")
+        if isinstance(target, str):
+            try:
+                params = inspect.signature(get_object(target)).parameters.values()
+            except (ImportError, AttributeError, ValueError, TypeError):
+                params = None  # an unknown target is reported by instantiate (and the allowlist) itself
+            if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params):
+                names = {p.name for p in params if p.kind is not p.VAR_POSITIONAL}
+                unknown = [k for k in node if k not in _HYDRA_KEYS and k not in names and k not in (given or {})]
+                if unknown:
+                    key = f"{path}.{unknown[0]}" if path else str(unknown[0])
+                    raise InputError(f"{key}: {target} takes no argument {unknown[0]!r}; it takes "
+                                     f"{', '.join(sorted(names)) or 'none'}")
+        for key, value in node.items():
+            check_arguments(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(cfg, ListConfig | list | tuple):
+        for i, value in enumerate(cfg):
+            check_arguments(value, f"{path}[{i}]")
 
 
 def overrides() -> list[str]:
