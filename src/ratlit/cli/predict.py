@@ -36,6 +36,7 @@ def predict(cfg: DictConfig) -> list[Path]:
         force=cfg.force,
         tiling=tiling,
         assume_hu=cfg.get("assume_hu"),
+        region_reference=cfg.get("region_reference", "train"),
     )
     print(f"restored {len(written)} file(s) into {out}")
     return written

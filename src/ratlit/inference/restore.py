@@ -5,7 +5,8 @@ series (the files of one SeriesInstanceUID in the input folder, ordered along th
 file (reoriented to RAS+ and cut along ``slice_axis``, as training does) is mapped to the network's units
 by the task's DataModule (``unit_map``: CT its HU window, PET the whole LQ volume's 99.9th percentile) and
 restored slice by slice (values a window cut off come back as they went in); PNG/TIFF/JPEG images are
-restored whole. Regions come from the partitioner the run was trained with, computed once per image and cached.
+restored whole. Regions come from the partitioner the run was trained with, computed once per whole image and
+cached, as dense as on the run's training images (``region_reference``, ratlit.partition.density; docs/scale.md).
 
 Outputs keep the input's format, name and geometry: DICOM slices as derived DICOM (header kept, ImageType
 DERIVED\\SECONDARY, new SOP / series UIDs, RescaleSlope/Intercept chosen per slice so no restored value is
@@ -18,6 +19,7 @@ format are checked against the checkpoint's task; ``force=true`` runs anyway.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -30,7 +32,8 @@ from ratlit.data.io import DICOM_SUFFIXES
 from ratlit.inference.formats import Job, dicom_series, restore_dicom_series, restore_image, restore_nifti
 from ratlit.inference.restorer import Restorer
 from ratlit.models.tiling import Tiling, keeps_freed_memory
-from ratlit.partition import PartitionCache, partitioner_from_spec
+from ratlit.partition import SlicPartitioner, partitioner_from_spec
+from ratlit.partition.density import DensityKeepingCache, reference_shape
 from ratlit.training.run_loading import build_module, checkpoint_file, load_checkpoint
 from ratlit.utils.allocator import keep_freed_memory
 from ratlit.utils.config import instantiate
@@ -58,15 +61,19 @@ def restore_paths(
     force: bool = False,
     tiling: Tiling = Tiling(None),
     assume_hu: bool | None = None,
+    region_reference: str | int | Sequence[int] | None = "train",
 ) -> list[Path]:
     """Restore ``source`` (a file or a folder) with the checkpoint ``ckpt`` (a file or a run folder) into the
     folder ``out``: every input is checked first, and the outputs appear together or not at all.
-    ``assume_hu``: CT DICOM files without rescale tags hold HU (None: the run's ``data.assume_hu``)."""
+    ``assume_hu``: CT DICOM files without rescale tags hold HU (None: the run's ``data.assume_hu``).
+    ``region_reference``: the image size whose regions per pixel every image keeps (``"train"``: the run's
+    ``train_image_shape``; None: the run's partitioner unchanged on every image), see ratlit.partition.density."""
     if accelerator not in ACCELERATORS:
         raise ValueError(f"accelerator must be one of {list(ACCELERATORS)}, got {accelerator!r}")
     if nonnegative not in (None, True, False) or force not in (True, False):
         raise ValueError("nonnegative must be null, true or false and force true or false, "
                          f"got {nonnegative!r}, {force!r}")
+    reference_shape(region_reference, None)  # a bad value fails before the checkpoint is read
     ckpt = checkpoint_file(ckpt)
     run_cfg, state = load_checkpoint(ckpt)
     if keeps_freed_memory(tiling, run_cfg.model.net.get("region_impl")):
@@ -83,7 +90,12 @@ def restore_paths(
     device = torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
     partitioner = partitioner_from_spec(dict(run_cfg.partition_used))
     cache_root = Path(str(run_cfg.paths.cache_dir)).expanduser() if cache_dir is None else cache_dir
-    cache = PartitionCache(cache_root / "partitions" / "predict", partitioner)
+    reference = reference_shape(region_reference, run_cfg.get("train_image_shape"))
+    if region_reference == "train" and reference is None and isinstance(partitioner, SlicPartitioner):
+        log.warning("%s records no training image size: every image gets %d SLIC regions whatever its size; pass "
+                    "region_reference=[height,width] of the training images to keep their region density",
+                    ckpt, partitioner.n_segments)
+    cache = DensityKeepingCache(cache_root / "partitions" / "predict", partitioner, reference)
     restorer = Restorer(build_module(run_cfg, state), cache, device, tiling)
     floor = datamodule.value_floor if nonnegative is None else (0.0 if nonnegative else None)
     job = Job(restorer, datamodule, str(run_cfg.task_name), ckpt, int(run_cfg.model.net.in_channels), axis, floor,

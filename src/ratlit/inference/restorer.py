@@ -7,6 +7,7 @@ import torch
 
 from ratlit.models.tiling import Tiling, tile_multiple, tiled_forward
 from ratlit.partition import PartitionCache
+from ratlit.partition.density import DensityKeepingCache
 
 
 class Restorer:
@@ -14,7 +15,7 @@ class Restorer:
 
     Regions are computed on the whole image; the network runs on tiles of ``tiling`` (ratlit.inference)."""
 
-    def __init__(self, module: torch.nn.Module, cache: PartitionCache, device: torch.device,
+    def __init__(self, module: torch.nn.Module, cache: PartitionCache | DensityKeepingCache, device: torch.device,
                  tiling: Tiling = Tiling(None)) -> None:
         self.module, self.cache, self.device, self.tiling = module.to(device), cache, device, tiling
         self.multiple = tile_multiple(getattr(module, "net", module))
