@@ -6,12 +6,14 @@ its own; the partition cache starts empty. ``--ckpt``: a run's checkpoint (e.g. 
 it, an untrained paper-size RAT checkpoint (task ct, partition slic) is built: time and memory do not depend
 on the weights. ``--malloc keep system`` measures with ratlit's allocator setting (ratlit.allocator) and with
 glibc's defaults; ``--max-tile 0`` runs whole images; ``--region-impl dense`` swaps the R-MSA kernel;
-``--override`` adds Hydra overrides to the paper-size checkpoint's config (e.g. ``partition.n_segments=6400``:
-SLIC regions as dense on a 4096 slice as the default 100 are on a 512 one).
+``--override`` adds Hydra overrides to the paper-size checkpoint's config (e.g. ``partition.n_segments=200``).
+The paper-size checkpoint records ``train_image_shape`` 512x512 (the CT task's slices), so predict scales SLIC's
+region count with the image's area (ratlit.partition.density, docs/scale.md); ``--region-reference none``
+partitions every size with the recorded count, as predict did before.
 
     python benchmarks/bench_tiling.py [--ckpt run/checkpoints/best.ckpt] [--sizes 512 1024 2048 4096]
         [--max-tile 512] [--overlap 64] [--malloc keep system] [--region-impl auto|dense] [--timeout 900]
-        [--override partition.n_segments=6400 ...]
+        [--override partition.n_segments=200 ...] [--region-reference train|none|SIDE]
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def paper_checkpoint(path: Path, region_impl: str, overrides: list[str]) -> Path
     module = instantiate(cfg.model)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["partition_used"] = instantiate(cfg.partition).spec
+    resolved["train_image_shape"] = [512, 512]  # what training on the CT task's slices records
     torch.save({"state_dict": module.state_dict(), "ratlit_config": OmegaConf.to_yaml(resolved)}, path)
     return path
 
@@ -70,8 +73,10 @@ def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     start = time.perf_counter()
+    reference = {"train": "train", "none": None}.get(args.region_reference) or int(args.region_reference)
     restore_paths(Path(args.ckpt), work / f"ct{args.size}.nii", work / f"out{args.size}", accelerator="cpu",
-                  cache_dir=work / f"cache{os.getpid()}", tiling=Tiling(args.max_tile or None, args.overlap))
+                  cache_dir=work / f"cache{os.getpid()}", tiling=Tiling(args.max_tile or None, args.overlap),
+                  region_reference=reference)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     # restore_paths sets malloc as predict does (ratlit.models.tiling.keeps_freed_memory), unless RATLIT_MALLOC=system
@@ -88,6 +93,8 @@ def main() -> None:
     parser.add_argument("--malloc", nargs="+", default=["keep"], choices=["keep", "system"])
     parser.add_argument("--region-impl", default="auto", help="paper-size checkpoint only")
     parser.add_argument("--override", nargs="*", default=[], help="paper-size checkpoint only: Hydra overrides")
+    parser.add_argument("--region-reference", default="train",
+                        help="predict's region_reference: train (the checkpoint's), none, or a side in pixels")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900, help="seconds per size before it is stopped")
     parser.add_argument("--child-size", dest="size", type=int, help=argparse.SUPPRESS)
@@ -102,6 +109,7 @@ def main() -> None:
         ckpt = args.ckpt or str(paper_checkpoint(work / "paper_rat.ckpt", args.region_impl, args.override))
         tile = f"max_tile {args.max_tile}, overlap {args.overlap}" if args.max_tile else "whole images"
         name = args.ckpt or " ".join(["paper-size RAT (untrained)", *args.override])
+        name += f", region_reference {args.region_reference}"
         print(f"checkpoint {name}, {tile}, {args.threads} threads\n")
         print("| size | malloc | seconds | peak RSS (GiB) |\n|---|---|---|---|", flush=True)
         for size in args.sizes:
@@ -109,7 +117,8 @@ def main() -> None:
             for malloc in args.malloc:
                 command = [sys.executable, __file__, "--ckpt", ckpt, "--child-size", str(size), "--work", tmp,
                            "--max-tile", str(args.max_tile), "--overlap", str(args.overlap),
-                           "--threads", str(args.threads), "--region-impl", args.region_impl]
+                           "--threads", str(args.threads), "--region-impl", args.region_impl,
+                           "--region-reference", args.region_reference]
                 env = {**os.environ, "RATLIT_MALLOC": malloc, "OMP_NUM_THREADS": str(args.threads)}
                 try:
                     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)

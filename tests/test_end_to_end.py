@@ -43,6 +43,7 @@ def test_smoke_train_then_evaluate_and_predict(ct_root, tmp_path):
     assert "LeafSpec" not in train.stderr and "Tip:" not in train.stdout + train.stderr
     saved = (run_dir / "config.yaml").read_text()
     assert "partition_used:" in saved and "_target_: ratlit.data.CTDataModule" in saved
+    assert "train_image_shape:\n- 48\n- 48\n" in saved  # the fixture's slices: predict keeps their region density
     assert (run_dir / "checkpoints" / "last.ckpt").exists() and (run_dir / "csv" / "metrics.csv").exists()
     assert list((run_dir / "panels").glob("*.png"))
     test_patients = json.loads((run_dir / "splits.json").read_text())["test"]

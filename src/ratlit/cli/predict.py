@@ -39,6 +39,7 @@ def predict(cfg: DictConfig) -> list[Path]:
         assume_hu=cfg.get("assume_hu"),
         trusted=trusted_entries(cfg.get(CONFIG_KEY)),
         regions=None if cfg.get("regions") is None else user_path(cfg.regions),
+        region_reference=cfg.get("region_reference", "train"),
     )
     print(f"restored {len(written)} file(s) into {out}")
     return written

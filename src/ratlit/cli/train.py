@@ -96,6 +96,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with open_dict(cfg):
         cfg.data.splits = splits  # the run config (and so every checkpoint) records the split it used
         cfg.partition_used = partition
+        # predict scales the region count of larger (or smaller) images from it (ratlit.partition.density)
+        shape = datamodule.train_image_shape()
+        cfg.train_image_shape = None if shape is None else list(shape)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     run_config = OmegaConf.to_yaml(resolved)
     if rank_zero_only.rank == 0:

@@ -37,6 +37,7 @@ from ratlit.data.splits import (
 )
 from ratlit.data.unit_map import UnitMap
 from ratlit.partition import CacheStats, PartitionCache, Partitioner, SlicPartitioner
+from ratlit.partition.density import median_shape
 from ratlit.utils.config import default_cache_dir
 from ratlit.utils.files import check_writable, make_temp_dir
 
@@ -200,6 +201,14 @@ class RestorationDataModule(L.LightningDataModule, ABC):
             self.split_groups = self.resolve_splits(self.samples())
         members = set(self.split_groups[split])
         return [s for s in self.samples() if s.group in members]
+
+    def train_image_shape(self, most: int = 16) -> tuple[int, int] | None:
+        """``(height, width)`` of the median training LQ image by area, from at most ``most`` of them evenly
+        spaced (a data set's sizes rarely vary): the size the partitioner's region count refers to
+        (ratlit.partition.density). None for an empty train split."""
+        chosen = self.split_samples("train")
+        step = max(1, -(-len(chosen) // most))
+        return median_shape(sample.load()[0].shape for sample in chosen[::step])
 
     def setup(self, stage: str | None = None) -> None:
         for split in SPLITS if stage is None else STAGE_SPLITS.get(stage, ()):

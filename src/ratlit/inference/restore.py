@@ -5,9 +5,10 @@ series (the files of one SeriesInstanceUID in the input folder, ordered along th
 file (reoriented to RAS+ and cut along ``slice_axis``, as training does) is mapped to the network's units
 by the task's DataModule (``unit_map``: CT its HU window, PET the whole LQ volume's 99.9th percentile) and
 restored slice by slice (values a window cut off come back as they went in); PNG/TIFF/JPEG images are
-restored whole. Regions come from the partitioner the run was trained with, computed once per image and cached,
-or from the user's own label maps (``regions=``, :mod:`ratlit.inference.regions`); the log says which, and how
-many regions each image got.
+restored whole. Regions come from the partitioner the run was trained with, computed once per whole image and
+cached, as dense as on the run's training images (``region_reference``, ratlit.partition.density;
+docs/scale.md), or from the user's own label maps (``regions=``, :mod:`ratlit.inference.regions`); the log
+says which, and how many regions each image got.
 
 Outputs keep the input's format, name and geometry: DICOM slices as derived DICOM (header kept, ImageType
 DERIVED\\SECONDARY, new SOP / series UIDs, RescaleSlope/Intercept chosen per slice so no restored value is
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,8 @@ from ratlit.inference.formats import Job, dicom_series, restore_dicom_series, re
 from ratlit.inference.regions import RegionMaps, check_region_maps, input_count
 from ratlit.inference.restorer import Restorer
 from ratlit.models.tiling import Tiling, keeps_freed_memory
-from ratlit.partition import PartitionCache, partitioner_from_spec
+from ratlit.partition import SlicPartitioner, partitioner_from_spec
+from ratlit.partition.density import DensityKeepingCache, reference_shape
 from ratlit.training.run_loading import build_module, checkpoint_file, load_checkpoint
 from ratlit.utils.allocator import keep_freed_memory
 from ratlit.utils.config import instantiate
@@ -67,18 +69,22 @@ def restore_paths(
     assume_hu: bool | None = None,
     trusted: Iterable[str] | None = None,
     regions: Path | None = None,
+    region_reference: str | int | Sequence[int] | None = "train",
 ) -> list[Path]:
     """Restore ``source`` (a file or a folder) with the checkpoint ``ckpt`` (a file or a run folder) into the
     folder ``out``: every input (and every label map of ``regions``) is checked first, before a partitioner or
     a network is loaded, and the outputs appear together or not at all.
     ``assume_hu``: CT DICOM files without rescale tags hold HU (None: the run's ``data.assume_hu``). ``trusted``: the
     user's trusted targets for the checkpoint's config (:func:`ratlit.training.run_loading.load_checkpoint`).
-    ``regions``: the user's own label maps (:mod:`ratlit.inference.regions`) instead of the run's partitioner."""
+    ``regions``: the user's own label maps (:mod:`ratlit.inference.regions`) instead of the run's partitioner.
+    ``region_reference``: the image size whose regions per pixel every image keeps (``"train"``: the run's
+    ``train_image_shape``; None: the run's partitioner unchanged on every image), see ratlit.partition.density."""
     if accelerator not in ACCELERATORS:
         raise ValueError(f"accelerator must be one of {list(ACCELERATORS)}, got {accelerator!r}")
     if nonnegative not in (None, True, False) or force not in (True, False):
         raise ValueError("nonnegative must be null, true or false and force true or false, "
                          f"got {nonnegative!r}, {force!r}")
+    reference_shape(region_reference, None)  # a bad value fails before the checkpoint is read
     ckpt = checkpoint_file(ckpt)
     run_cfg, state = load_checkpoint(ckpt, trusted)  # its config says what the inputs must be; nothing is built yet
     files = input_files(source)
@@ -107,7 +113,12 @@ def restore_paths(
     if region_maps is None:
         partitioner = partitioner_from_spec(dict(run_cfg.partition_used))
         cache_root = Path(str(run_cfg.paths.cache_dir)).expanduser() if cache_dir is None else cache_dir
-        cache = PartitionCache(cache_root / "partitions" / "predict", partitioner)
+        reference = reference_shape(region_reference, run_cfg.get("train_image_shape"))
+        if region_reference == "train" and reference is None and isinstance(partitioner, SlicPartitioner):
+            log.warning("%s records no training image size: every image gets %d SLIC regions whatever its size; "
+                        "pass region_reference=[height,width] of the training images to keep their region density",
+                        ckpt, partitioner.n_segments)
+        cache = DensityKeepingCache(cache_root / "partitions" / "predict", partitioner, reference)
         regions_from = f"the partitioner {partitioner.name} (the run's)"
     restorer = Restorer(build_module(run_cfg, state), cache, device, tiling)
     floor = datamodule.value_floor if nonnegative is None else (0.0 if nonnegative else None)

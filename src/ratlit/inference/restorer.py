@@ -7,6 +7,7 @@ import torch
 
 from ratlit.models.tiling import Tiling, tile_multiple, tiled_forward
 from ratlit.partition import PartitionCache
+from ratlit.partition.density import DensityKeepingCache
 
 
 class Restorer:
@@ -15,7 +16,8 @@ class Restorer:
     Regions are computed on the whole image (or given: the user's own label map); the network runs on tiles of
     ``tiling`` (ratlit.inference)."""
 
-    def __init__(self, module: torch.nn.Module, cache: PartitionCache | None, device: torch.device,
+    def __init__(self, module: torch.nn.Module, cache: PartitionCache | DensityKeepingCache | None,
+                 device: torch.device,
                  tiling: Tiling = Tiling(None)) -> None:
         self.module, self.cache, self.device, self.tiling = module.to(device), cache, device, tiling
         self.multiple = tile_multiple(getattr(module, "net", module))
