@@ -35,6 +35,7 @@ from ratlit.training.loggers import (
     finish_wandb,
     run_name,
     run_tags,
+    swept_values,
     wandb_id,
 )
 from ratlit.training.preemption import StopOnSignals, exit_after_signal, requeued_checkpoint
@@ -103,7 +104,8 @@ def run_training(cfg: DictConfig, progress: RunProgress | None = None) -> dict[s
 
     saved_mode = os.environ.get("WANDB_MODE")
     columns = comparison_columns(str(cfg.task_name), model_name(cfg), cfg.model.net.get("attention"),
-                                 loss_name(cfg), str(partition["name"]), cfg.get("seed"))
+                                 loss_name(cfg), str(partition["name"]), cfg.get("seed"),
+                                 swept_values(cfg) if not ckpt_path else None)
     # W&B: the comparison columns at the top level, the whole config below them under `cfg`.
     loggers = build_loggers(cfg, run_tags(cfg, partition), {**columns, "cfg": resolved})
     try:

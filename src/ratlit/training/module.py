@@ -234,7 +234,8 @@ class RestorationModule(L.LightningModule):
             self.metrics[f"{stage}_index"].update(index.float())
         self.log(f"{stage}/loss", self.loss(pred, batch["hq"], batch["regions"]), batch_size=pred.shape[0],
                  sync_dist=True)
-        return {"pred": pred, "name": list(batch.get("name", [])), "index": index, **scores}
+        return {"pred": pred, "name": list(batch.get("name", [])), "group": list(batch.get("group", [])),
+                "index": index, **scores}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         return self._evaluate(batch, "val")
