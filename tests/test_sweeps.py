@@ -106,3 +106,71 @@ def test_a_sweep_goes_on_past_a_diverging_job_and_names_it_at_the_end(ct_root, t
     lines = [line for line in result.stderr.splitlines() if line.startswith("[ratlit]   job ")]
     assert len(lines) == 1 and lines[0].startswith("[ratlit]   job 1 (model.optimizer.lr=1e+30) failed: ")
     assert not (sweep / CLAIM_FILE).exists()
+
+
+# Past 128 characters together: the keys a sweep varies must still lead every name.
+LONG = [*SMOKE, "trainer.log_every_n_steps=1", "model.cuda_graph=false", "data.num_workers=0",
+        "float32_matmul_precision=highest", "logger=wandb", "sweep_name=names"]
+
+
+@pytest.fixture(scope="module")
+def named_sweep(ct_root, tmp_path_factory):
+    """attention x seed with a long override list, logged to W&B offline; its test images are one patient's."""
+    cwd = tmp_path_factory.mktemp("named")
+    (cwd / "split.json").write_text('{"train": ["P0", "P1"], "val": ["P2"], "test": ["P3"]}')
+    run("ratlit.train", "-m", *LONG, f"data.root={ct_root}", f"data.splits={cwd / 'split.json'}",
+        "attention=msa,rmsa", "seed=0,1", cwd=cwd)
+    return next((cwd / "outputs" / "sweeps" / "names").iterdir())
+
+
+def test_names_in_a_sweep_say_what_varies_in_folder_report_and_wandb(named_sweep):
+    from helpers import wandb_offline
+
+    expected = [(a, s) for a in ("msa", "rmsa") for s in (0, 1)]  # Hydra's job order
+    names = []
+    for num, (attention, seed) in enumerate(expected):
+        folder = named_sweep / str(num)
+        name = json.loads((folder / "results.json").read_text())["name"]
+        assert name.startswith(f"attention={attention},seed={seed},") and len(name) <= 128, name
+        names.append(name)
+        records = wandb_offline.read_finished_run(folder)
+        assert wandb_offline.of_type(records, "run")[0].display_name == name
+        assert wandb_offline.of_type(records, "run")[0].run_group == "names"
+        config = wandb_offline.config(records)
+        assert (config["attention"], config["seed"]) == (attention, seed)
+    assert len(set(names)) == 4 and any("~" in n for n in names)  # shortened by a hash, still four names
+    run("ratlit.report", str(named_sweep), "--resamples", "200", cwd=named_sweep)
+    report = (named_sweep / "report.md").read_text()
+    assert all(f"| {n} (+1 seeds) |" in report for n in names[0::2]), report
+
+
+def test_a_report_names_a_crashed_and_a_deleted_run_and_what_rows_rest_on(named_sweep, tmp_path):
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(named_sweep, sweep)
+    (sweep / "1" / "results.json").unlink()  # crashed: its folder without results
+    shutil.rmtree(sweep / "3")  # deleted
+    result = run("ratlit.report", str(sweep), "--resamples", "200", cwd=tmp_path)
+    report = (sweep / "report.md").read_text()
+    assert "4 jobs planned: 2 finished, 1 incomplete, 1 missing" in report, report
+    assert "- job 1 (1) incomplete: no results.json (crashed or killed)" in report
+    assert "- job 3 (3) missing: no folder" in report
+    rows = [line for line in report.splitlines() if line.startswith("| attention=")]
+    assert len(rows) == 2 and all("| 1 of 2 |" in row for row in rows), rows
+    assert "incomplete" in result.stdout
+
+
+def test_a_paired_report_over_images_of_one_patient_says_so(named_sweep, tmp_path):
+    out = tmp_path / "paired"
+    result = run("ratlit.report", str(named_sweep), "--reference", "attention=msa", "--resamples", "200",
+                 "--out", str(out), cwd=tmp_path)
+    with open(named_sweep / "0" / "test_results.csv") as f:
+        header, *lines = f.read().splitlines()
+    assert header.startswith("name,group,psnr") and len({line.split(",")[1] for line in lines}) == 1
+    assert len(lines[0].split(",")[2].split(".")[1]) > 6  # full float precision, not 6 decimals
+    paired = (out / "paired.md").read_text()
+    assert "come from one group (patient / slide)" in paired and "come from one group" in result.stdout
+    row = next(line for line in paired.splitlines() if "| PSNR |" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[8:10] == [str(len(lines)), "1"] and cells[10] == "2 vs 2 paired", cells
