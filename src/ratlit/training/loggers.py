@@ -251,6 +251,9 @@ class MetricsFromRestoredStep(Callback):
             trainer.fit_loop.epoch_loop._batches_that_stepped = self._logging_step
             self._logging_step = None
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.on_validation_end(trainer, pl_module)  # stopped inside a validation: the checkpoint keeps Lightning's
+
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         # Lightning's logging step (batches that stepped) is saved one behind when a checkpoint is written inside a
