@@ -257,7 +257,8 @@ def test_missing_and_bad_checkpoints(tmp_path):
     result = run("ratlit.predict", "ckpt=bad.ckpt", "input=x", "output=y", cwd=tmp_path, check=False)
     assert result.returncode == 2 and "cannot read checkpoint" in result.stderr + result.stdout
     result = run("ratlit.train", "resume=nowhere", cwd=tmp_path, check=False)
-    assert result.returncode == 2 and "no config.yaml there" in result.stderr + result.stdout
+    assert result.returncode == 2 and "nowhere: no such folder" in result.stderr + result.stdout
+    assert not (tmp_path / "nowhere").exists()  # nothing made for a resume of nothing
 
 
 def _one_line_error(result, message):

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ratlit.training.run_claim import FolderClaim, claim_folder
 from ratlit.utils.config import USER_ERRORS
+from ratlit.utils.errors import InputError
 
 log = logging.getLogger("ratlit.train")
 SWEEP_FAILED_EXIT = 1
@@ -46,6 +47,8 @@ class RunFolderHooks(Callback):
         from ratlit.training.run_folder import refuse_used_run_dir
 
         run_dir = Path(os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir"))))
+        if config.get("resume") and not run_dir.is_dir():  # before anything makes the folder
+            _refuse(InputError(f"resume={run_dir}: no such folder; give the folder of a ratlit run"))
         try:
             self.claim = claim_folder(run_dir)
             if not config.get("resume") and not requeued_start():

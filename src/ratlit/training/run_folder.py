@@ -82,7 +82,7 @@ def resumed_config(cfg: DictConfig) -> tuple[DictConfig, str, str]:
     run_dir = user_path(str(cfg.resume))
     saved, last = run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
     if not saved.is_file():
-        if (run_dir / ".hydra").is_dir():
+        if (run_dir / ".hydra" / "overrides.yaml").is_file():  # a run started there (Hydra's record of it)
             raise InputError(f"resume={run_dir}: the run there stopped before its first training step, so there is "
                              f"nothing to continue; start it again in that folder (hydra.run.dir={run_dir})")
         raise InputError(f"resume={run_dir}: no config.yaml there; give the folder of a ratlit run")
