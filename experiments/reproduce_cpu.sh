@@ -68,10 +68,12 @@ if [[ -z "${RUNS:-}" ]]; then
     mkdir -p "$folder"
     table4 > "$folder/table4.log" 2>&1 & first=$!
     partition_axis > "$folder/partition.log" 2>&1 & second=$!
-    wait "$first"; wait "$second"
+    # A sweep whose jobs failed exits 1 after naming them; the report still accounts for every run.
+    wait "$first" || echo "table4: some runs did not finish (see $folder/table4.log)"
+    wait "$second" || echo "partition: some runs did not finish (see $folder/partition.log)"
   else
-    table4
-    partition_axis
+    table4 || echo "table4: some runs did not finish (named above)"
+    partition_axis || echo "partition: some runs did not finish (named above)"
   fi
 fi
 
@@ -87,8 +89,9 @@ for path in sorted(folder.rglob("results.json")):
     over = dict(o.split("=", 1) for o in json.loads(path.read_text())["overrides"] if "=" in o)
     dest = out / path.relative_to(folder).parts[0] / f"{over['attention']}_{over['loss']}_{over['partition']}"
     (dest := dest / f"seed{over['seed']}").mkdir(parents=True, exist_ok=True)
-    for name in ("results.json", "test_results.csv"):
-        shutil.copy2(path.parent / name, dest / name)
+    for name in ("results.json", "test_results.csv"):  # a failed run has its results.json (status, error) only
+        if (path.parent / name).is_file():
+            shutil.copy2(path.parent / name, dest / name)
 PY
 rm -rf "$results/runs" && mkdir -p "$results" && mv "$staged" "$results/runs"
 python -m ratlit.report "$results/runs/table4" --reference attention=msa,loss=l1 --out "$results/table4"

@@ -187,14 +187,14 @@ def test_metrics_csv_drops_the_rows_a_resume_logs_again(tmp_path):
     writer = logger.experiment
     for step in range(12):
         writer.log_metrics({"train/loss": 1.0 / (step + 1)}, step)
-    writer.log_metrics({"val/psnr": 30.0}, 9)
-    writer.log_metrics({"val/best_psnr": 30.0}, 10)  # BestValidation logs at the checkpoint's global step
+    writer.log_metrics({"val/psnr": 30.0}, 10)  # a validation after 10 steps, its scores and best values at 10
+    writer.log_metrics({"val/best_psnr": 30.0}, 10)
     writer.save()
     with open(writer.metrics_file_path, "a") as f:
         f.write("0.5,")  # a row a kill cut short
     assert writer.keep_steps_before(10) == 3
     rows = list(csv.DictReader(open(writer.metrics_file_path)))
-    assert [(r["step"], r["train/loss"] != "") for r in rows][-3:] == [("9", True), ("9", False), ("10", False)]
+    assert [(r["step"], r["train/loss"] != "") for r in rows][-3:] == [("9", True), ("10", False), ("10", False)]
     assert rows[-1]["val/best_psnr"] == "30.0" and len(rows) == 12
 
 

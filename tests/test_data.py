@@ -316,7 +316,7 @@ def test_embedded_builders_write_real_formats(tmp_path, monkeypatch):
     assert all(hu.shape == (512, 512) and hu.min() >= -1024 and hu.max() > 500 and mm > 0 for _, hu, mm in real)
     monkeypatch.setattr(ct_module, "real_ct_slices", lambda: real[:1])  # one of them (and a phantom) simulated
     build_embedded_pet(tmp_path / "pet", seed=3, subjects=2, slice_step=12)
-    build_embedded_ct(tmp_path / "ct", seed=3, phantom_patients=1, slices_per_phantom=1)
+    build_embedded_ct(tmp_path / "ct", seed=3, phantom_slices=(1,))
     build_embedded_pathology(tmp_path / "path")
     for cls, folder in ((PETDataModule, "pet"), (CTDataModule, "ct"), (PathologyDataModule, "path")):
         dm = _dm(cls, tmp_path / folder, tmp_path)
@@ -431,3 +431,40 @@ def test_unlisted_groups_are_named_and_bad_names_list_the_valid_ones(caplog):
         split_groups(["P1", "P2", "P3"], {"train": ["p1"]})
     with pytest.raises(ValueError, match="'train' must be a list of group names, got 'P1'"):
         read_splits({"train": "P1"})
+
+
+def test_embedded_test_splits_hold_enough_independent_patients():
+    """The embedded CT and PET test splits: at least 8 patients (subjects) and 24 slices, as the README says."""
+    import ratlit.data.ct as ct_module
+    import ratlit.data.pet as pet_module
+
+    ct_test = ct_module.EMBEDDED_SPLITS["test"]
+    slices = dict(zip((f"phantom-{p:02d}" for p in range(1, 99)), ct_module.EMBEDDED_PHANTOM_SLICES))
+    real = {patient for patient, _, _ in ct_module.REAL_CT_SLICES}
+    assert len(set(ct_test)) >= 8 and set(ct_test) <= real | set(slices)
+    assert sum(slices.get(p, 1) for p in ct_test) >= 24  # a real patient is one slice
+    assert not set(ct_test) & set(ct_module.EMBEDDED_SPLITS["train"] + ct_module.EMBEDDED_SPLITS["val"])
+    pet_test = pet_module.EMBEDDED_SPLITS["test"]
+    made = {f"sub-{s:02d}" for s in range(1, pet_module.EMBEDDED_SUBJECTS + 1)}
+    assert len(set(pet_test)) >= 8 and set(pet_test) <= made
+    gm, _, _ = pet_module.mni_maps()
+    per_subject = len(range(0, gm.shape[2], pet_module.EMBEDDED_SLICE_STEP))
+    assert len(pet_test) * per_subject * 0.8 >= 24  # air-only slices (a few at the ends) are dropped
+    # The docs quote these sizes: the table of embedded sets says what a run will show.
+    table = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    ct_slices = sum(slices.get(p, 1) for p in ct_test)
+    assert f"| ct | ~100 | {ct_slices} ({len(set(ct_test))} patients) |" in table
+    assert "| pet | ~95 | " in table and f"({len(set(pet_test))} subjects) |" in table
+
+
+def test_a_phantom_patients_slices_share_one_anatomy_and_patients_differ():
+    from ratlit.data.simulation import phantom_patient
+
+    rng = np.random.default_rng(5)
+    first, second = phantom_patient(rng, 3, size=96), phantom_patient(rng, 3, size=96)
+    def body(s):
+        return s > -500
+
+    within = np.mean([np.mean(body(a) != body(b)) for a, b in zip(first, first[1:])])
+    between = np.mean(body(first[1]) != body(second[1]))
+    assert within < between  # neighbouring slices of one patient are closer than two patients

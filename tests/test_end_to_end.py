@@ -89,8 +89,10 @@ def test_sweep_with_wandb_offline_and_report(ct_root, tmp_path):
     assert all(len(o) == 1 for o in offline)  # one W&B run per job, none shared
     assert len({o[0].name for o in offline}) == 3
     report = run("ratlit.report", str(sweep), cwd=tmp_path)
-    lines = (sweep / "report.md").read_text().splitlines()
+    table, accounting = (sweep / "report.md").read_text().split("\n\n", 1)
+    lines = table.splitlines()
     assert lines[0].startswith("| run | attention |") and len(lines) == 2 + 1 + 3
+    assert ": 3 jobs planned: 3 finished" in accounting.splitlines()[0]
     assert lines[2].startswith("| input |")  # the input's own score first
     assert {"msa", "wmsa", "rmsa"} == {line.split("|")[2].strip() for line in lines[3:]}
     assert (sweep / "report.png").read_bytes()[:4] == b"\x89PNG" and (sweep / "report.csv").exists()
@@ -256,7 +258,8 @@ def test_missing_and_bad_checkpoints(tmp_path):
     result = run("ratlit.predict", "ckpt=bad.ckpt", "input=x", "output=y", cwd=tmp_path, check=False)
     assert result.returncode == 2 and "cannot read checkpoint" in result.stderr + result.stdout
     result = run("ratlit.train", "resume=nowhere", cwd=tmp_path, check=False)
-    assert result.returncode == 2 and "no config.yaml there" in result.stderr + result.stdout
+    assert result.returncode == 2 and "nowhere: no such folder" in result.stderr + result.stdout
+    assert not (tmp_path / "nowhere").exists()  # nothing made for a resume of nothing
 
 
 def _one_line_error(result, message):

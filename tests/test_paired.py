@@ -3,7 +3,17 @@
 import numpy as np
 import pytest
 
-from ratlit.analysis.paired import Scores, bootstrap_differences, compare, image_set_note, read_per_image, wilcoxon_p
+from ratlit.analysis.paired import (
+    Scores,
+    bootstrap_differences,
+    compare,
+    decimals,
+    group_note,
+    image_set_note,
+    read_per_image,
+    verdict,
+    wilcoxon_p,
+)
 
 
 def _scores(psnr: np.ndarray, seeds: list, names: list[str] | None = None) -> Scores:
@@ -24,10 +34,12 @@ def test_a_constant_gain_is_resolved_despite_the_spread_of_images():
     row = compare(_scores(base + 0.5, [0]), _scores(base, [0]), "psnr", resamples=2000)
     assert row["mean"] == pytest.approx(0.5) and row["std"] == pytest.approx(0.0, abs=1e-9)
     assert row["ci_low"] == pytest.approx(0.5) and row["ci_high"] == pytest.approx(0.5)
-    assert row["verdict"] == "resolved: higher" and row["wilcoxon_p"] < 1e-6
-    assert (row["images"], row["seeds"], row["interval_over"]) == (60, 1, "images")
+    assert row["verdict"] == "higher" and row["wilcoxon_p"] < 1e-6
+    assert (row["images"], row["groups"], row["seeds"], row["interval_over"]) == (60, 60, 1, "groups and images")
     worse = compare(_scores(base - 0.003, [0]), _scores(base, [0]), "psnr", resamples=2000)
-    assert worse["verdict"] == "resolved: lower"  # tiny but constant: resolved, and said to be tiny by its mean
+    assert worse["verdict"] == "equivalent"  # constant but below the smallest effect: never called lower
+    assert compare(_scores(base - 0.003, [0]), _scores(base, [0]), "psnr", resamples=2000,
+                   min_effect=0.001)["verdict"] == "lower"
     ssim = compare(_scores(base + 0.5, [0]), _scores(base, [0]), "ssim", resamples=2000)
     assert ssim["mean"] == pytest.approx(0.005)
 
@@ -36,9 +48,11 @@ def test_noise_around_zero_is_not_resolved():
     base = _images()
     noise = 0.01 * np.random.default_rng(1).standard_normal(30)
     symmetric = base + np.concatenate([noise, -noise])  # per-image differences with mean exactly 0
-    row = compare(_scores(symmetric, [0]), _scores(base, [0]), "psnr", resamples=4000)
+    row = compare(_scores(symmetric, [0]), _scores(base, [0]), "psnr", resamples=4000, min_effect=0.0)
     assert row["mean"] == pytest.approx(0.0, abs=1e-12)
     assert row["ci_low"] < 0 < row["ci_high"] and row["verdict"] == "not resolved"
+    within = compare(_scores(symmetric, [0]), _scores(base, [0]), "psnr", resamples=4000)  # inside +-0.01 dB
+    assert within["verdict"] == "equivalent"
     assert row["wilcoxon_p"] > 0.5
     assert row["ci_high"] - row["ci_low"] < 0.02  # the interval follows the differences (0.01), not the images (4.7)
 
@@ -49,9 +63,9 @@ def test_seed_to_seed_spread_widens_the_interval():
     reference = _scores(base, [None])
     one = compare(_scores(base + 0.3, [0]), reference, "psnr", resamples=4000)
     three = compare(_scores(base[None] + gains[:, None], [0, 1, 2]), reference, "psnr", resamples=4000)
-    assert one["verdict"] == "resolved: higher"
+    assert one["verdict"] == "higher"
     assert three["mean"] == pytest.approx(gains.mean())
-    assert three["interval_over"] == "seeds and images" and three["seeds"] == 3
+    assert three["interval_over"] == "groups, images and seeds" and three["seeds"] == 3
     assert three["ci_low"] < 0 < three["ci_high"] and three["verdict"] == "not resolved"
     assert three["ci_low"] == pytest.approx(-0.1, abs=0.05) and three["ci_high"] == pytest.approx(0.3, abs=0.05)
 
@@ -104,7 +118,8 @@ def test_wilcoxon_without_any_difference_is_one():
 def test_per_image_file_is_read_and_refused_clearly(tmp_path):
     good = tmp_path / "test_results.csv"
     good.write_text("name,psnr,ssim,input_psnr,input_ssim,psnr_gain,ssim_gain\na,30,0.9,25,0.8,5,0.1\n")
-    assert read_per_image(good) == {"a": {"psnr": 30.0, "ssim": 0.9, "input_psnr": 25.0, "input_ssim": 0.8}}
+    assert read_per_image(good) == {"a": {"psnr": 30.0, "ssim": 0.9, "input_psnr": 25.0, "input_ssim": 0.8,
+                                          "group": "a"}}  # written before groups: each image its own
     twice = tmp_path / "twice.csv"
     twice.write_text("name,psnr,ssim,input_psnr,input_ssim\na,30,0.9,25,0.8\na,31,0.9,25,0.8\n")
     with pytest.raises(ValueError, match="twice.csv: image 'a' appears twice"):
@@ -124,3 +139,45 @@ def test_the_report_does_not_depend_on_the_order_runs_and_images_are_read():
     shuffled = [dict(reversed(list(t.items()))) for t in reversed(tables)]
     second = compare(Scores(shuffled, ["2", "1", "0"]), reference, "psnr", resamples=500)
     assert (first["ci_low"], first["ci_high"]) == (second["ci_low"], second["ci_high"])
+
+
+def _grouped(psnr: np.ndarray, groups: list[str], seeds: list) -> Scores:
+    psnr = np.atleast_2d(psnr)
+    tables = [{f"img{i}": {"psnr": float(p), "ssim": 0.9, "input_psnr": 30.0, "input_ssim": 0.8, "group": g}
+               for i, (p, g) in enumerate(zip(row, groups))} for row in psnr]
+    return Scores(tables, seeds)
+
+
+def test_images_of_one_patient_are_resampled_as_one_group():
+    """Ten slices each of 4 patients; each patient's gain differs: the slices do not make it 40 patients."""
+    rng = np.random.default_rng(4)
+    groups = [f"P{i // 10}" for i in range(40)]
+    patient_gain = np.repeat([0.3, -0.2, 0.25, 0.02], 10)
+    base = 37 + rng.normal(0, 3, 40)
+    variant = base + patient_gain + rng.normal(0, 0.002, 40)
+    by_group = compare(_grouped(variant, groups, [0]), _grouped(base, groups, [0]), "psnr", resamples=4000)
+    as_images = compare(_grouped(variant, [f"i{i}" for i in range(40)], [0]), _grouped(base, groups, [0]), "psnr",
+                        resamples=4000)
+    assert (by_group["groups"], by_group["images"]) == (4, 40) and as_images["groups"] == 40
+    assert by_group["ci_high"] - by_group["ci_low"] > 1.5 * (as_images["ci_high"] - as_images["ci_low"])
+    assert by_group["verdict"] == "not resolved"
+    one = compare(_grouped(variant[:10], groups[:10], [0]), _grouped(base[:10], groups[:10], [0]), "psnr",
+                  resamples=500)
+    assert one["groups"] == 1 and "one group" in group_note("a", {**one, "metric": "psnr"})
+
+
+def test_verdicts_against_the_smallest_effect_and_their_digits():
+    assert verdict(0.02, 0.05, 0.01) == "higher" and verdict(-0.05, -0.02, 0.01) == "lower"
+    assert verdict(0.005, 0.05, 0.01) == "not resolved"  # may be smaller than the minimum: not called higher
+    assert verdict(-0.004, 0.006, 0.01) == "equivalent" and verdict(-0.004, 0.02, 0.01) == "not resolved"
+    # +3.4e-5 dB in [2.5e-6, 6.7e-5]: printed apart from 0 and from the minimum, never "+0.0000 [+0.0000, +0.0001]"
+    digits = decimals(2.5e-6, 6.7e-5, 0.01)
+    assert f"{2.5e-6:+.{digits}f}" != f"{0:+.{digits}f}" and digits >= 7
+
+
+def test_only_seeds_run_on_both_sides_are_paired():
+    base = _images(20)
+    variant = _scores(np.stack([base + 0.5] * 3), [0, 1, 2])
+    reference = _scores(np.stack([base] * 2), [0, 1])
+    row = compare(variant, reference, "psnr", resamples=500)
+    assert (row["seeds"], row["reference_seeds"], row["seeds_left_out"], row["seed_pairing"]) == (2, 2, 1, "paired")

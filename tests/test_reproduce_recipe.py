@@ -66,6 +66,6 @@ def test_reproduce_cpu_collects_runs_and_reports_against_both_references(tmp_pat
         assert {r["reference"] for r in axis} == {"table4/rmsa_fr_slic/seed0 (+1 seeds)"} and len(axis) == 7 * 2
         grid = next(r for r in axis if r["partition"] == "grid" and r["metric"] == "psnr")
         assert float(grid["mean"]) == pytest.approx(-0.4 - 0.5)  # grid at -0.4, rmsa_fr_slic at +0.5
-        assert grid["verdict"] == "resolved: lower"
+        assert grid["verdict"] == "lower"
         for name in ("report.md", "report.csv", "paired.md", "report.png"):
             assert (results / "partition" / name).is_file() and (results / "table4" / name).is_file()

@@ -222,3 +222,18 @@ def test_a_mid_epoch_resume_does_not_replay_the_epochs_first_crops(tmp_path):
     assert len(whole) == 14 and whole[0][1:] != whole[6][1:]  # another order and other crops each epoch
     resumed = _fit_crops(tmp_path, 14, ckpt_path=str(tmp_path / "ckpt" / "epoch=1-step=8.ckpt"))
     assert resumed == whole[8:]  # steps 8-13: the rest of epoch 1, then epoch 2, as without the interruption
+
+
+def test_resuming_a_finished_schedule_with_more_steps_says_the_rate_stays_at_its_end(caplog):
+    first = CosineToEnd(_optimizer(), T_max=16, eta_min=ETA)
+    _lrs(first, 16)  # to the end: 1e-6
+    with caplog.at_level("WARNING", logger="ratlit.training.schedule"):
+        longer = _resumed(first.optimizer.state_dict(), first.state_dict(), 2e-4, 32)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "the 16 added steps run at its end rate 1e-06" in said[0]
+    assert "model.optimizer.lr=0.0002" in said[0]
+    assert _lrs(longer, 4) == pytest.approx([ETA] * 4)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ratlit.training.schedule"):
+        _resumed(first.optimizer.state_dict(), first.state_dict(), 2e-4, 16)  # unchanged: nothing to say
+    assert not caplog.records

@@ -163,7 +163,8 @@ def test_wandb_offline_run_is_ready_to_compare(tmp_path, monkeypatch):
     assert summary["val/panels/_type"] == "images/separated" and summary["val/panels/count"] == 1
     run_dir = wandb_offline.run_file(tmp_path).parent
     table = json.loads(next(run_dir.rglob("*.table.json")).read_text())
-    assert table["columns"][:5] == ["name", "psnr", "ssim", "input_psnr", "input_ssim"] and len(table["data"]) == 3
+    assert table["columns"][:6] == ["name", "group", "psnr", "ssim", "input_psnr", "input_ssim"]
+    assert len(table["data"]) == 3
 
 
 def test_unactionable_messages_are_hidden_by_their_text(caplog):

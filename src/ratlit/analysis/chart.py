@@ -36,7 +36,7 @@ def bar_chart(runs: list[dict[str, Any]], path: Path, reference: str | None = No
             diffs = r["differences"]
             ax.scatter(i + np.linspace(-0.25, 0.25, len(diffs)), diffs, s=5, color="grey", alpha=0.4,
                        label="per image (seed mean)" if i == 0 else None)
-            colour = "tab:green" if r["ci_low"] > 0 else "tab:red" if r["ci_high"] < 0 else "dimgrey"
+            colour = {"higher": "tab:green", "lower": "tab:red", "equivalent": "tab:blue"}.get(r["verdict"], "dimgrey")
             interval = [[max(r["mean"] - r["ci_low"], 0)], [max(r["ci_high"] - r["mean"], 0)]]  # float rounding
             ax.errorbar([i], [r["mean"]], yerr=interval, fmt="o", color=colour, capsize=6, elinewidth=2,
                         label="mean, 95% interval" if i == 0 else None)

@@ -18,22 +18,32 @@ from typing import Any
 
 from ratlit.analysis.chart import bar_chart
 from ratlit.analysis.paired import RESAMPLES
-from ratlit.analysis.report_tables import numeric_rows, paired_csv_rows, paired_markdown, paired_table, table_rows
-from ratlit.analysis.runs import load_runs
+from ratlit.analysis.report_tables import (
+    jobs_markdown,
+    numeric_rows,
+    paired_csv_rows,
+    paired_markdown,
+    paired_table,
+    table_rows,
+)
+from ratlit.analysis.runs import account_jobs, load_runs
 from ratlit.utils.files import write_text_atomic
 from ratlit.utils.tables import csv_text, markdown_table
 
 
 def report(folder: Path, out: Path | None = None, reference: str | None = None, resamples: int = RESAMPLES,
-           seed: int = 0) -> str:
-    """Write report.{md,csv,png} and paired.{md,csv}; returns report.md."""
-    runs = load_runs(folder)
-    header, rows = table_rows(runs)
+           seed: int = 0, min_effect: dict[str, float] | None = None) -> str:
+    """Write report.{md,csv,png} and paired.{md,csv}; returns report.md: the table, then every job of each sweep
+    below ``folder`` accounted for (finished, failed with its reason, incomplete, missing)."""
+    jobs = account_jobs(folder) if folder.exists() else []
+    runs = load_runs(folder, jobs)
+    header, rows = table_rows(runs, jobs)
     out = out or folder
     out.mkdir(parents=True, exist_ok=True)
-    markdown = markdown_table(header, rows)
-    table = paired_table(runs, reference, resamples, seed)
-    against_input = paired_table(runs, "input", resamples, seed)[1]
+    accounting = jobs_markdown(jobs)
+    markdown = markdown_table(header, rows) + (f"\n{accounting}" if accounting else "")
+    table = paired_table(runs, reference, resamples, seed, min_effect)
+    against_input = paired_table(runs, "input", resamples, seed, min_effect)[1]
     gains = {(r["run"], r["metric"]): r for r in against_input}
     write_text_atomic(out / "report.md", markdown)
     write_text_atomic(out / "report.csv", csv_text(*numeric_rows(runs, gains)))

@@ -6,8 +6,19 @@ from __future__ import annotations
 from math import isfinite, nan
 from typing import Any
 
-from ratlit.analysis.paired import METRICS, RESAMPLES, RULE, compare, image_set_note
-from ratlit.analysis.runs import run_overrides, summarise, variant_scores
+from ratlit.analysis.paired import (
+    METRICS,
+    MIN_EFFECT,
+    RESAMPLES,
+    RULE,
+    compare,
+    decimals,
+    group_note,
+    image_set_note,
+)
+from ratlit.analysis.runs import planned_runs, run_overrides, summarise, variant_scores
+from ratlit.utils.sweeps import parse_overrides
+from ratlit.utils.tables import markdown_cell
 
 
 def _cell(score: dict[str, float] | None, digits: int) -> str:
@@ -17,12 +28,21 @@ def _cell(score: dict[str, float] | None, digits: int) -> str:
     return text + (f" (seeds ± {score['seed_std']:.{digits}f})" if score["count"] > 1 else "")
 
 
-def table_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def runs_cell(entry: dict[str, Any], jobs: list[dict[str, Any]] | None) -> str:
+    """How many runs a row rests on: ``3``, or ``2 of 3`` where its sweep planned more (failed or missing)."""
+    planned = planned_runs(entry, jobs or [])
+    count = len(entry["runs"])
+    return f"{count} of {planned}" if planned and planned > count else str(count)
+
+
+def table_rows(runs: list[dict[str, Any]], jobs: list[dict[str, Any]] | None = None
+               ) -> tuple[list[str], list[list[str]]]:
     """Header and rows: run, distinguishing overrides, the partitioner that ran (``partition_used``: a
-    ``partition=`` override may differ where a fallback ran), seeds, test PSNR / SSIM (mean ± std over
-    images; with several seeds also ± std over seeds) and the gain over the input (LQ) on the same images."""
+    ``partition=`` override may differ where a fallback ran), how many runs (seeds) the row rests on (``2 of 3``
+    where its sweep planned more: ``jobs``), test PSNR / SSIM (mean ± std over images; with several seeds also ±
+    std over seeds) and the gain over the input (LQ) on the same images."""
     keys, entries = summarise(runs)
-    header = ["run", *keys, "partition_used", "seeds", "test PSNR", "PSNR gain", "test SSIM", "SSIM gain"]
+    header = ["run", *keys, "partition_used", "runs", "test PSNR", "PSNR gain", "test SSIM", "SSIM gain"]
     rows = []
     for e in entries:
         if e["is_input"]:
@@ -32,9 +52,24 @@ def table_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
         for name in ("psnr", "ssim"):
             base = e[f"input_{name}"]
             gains.append(f"{e[name]['mean'] - base['mean']:+.4f}" if e[name] and base else "n/a")
-        rows.append([e["label"], *(e["keys"][k] for k in keys), e["partition_used"], str(len(e["runs"])),
+        rows.append([e["label"], *(e["keys"][k] for k in keys), e["partition_used"], runs_cell(e, jobs),
                      _cell(e["psnr"], 4), gains[0], _cell(e["ssim"], 4), gains[1]])
     return header, rows
+
+
+def jobs_markdown(jobs: list[dict[str, Any]]) -> str:
+    """The sweeps' accounting: how many jobs each planned and how they ended, one line per job not finished."""
+    if not jobs:
+        return ""
+    lines = []
+    for sweep in dict.fromkeys(j["sweep"] for j in jobs):
+        mine = [j for j in jobs if j["sweep"] == sweep]
+        counts = {s: sum(j["status"] == s for j in mine) for s in dict.fromkeys(j["status"] for j in mine)}
+        what = f"sweep {sweep or '.'}: {len(mine)} jobs planned" if sweep else "runs outside a sweep record"
+        lines.append(f"{what}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        lines += [f"- job {j['num']} ({j['run']}) {j['status']}: {j['reason']}" if j["num"] is not None else
+                  f"- {j['run']} {j['status']}: {j['reason']}" for j in mine if j["status"] != "finished"]
+    return "\n".join(lines) + "\n"
 
 
 def choose_references(entries: list[dict[str, Any]], reference: str | None) -> dict[Any, dict[str, Any] | None]:
@@ -52,9 +87,9 @@ def choose_references(entries: list[dict[str, Any]], reference: str | None) -> d
             chosen[task] = rows[0]
             continue
         if "=" in reference:
-            wanted = dict(item.strip().split("=", 1) for item in reference.split(","))
-            match = [e for e in rows if all({**(e["runs"][0].get("columns") or {}), **run_overrides(e["runs"][0])}
-                                            .get(k.lstrip("+~")) == v for k, v in wanted.items())]
+            wanted = parse_overrides([item.strip() for item in reference.split(",")])
+            match = [e for e in rows if all(str({**(e["runs"][0].get("columns") or {}), **run_overrides(e["runs"][0])}
+                                                .get(k)) == v for k, v in wanted.items())]
         else:
             match = [e for e in rows if reference.rstrip("/") in (e["label"], *(r["run"] for r in e["runs"]))]
         if len(match) > 1:
@@ -69,9 +104,12 @@ def choose_references(entries: list[dict[str, Any]], reference: str | None) -> d
 
 
 def paired_table(runs: list[dict[str, Any]], reference: str | None = None, resamples: int = RESAMPLES,
-                 seed: int = 0) -> tuple[list[str], list[dict[str, Any]], list[str]]:
+                 seed: int = 0, min_effect: dict[str, float] | None = None
+                 ) -> tuple[list[str], list[dict[str, Any]], list[str]]:
     """The distinguishing keys, one row per (row of the report but the reference, metric) with the paired
-    statistics against the reference of its task (``paired.compare``), and notes on mismatched image sets."""
+    statistics against the reference of its task (``paired.compare``, against ``min_effect[metric]``, default
+    ``MIN_EFFECT``), and notes on mismatched image sets and intervals that rest on one group."""
+    effects = {**MIN_EFFECT, **(min_effect or {})}
     keys, entries = summarise(runs)
     references = choose_references(entries, reference)
     rows, notes = [], []
@@ -90,23 +128,26 @@ def paired_table(runs: list[dict[str, Any]], reference: str | None = None, resam
         for metric in METRICS:
             if scores is None or ref_scores is None:
                 stats = {"mean": nan, "std": nan, "ci_low": nan, "ci_high": nan, "wilcoxon_p": nan,
-                         "verdict": "n/a (no test_results.csv)", "images": 0, "seeds": len(e["runs"]),
-                         "reference_seeds": len(ref["runs"]) if ref else 1, "seed_pairing": "", "interval_over": ""}
+                         "verdict": "n/a (no test_results.csv)", "images": 0, "groups": 0, "seeds": len(e["runs"]),
+                         "reference_seeds": len(ref["runs"]) if ref else 1, "seeds_left_out": 0, "seed_pairing": "",
+                         "min_effect": effects[metric], "interval_over": ""}
             else:
-                stats = compare(scores, ref_scores, metric, resamples, seed)
+                stats = compare(scores, ref_scores, metric, resamples, seed, min_effect=effects[metric])
             rows.append({**base, "metric": metric, **stats})
+        note = group_note(e["label"], rows[-1]) if rows else None
+        notes += [note] if note else []
     return keys, rows, notes
 
 
-PAIRED_COLUMNS = ["mean", "std", "ci_low", "ci_high", "wilcoxon_p", "verdict", "images", "seeds", "reference_seeds",
-                  "seed_pairing", "interval_over"]
+PAIRED_COLUMNS = ["mean", "std", "ci_low", "ci_high", "min_effect", "wilcoxon_p", "verdict", "images", "groups",
+                  "seeds", "reference_seeds", "seeds_left_out", "seed_pairing", "interval_over"]
 
 
 def _num(value: Any) -> str:
-    """One number per CSV cell ('' for none); text stays text."""
+    """One number per CSV cell ('' for none), at full precision; text stays text."""
     if value is None or (isinstance(value, float) and not isfinite(value)):
         return ""
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+    return repr(float(value)) if isinstance(value, float) else str(value)
 
 
 def paired_csv_rows(keys: list[str], rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
@@ -116,16 +157,21 @@ def paired_csv_rows(keys: list[str], rows: list[dict[str, Any]]) -> tuple[list[s
 
 def paired_markdown(rows: list[dict[str, Any]], notes: list[str]) -> str:
     """The paired table, readable: difference [95% interval], p-value, verdict; its rule and the notes."""
-    lines = [f"Paired per-image differences against the reference (mean [95% bootstrap interval]); {RULE}.", "",
-             "| run | reference | metric | difference | 95% interval | Wilcoxon p | verdict | images | seeds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"Paired per-image differences against the reference (mean [95% hierarchical bootstrap interval over "
+             f"groups (patients / slides), images and seeds]); {RULE}. Seeds are paired where both sides ran them; "
+             "only pairs present on both sides are compared.", "",
+             "| run | reference | metric | difference | 95% interval | min effect | Wilcoxon p | verdict | images | "
+             "groups | seeds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        digits = 4 if r["metric"] == "psnr" else 5
+        digits = decimals(r["ci_low"], r["ci_high"], r["min_effect"], least=4 if r["metric"] == "psnr" else 5)
         diff = f"{r['mean']:+.{digits}f}" if isfinite(r["mean"]) else "n/a"
         interval = f"[{r['ci_low']:+.{digits}f}, {r['ci_high']:+.{digits}f}]" if isfinite(r["ci_low"]) else "n/a"
         p = f"{r['wilcoxon_p']:.3g}" if isfinite(r["wilcoxon_p"]) else "n/a"
-        lines.append(f"| {r['run']} | {r['reference']} | {r['metric'].upper()} | {diff} | {interval} | {p} | "
-                     f"{r['verdict']} | {r['images']} | {r['seeds']} vs {r['reference_seeds']} |")
+        seeds = f"{r['seeds']} vs {r['reference_seeds']}" + (f" {r['seed_pairing']}" if r["seed_pairing"] else "")
+        seeds += f" ({r['seeds_left_out']} without a pair left out)" if r.get("seeds_left_out") else ""
+        cells = [r["run"], r["reference"], r["metric"].upper(), diff, interval, f"±{r['min_effect']:g}", p,
+                 r["verdict"], r["images"], r["groups"], seeds]
+        lines.append("| " + " | ".join(markdown_cell(c) for c in cells) + " |")
     return "\n".join(lines + [f"\nwarning: {n}" for n in notes]) + "\n"
 
 
@@ -134,14 +180,14 @@ def numeric_rows(runs: list[dict[str, Any]], gains: dict[tuple[str, str], dict[s
     """``report.csv``: one number per cell; the gain over the input with its paired 95% interval where the
     runs' per-image scores are there (``gains[(row label, metric)]``: ``paired.compare`` against the input)."""
     keys, entries = summarise(runs)
-    header = ["task", "run", *keys, "partition_used", "seeds"]
+    header = ["task", "run", *keys, "partition_used", "runs"]
     for m in METRICS:
         header += [f"{m}_mean", f"{m}_std_images", f"{m}_std_seeds", f"{m}_gain", f"{m}_gain_ci_low",
                    f"{m}_gain_ci_high"]
     header.append("images")
     rows = []
     for e in entries:
-        seeds = "" if e["is_input"] else str(len(e["runs"]))
+        seeds = "" if e["is_input"] else str(len(e["runs"]))  # a number per cell: report.md says "2 of 3"
         row = [e["task"], e["label"], *(e["keys"].get(k, "") for k in keys), e["partition_used"], seeds]
         images = None
         for m in METRICS:

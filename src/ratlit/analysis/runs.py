@@ -8,9 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from ratlit.analysis.paired import Scores, read_per_image
+from ratlit.training.sweep_jobs import job_status, sweep_accounting
+from ratlit.utils.sweeps import SWEEP_RECORD, parse_overrides
 
 
-def load_runs(folder: Path) -> list[dict[str, Any]]:
+def _relative(path: Path, folder: Path) -> str:
+    return str(path.relative_to(folder)) if path != folder else path.name
+
+
+def load_runs(folder: Path, jobs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The finished runs below ``folder`` (every ``results.json`` but a failed job's). ``jobs``: the accounting
+    (:func:`account_jobs`), to say what else there is when no run finished."""
     if not folder.exists():
         raise ValueError(f"{folder} does not exist")
     runs = []
@@ -19,28 +27,49 @@ def load_runs(folder: Path) -> list[dict[str, Any]]:
             result = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"cannot read {path}: {err}") from err
-        result["run"] = str(path.parent.relative_to(folder)) if path.parent != folder else path.parent.name
+        if result.get("status") == "failed":
+            continue
+        result["run"] = _relative(path.parent, folder)
         result["_dir"] = str(path.parent)  # where its test_results.csv is
         runs.append(result)
     if not runs:
-        raise ValueError(f"no runs (results.json) under {folder}")
+        others = "; ".join(f"{j['run']}: {j['status']} ({j['reason']})" for j in jobs or [])
+        raise ValueError(f"no finished runs (results.json) under {folder}" + (f"; {others}" if others else ""))
     return runs
+
+
+def account_jobs(folder: Path) -> list[dict[str, Any]]:
+    """Every job of every sweep below ``folder`` (each sweep's own record, ``multirun.yaml``): ``sweep``, ``num``,
+    ``run`` (its folder, or where it would be), ``overrides``, ``status`` (finished, failed, incomplete, running,
+    missing) and ``reason``; and failed runs outside any sweep record."""
+    jobs, seen = [], set()
+    for record in sorted(Path(folder).rglob(SWEEP_RECORD)):
+        sweep = record.parent
+        for job in sweep_accounting(sweep) or []:
+            where = job["folder"] or sweep / str(job["num"])
+            seen.add(str(where))
+            jobs.append({**job, "sweep": _relative(sweep, folder), "run": _relative(where, folder)})
+    for path in sorted(Path(folder).rglob("results.json")):
+        if str(path.parent) not in seen:
+            status, reason = job_status(path.parent)
+            if status != "finished":
+                jobs.append({"sweep": "", "num": None, "run": _relative(path.parent, folder), "status": status,
+                             "reason": reason, "overrides": [], "folder": path.parent})
+    return jobs
 
 
 def distinguishing(runs: list[dict[str, Any]]) -> list[str]:
     """Override keys whose values differ between runs (all of them for a single run)."""
-    parsed = [dict(o.split("=", 1) for o in run.get("overrides", []) if "=" in o) for run in runs]
-    keys = sorted({k.lstrip("+~") for p in parsed for k in p})
-    for p in parsed:
-        for k in list(p):
-            p[k.lstrip("+~")] = p.pop(k)
+    parsed = [run_overrides(run) for run in runs]
+    keys = sorted({k for p in parsed for k in p})
     if len(runs) == 1:
         return keys
     return [k for k in keys if len({p.get(k) for p in parsed}) > 1]
 
 
 def run_overrides(run: dict[str, Any]) -> dict[str, str]:
-    return {o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1] for o in run.get("overrides", []) if "=" in o}
+    """A run's overrides as ``{key: value}``, parsed by Hydra's own override parser."""
+    return parse_overrides(run.get("overrides") or [])
 
 
 def group_seeds(runs: list[dict[str, Any]], keys: list[str]) -> list[list[dict[str, Any]]]:
@@ -77,14 +106,33 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any
                             "psnr": _score(given[:1], "input", "psnr"), "ssim": _score(given[:1], "input", "ssim")})
     for group in group_seeds(runs, keys):
         over = run_overrides(group[0])
+        name = group[0].get("name") or group[0]["run"]  # the run's name: as in its folder's results and in W&B
         entries.append({
-            "label": group[0]["run"] if len(group) == 1 else f"{group[0]['run']} (+{len(group) - 1} seeds)",
+            "label": name if len(group) == 1 else f"{name} (+{len(group) - 1} seeds)",
             "task": group[0].get("task"), "keys": {k: over.get(k, "") for k in keys}, "runs": group,
             "partition_used": (group[0].get("partition") or {}).get("name", ""), "is_input": False,
             "psnr": _score(group, "test", "psnr"), "ssim": _score(group, "test", "ssim"),
             "input_psnr": _score(group, "input", "psnr"), "input_ssim": _score(group, "input", "ssim"),
         })
+    labels = [e["label"] for e in entries]
+    for e in entries:  # names from before names were unique (cut at 128 characters): the folder tells them apart
+        if labels.count(e["label"]) > 1 and not e["is_input"]:
+            e["label"] = e["runs"][0]["run"] + (f" (+{len(e['runs']) - 1} seeds)" if len(e["runs"]) > 1 else "")
     return keys, entries
+
+
+def planned_runs(entry: dict[str, Any], jobs: list[dict[str, Any]]) -> int | None:
+    """How many of the accounted sweep ``jobs`` belong to a row (the row's override values, any seed); None
+    without an accounting."""
+    if not jobs or entry["is_input"]:
+        return None
+    count = 0
+    for job in jobs:
+        if not job.get("overrides"):
+            continue
+        given = parse_overrides(job["overrides"])
+        count += all(given.get(k, "") == v for k, v in entry["keys"].items())
+    return count or None
 
 
 def _seed(run: dict[str, Any]) -> str | None:

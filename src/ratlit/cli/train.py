@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ratlit.cli.command import exit_on_user_error, hydra_command
-from ratlit.data.splits import groups_by_split, write_splits
+from ratlit.data.splits import groups_by_split
 from ratlit.training.callbacks import RunConfigInCheckpoint
 from ratlit.training.checkpoint_saving import AtomicCheckpointIO, resume_checkpoint
 from ratlit.training.launch import check_launch, pin_parallel_job, set_matmul_precision
@@ -33,6 +35,7 @@ from ratlit.training.loggers import (
     finish_wandb,
     run_name,
     run_tags,
+    swept_values,
     wandb_id,
 )
 from ratlit.training.preemption import StopOnSignals, exit_after_signal, requeued_checkpoint, slurm_environment
@@ -47,24 +50,26 @@ from ratlit.training.results import (
     test_image_counts,
     write_results,
 )
+from ratlit.training.run_claim import claim_folder
 from ratlit.training.run_folder import (
     RelocateCheckpointState,
+    RunConfigFiles,
     RunHistory,
     absolute_data_paths,
     original_overrides,
-    refuse_used_run_dir,
     resumed_config,
 )
-from ratlit.utils.config import instantiate, overrides
-from ratlit.utils.files import write_text_atomic
+from ratlit.training.sweep_jobs import RunProgress, record_failure
+from ratlit.utils.config import USER_ERRORS, instantiate, overrides
 from ratlit.utils.stopping import stop_on_signals
 from ratlit.utils.trusted_targets import CONFIG_KEY, check_targets, trusted_entries
 
 log = logging.getLogger("ratlit.train")
 
 
-@exit_on_user_error
-def train(cfg: DictConfig) -> dict[str, Any]:
+def run_training(cfg: DictConfig, progress: RunProgress | None = None) -> dict[str, Any]:
+    """Train and test one run in ``cfg.run_dir`` (claimed by this process: conf/train.yaml's Hydra callback for a
+    run, :func:`sweep_job` for a sweep's job); ``progress`` follows its phase and step."""
     check_launch(cfg)
     pin_parallel_job(cfg)  # before anything starts CUDA
     set_matmul_precision(cfg)
@@ -80,8 +85,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if rank_zero_only.rank == 0:
         preflight(cfg)  # on a CPU: before anything is built, refuse a run that would not fit or not end in a day
     run_dir = Path(str(cfg.run_dir))
-    if ckpt_path is None and rank_zero_only.rank == 0:  # DDP's other ranks start later, in the same folder
-        refuse_used_run_dir(run_dir)
     if rank_zero_only.rank == 0:
         log.info("run folder: %s", run_dir)  # known now: a long run can be followed (and resumed) from the start
     if cfg.get("seed") is not None:
@@ -101,14 +104,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.train_image_shape = None if shape is None else list(shape)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     run_config = OmegaConf.to_yaml(resolved)
-    if rank_zero_only.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "config.yaml", run_config)
-        write_splits(run_dir, splits)
+    # A new run's config.yaml (what marks the folder as used) waits for its first optimiser step: a run that fails
+    # before it can be started again in the same folder. A continued run's is written now.
+    config_files = RunConfigFiles(run_dir, run_config, splits)
+    if ckpt_path is not None and rank_zero_only.rank == 0:
+        config_files.write()
 
     saved_mode = os.environ.get("WANDB_MODE")
     columns = comparison_columns(str(cfg.task_name), model_name(cfg), cfg.model.net.get("attention"),
-                                 loss_name(cfg), str(partition["name"]), cfg.get("seed"))
+                                 loss_name(cfg), str(partition["name"]), cfg.get("seed"),
+                                 swept_values(cfg) if not ckpt_path else None)
     # W&B: the comparison columns at the top level, the whole config below them under `cfg`.
     loggers = build_loggers(cfg, run_tags(cfg, partition), {**columns, "cfg": resolved})
     try:
@@ -122,7 +127,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         plugins = [*(instantiate(p) for p in cfg.trainer.get("plugins") or []), AtomicCheckpointIO()]
         stop = StopOnSignals(slurm_environment(plugins))
         callbacks += [RunConfigInCheckpoint(run_config), MetricsFromRestoredStep(), stop,
-                      RankWatch(run_dir=str(run_dir))]
+                      RankWatch(run_dir=str(run_dir)), config_files, progress or RunProgress()]
         name = OmegaConf.select(cfg, "logger.wandb.name", default=None) or run_name(cfg)
         callbacks.append(RunHistory(original_overrides(run_dir) if ckpt_path else overrides(), name,
                                     resume=overrides() if ckpt_path else None))
@@ -153,9 +158,49 @@ def _prepare(cfg: DictConfig) -> tuple[Any, Any, dict[str, list[str]]]:
     return datamodule, module, groups_by_split(datamodule)
 
 
+train = exit_on_user_error(run_training)
+
+
+def sweep_job(cfg: DictConfig) -> dict[str, Any] | None:
+    """One job of a multirun: its folder claimed, and any error recorded there (``results.json`` with status
+    ``failed``, the error line, phase and step) instead of ending the sweep; the sweep names it at its end."""
+    run_dir = Path(str(cfg.run_dir))
+    lead = rank_zero_only.rank == 0
+    try:
+        claim = claim_folder(run_dir) if lead else None
+    except USER_ERRORS as err:  # another process holds the folder: nothing is written there
+        log.error("%s", err)
+        return None
+    progress = RunProgress()
+    try:
+        return run_training(cfg, progress)
+    except Exception as err:
+        if isinstance(err, USER_ERRORS):
+            log.error("%s", err.args[0] if isinstance(err, KeyError) and err.args else err)
+        else:  # a bug in ratlit: its traceback in the job's log
+            log.exception("job %s failed", HydraConfig.get().job.num)
+        if lead:
+            about = {"task": cfg.get("task_name"), "overrides": overrides(), "name": _name(cfg),
+                     "sweep_name": cfg.get("sweep_name"), "run_dir": str(run_dir), "job": HydraConfig.get().job.num}
+            record_failure(run_dir, err, progress, about)
+        return None
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _name(cfg: DictConfig) -> str | None:
+    try:
+        return run_name(cfg)
+    except Exception:  # the name of a job whose config is broken: its overrides say enough
+        return None
+
+
 def _test_psnr(cfg: DictConfig) -> float | None:
-    """Hydra's return value for sweepers that optimise: the test PSNR."""
-    return (train(cfg).get("test") or {}).get("psnr")
+    """Hydra's return value for sweepers that optimise: the test PSNR (None for a failed sweep job)."""
+    in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    results = sweep_job(cfg) if in_sweep else train(cfg)
+    return ((results or {}).get("test") or {}).get("psnr")
 
 
 # The trainer's steps stop by Lightning's own signal handling (last.ckpt at the end of a step): train enters

@@ -6,7 +6,7 @@ Real layout (``root``): one folder per patient, each holding a full-dose and a q
 position along the slice normal. HU are mapped to the network's range by ``(HU - hu_min) / (hu_max - hu_min)``
 clipped to [0, 1] (default window [-1024, 3072] HU); PSNR/SSIM are computed on that range.
 
-Embedded set: real slices shipped by pydicom / pydicom-data plus procedural body phantoms, each scanned
+Embedded set: real slices shipped by pydicom / pydicom-data plus procedural phantom patients, each scanned
 twice in simulation: Beer-Lambert line integrals of the attenuation map (skimage ``radon``, 720 views over
 180 degrees), Poisson photon counts with ``photons`` incident photons per ray (normal dose) and
 ``photons / 4`` (quarter dose), log transform, filtered back-projection (``iradon``, ramp filter).
@@ -100,6 +100,7 @@ class CTDataModule(RestorationDataModule):
     """AAPM-Mayo-style CT pairs (quarter dose -> full dose), one channel, HU window mapped to [0, 1]."""
 
     task = "ct"
+    embedded_version = 2  # 2: 15 patients, a test split of 8 patients (1: 8 patients, 3 test slices)
 
     def __init__(
         self,
@@ -192,18 +193,23 @@ def write_ct_series(folder: Path, slices_hu: list[np.ndarray], patient_id: str, 
 
 # --- the embedded data set --------------------------------------------------------------------------
 
-# (patient id, package, file): real CT slices shipped by pydicom and pydicom-data.
+# (patient id, package, file): real CT slices shipped by pydicom and pydicom-data, one per distinct patient (their
+# other CT files are the same slices in other encodings, or an enhanced multi-frame file).
 REAL_CT_SLICES = (
     ("cq500-ct-310", "data_store", "693_UNCI.dcm"),
     ("pancreas-0001", "data_store", "explicit_VR-UN.dcm"),
+    ("b2cbe507f250", "data_store", "bad_sequence.dcm"),
     ("jxd191021006", "pydicom", "J2K_pixelrep_mismatch.dcm"),
     ("1ct1", "pydicom", "CT_small.dcm"),
 )
 EMBEDDED_SIZE = 512
+# Slices of each phantom patient (phantom-01, -02, ...): the test split holds 8 independent patients and 26 slices
+# (6 phantoms x 4 + 2 real), enough groups for a patient-level interval; the build stays near 2 minutes on 2 cores.
+EMBEDDED_PHANTOM_SLICES = (2, 2, 2, 2, 4, 4, 4, 4, 4, 4)
 EMBEDDED_SPLITS = {
-    "train": ["cq500-ct-310", "jxd191021006", "phantom-01", "phantom-02"],
-    "val": ["1ct1", "phantom-03"],
-    "test": ["pancreas-0001", "phantom-04"],
+    "train": ["cq500-ct-310", "jxd191021006", "phantom-01", "phantom-02", "phantom-03"],
+    "val": ["1ct1", "phantom-04"],
+    "test": ["pancreas-0001", "b2cbe507f250", *(f"phantom-{p:02d}" for p in range(5, 11))],
 }
 
 
@@ -236,19 +242,19 @@ def real_ct_slices() -> list[tuple[str, np.ndarray, float]]:
     return slices
 
 
-def build_embedded_ct(folder: Path, seed: int, photons: float = 1.5e5, phantom_patients: int = 4,
-                      slices_per_phantom: int = 2, workers: int | None = None) -> None:
-    """Simulate normal and quarter dose for the shipped real slices and for phantoms; write the AAPM layout."""
+def build_embedded_ct(folder: Path, seed: int, photons: float = 1.5e5,
+                      phantom_slices: tuple[int, ...] = EMBEDDED_PHANTOM_SLICES, workers: int | None = None) -> None:
+    """Simulate normal and quarter dose for the shipped real slices and for phantom patients (``phantom_slices[i]``
+    neighbouring slices of patient ``phantom-<i+1>``); write the AAPM layout and the split."""
     from pydicom.uid import generate_uid
 
-    from ratlit.data.simulation import body_phantom, simulate_ct_doses
+    from ratlit.data.simulation import phantom_patient, simulate_ct_doses
 
     rng = np.random.default_rng(seed)
     cases: list[tuple[str, np.ndarray, float]] = list(real_ct_slices())
-    for p in range(1, phantom_patients + 1):
+    for p, count in enumerate(phantom_slices, start=1):
         patient_rng = np.random.default_rng(rng.integers(2**32))
-        cases += [(f"phantom-{p:02d}", body_phantom(patient_rng, EMBEDDED_SIZE), 0.7)
-                  for _ in range(slices_per_phantom)]
+        cases += [(f"phantom-{p:02d}", hu, 0.7) for hu in phantom_patient(patient_rng, count, EMBEDDED_SIZE)]
     scans = simulate_ct_doses([(hu, mm) for _, hu, mm in cases], photons, seed, workers)
     patients = sorted({c[0] for c in cases})
     for patient in patients:
@@ -259,4 +265,4 @@ def build_embedded_ct(folder: Path, seed: int, photons: float = 1.5e5, phantom_p
         for dose, which in (("quarter_dose", 0), ("full_dose", 1)):
             write_ct_series(folder / patient / dose, [scans[i][which] for i in members], patient,
                             f"simulated {dose.replace('_', ' ')} FBP", pixel_mm, positions, study)
-    write_splits(folder, EMBEDDED_SPLITS)
+    write_splits(folder, {name: [g for g in groups if g in patients] for name, groups in EMBEDDED_SPLITS.items()})

@@ -56,4 +56,5 @@ class PairedDataset(Dataset):
             seed = int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
             generator = torch.Generator().manual_seed(seed)
             lq_t, hq_t, regions_t = random_paired_crop(lq_t, hq_t, regions_t, self.patch_size, self.augment, generator)
-        return {"lq": lq_t, "hq": hq_t, "regions": regions_t, "name": sample.name, "index": index % self.length}
+        return {"lq": lq_t, "hq": hq_t, "regions": regions_t, "name": sample.name, "group": sample.group,
+                "index": index % self.length}

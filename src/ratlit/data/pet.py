@@ -9,7 +9,8 @@ of the LQ volume (known at inference time), so LQ is about [0, 1]; PSNR/SSIM use
 
 Embedded set: nilearn's MNI152 grey- and white-matter maps (2 mm) give an FDG-like activity (grey matter
 ``gm_ratio`` times white matter, about 4, plus hot lesions), a head attenuation map (water), per-subject
-variations (rotation, mirroring, ratio, lesions, dose); each axial slice is acquired in 2D (96 views),
+variations (a smooth random deformation and head size, rotation, mirroring, ratio, lesions, dose: the one
+template brain made into subjects of their own); each axial slice is acquired in 2D (96 views),
 full counts Poisson and low counts thinned by ``dose_reduction`` (12, the paper's), both reconstructed
 by OSEM (4 iterations x 8 subsets) with a 4 mm FWHM Gaussian post-filter.
 """
@@ -87,6 +88,7 @@ class PETDataModule(RestorationDataModule):
     """Low-count -> full-count PET slices, one channel, normalised by the LQ volume's 99.9th percentile."""
 
     task = "pet"
+    embedded_version = 2  # 2: 14 subjects with their own anatomy, 8 of them test (1: 6 subjects, 1 test)
 
     def __init__(
         self,
@@ -150,8 +152,13 @@ def note_pet_values(path: Path) -> None:
 
 # --- the embedded data set --------------------------------------------------------------------------
 
-EMBEDDED_SUBJECTS = 6
-EMBEDDED_SPLITS = {"train": ["sub-01", "sub-02", "sub-03", "sub-04"], "val": ["sub-05"], "test": ["sub-06"]}
+# 8 test subjects (each its own anatomy, activity and lesions) so that an interval can rest on subjects, not on
+# slices of one; every 6th axial slice keeps the build near 2 minutes on 2 cores.
+EMBEDDED_SUBJECTS = 14
+EMBEDDED_SLICE_STEP = 6
+EMBEDDED_SPLITS = {"train": [f"sub-{s:02d}" for s in range(1, 5)], "val": ["sub-05", "sub-06"],
+                   "test": [f"sub-{s:02d}" for s in range(7, 15)]}
+DEFORMATION_MM = 4.0  # typical size of a subject's smooth departure from the template (a few gyri's width)
 MU_TISSUE_PER_MM = 0.0096  # water at 511 keV
 VOXEL_MM = 2.0
 GRID = 192  # the paper trains PET on 192 x 192 patches
@@ -171,10 +178,31 @@ def mni_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return gm, wm, head
 
 
+def _deformed(volumes: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """``volumes`` (one grid) warped by one smooth random deformation: a head size of 0.92-1.08 times the
+    template's and a displacement field of Gaussian-smoothed noise (about ``DEFORMATION_MM``), so a subject's
+    anatomy is its own rather than the template's."""
+    from scipy.ndimage import gaussian_filter, map_coordinates
+
+    shape = volumes[0].shape
+    centre = (np.array(shape) - 1) / 2
+    scale = rng.uniform(0.92, 1.08)
+    grid = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in shape), indexing="ij")
+    coords = []
+    for axis in range(3):
+        field = gaussian_filter(rng.normal(size=shape), 6.0)
+        field *= DEFORMATION_MM / VOXEL_MM / max(field.std(), 1e-12)
+        coords.append(centre[axis] + (grid[axis] - centre[axis]) / scale + field)
+    return [map_coordinates(v, coords, order=1, mode="constant") for v in volumes]
+
+
 def _subject_maps(gm, wm, head, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One subject: activity and attenuation volumes on a 192 x 192 axial grid."""
+    """One subject: its own anatomy (the template deformed), activity and attenuation volumes on a 192 x 192 axial
+    grid."""
     from scipy.ndimage import rotate
 
+    gm, wm, head = _deformed([gm, wm, head.astype(np.float64)], rng)
+    head = head > 0.5
     ratio = rng.uniform(3.5, 4.5)
     activity = ratio * gm + wm + 0.1 * head
     zs, ys, xs = np.nonzero(gm.transpose(2, 1, 0) > 0.3)
@@ -207,7 +235,8 @@ def _simulate_pet_job(job) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_embedded_pet(folder: Path, seed: int, dose_reduction: float = 12.0, subjects: int = EMBEDDED_SUBJECTS,
-                       slice_step: int = 4, counts_per_slice: float = 3e6, workers: int | None = None) -> None:
+                       slice_step: int = EMBEDDED_SLICE_STEP, counts_per_slice: float = 3e6,
+                       workers: int | None = None) -> None:
     """Simulate full- and low-count 2D acquisitions of every ``slice_step``-th axial slice of each subject."""
     import os
 
@@ -234,4 +263,5 @@ def build_embedded_pet(folder: Path, seed: int, dose_reduction: float = 12.0, su
         for side, which in (("lq", 0), ("hq", 1)):
             volume = np.stack([r[which] for r in part], axis=-1)
             write_nifti(folder / side / f"sub-{s + 1:02d}.nii.gz", volume, (VOXEL_MM, VOXEL_MM, VOXEL_MM * slice_step))
-    write_splits(folder, EMBEDDED_SPLITS)
+    made = {f"sub-{s + 1:02d}" for s in range(subjects)}
+    write_splits(folder, {name: [g for g in groups if g in made] for name, groups in EMBEDDED_SPLITS.items()})

@@ -9,8 +9,9 @@ chosen total; the low-count data are the full-count data thinned by a dose-reduc
 thinning = list-mode decimation). Both are reconstructed by OSEM with the same attenuation model and
 rescaled to activity units.
 
-The embedded CT set's procedural body phantoms (``body_phantom``) and its quarter/normal-dose scan pairs
-(``simulate_ct_doses``) are here too; data/ct.py and data/pet.py compose and write the data sets.
+The embedded CT set's procedural phantom patients (``phantom_patient``: one anatomy per patient, its slices
+neighbours along the body) and its quarter/normal-dose scan pairs (``simulate_ct_doses``) are here too;
+data/ct.py and data/pet.py compose and write the data sets.
 """
 
 from __future__ import annotations
@@ -29,16 +30,25 @@ def inscribed_circle(shape: tuple[int, int]) -> np.ndarray:
     return (rows - h // 2) ** 2 + (cols - w // 2) ** 2 <= radius**2  # scikit-image's own definition
 
 
-def simulate_ct_scan(
-    hu: np.ndarray, pixel_mm: float, photons: float, rng: np.random.Generator, n_views: int = 720
-) -> np.ndarray:
-    """One simulated scan of a HU image with ``photons`` incident photons per ray; returns the FBP image in HU."""
+def ct_line_integrals(hu: np.ndarray, pixel_mm: float, n_views: int = 720) -> tuple[np.ndarray, np.ndarray]:
+    """The noise-free Beer-Lambert line integrals of a HU image (``radon`` of its attenuation, in mm units) and the
+    view angles: what every simulated exposure of the image shares."""
     if hu.ndim != 2 or hu.shape[0] != hu.shape[1]:
         raise ValueError(f"CT simulation needs a square 2D image, got {hu.shape}")
     inside = inscribed_circle(hu.shape)
     mu = np.where(inside, MU_WATER_PER_MM * (1.0 + np.clip(hu, -1000.0, None) / 1000.0), 0.0)
     theta = np.linspace(0.0, 180.0, n_views, endpoint=False)
-    line_integrals = radon(mu, theta, circle=True) * pixel_mm
+    return radon(mu, theta, circle=True) * pixel_mm, theta
+
+
+def simulate_ct_scan(
+    hu: np.ndarray, pixel_mm: float, photons: float, rng: np.random.Generator, n_views: int = 720,
+    geometry: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """One simulated scan of a HU image with ``photons`` incident photons per ray; returns the FBP image in HU.
+    ``geometry``: the image's :func:`ct_line_integrals`, when several exposures of it are simulated."""
+    line_integrals, theta = geometry if geometry is not None else ct_line_integrals(hu, pixel_mm, n_views)
+    inside = inscribed_circle(hu.shape)
     counts = rng.poisson(photons * np.exp(-line_integrals))
     measured = -np.log(np.maximum(counts, 1) / photons)  # a ray with no photon counts as one (log of 0)
     mu_rec = iradon(measured / pixel_mm, theta, circle=True, filter_name="ramp", output_size=hu.shape[0])
@@ -101,8 +111,24 @@ def simulate_pet_pair(
 # --- CT phantoms and dose pairs for the embedded CT set -----------------------------------------------
 
 
-def body_phantom(rng: np.random.Generator, size: int = 512) -> np.ndarray:
-    """A procedural abdominal slice in HU: fat, muscle, liver with lesions, spleen, kidneys, aorta, spine, gas."""
+def phantom_anatomy(rng: np.random.Generator) -> dict:
+    """One phantom patient's anatomy: body and organ sizes, liver lesions and bowel gas, each lesion and gas pocket
+    with the span of slice positions ``z`` (0..1) it is seen in. Slices of one patient share it."""
+    def spans(count: int, low: float, high: float) -> list[tuple[float, ...]]:
+        return [(*rng.uniform(low, high, 2), *rng.uniform(0.008, 0.025 if low < 0 else 0.03, 2),
+                 rng.uniform(0.25, 0.75), rng.uniform(0.06, 0.2)) for _ in range(count)]
+
+    lesions = [(60.0 + rng.choice([-1, 1]) * rng.uniform(15, 50), *spot) for spot in spans(rng.integers(2, 6),
+                                                                                           -0.07, 0.07)]
+    return {"ry": rng.uniform(0.22, 0.27), "rx": rng.uniform(0.3, 0.36), "fat": rng.uniform(0.015, 0.03),
+            "liver_hu": 60.0 + rng.normal(0, 5), "liver_angle": rng.uniform(-0.3, 0.3),
+            "phase": rng.uniform(0, 2 * np.pi, 4), "lesions": lesions, "gas": spans(rng.integers(1, 4), 0.0, 0.12)}
+
+
+def render_phantom(anatomy: dict, z: float, rng: np.random.Generator, size: int = 512) -> np.ndarray:
+    """The slice at position ``z`` (0..1, head to feet) of a phantom patient, in HU: fat, muscle, liver with
+    lesions, spleen, kidneys, aorta, spine, gas. Organs grow and shrink smoothly along ``z``; a lesion or gas
+    pocket shows within its span; the soft-tissue texture is the slice's own (``rng``)."""
     from scipy.ndimage import gaussian_filter
 
     rows, cols = np.mgrid[:size, :size].astype(np.float64) / size - 0.5
@@ -112,36 +138,59 @@ def body_phantom(rng: np.random.Generator, size: int = 512) -> np.ndarray:
         y, x = rows - cy, cols - cx
         return ((c * x + s * y) / rx) ** 2 + ((-s * x + c * y) / ry) ** 2 <= 1.0
 
+    def wave(k: int, depth: float) -> float:  # a smooth change along the patient, its phase the patient's
+        return 1.0 + depth * np.sin(2 * np.pi * z + anatomy["phase"][k])
+
+    def seen(z0: float, half: float) -> float:  # a round object's radius factor at this slice (0: not in it)
+        return float(np.sqrt(max(0.0, 1 - ((z - z0) / half) ** 2)))
+
     hu = np.full((size, size), -1000.0)
-    ry, rx = rng.uniform(0.22, 0.27), rng.uniform(0.3, 0.36)
-    fat = rng.uniform(0.015, 0.03)
+    ry, rx, fat = anatomy["ry"] * wave(0, 0.04), anatomy["rx"] * wave(0, 0.04), anatomy["fat"]
     hu[ellipse(0, 0, ry, rx)] = -100.0
     hu[ellipse(0, 0, ry - fat, rx - fat)] = 45.0
-    hu[ellipse(-0.02, -0.12, 0.13, 0.14, rng.uniform(-0.3, 0.3))] = 60.0 + rng.normal(0, 5)  # liver
-    for _ in range(rng.integers(2, 5)):  # low- and high-contrast liver lesions
-        # The value is drawn before the ellipse (Python evaluates an assignment's right side first): the draws'
-        # order, and so the embedded data set, stays as it was.
-        value = 60.0 + rng.choice([-1, 1]) * rng.uniform(15, 50)
-        hu[ellipse(-0.02 + rng.uniform(-0.07, 0.07), -0.12 + rng.uniform(-0.07, 0.07),
-                   *rng.uniform(0.008, 0.025, 2))] = value
-    hu[ellipse(-0.02, 0.17, 0.07, 0.05, 0.4)] = 48.0  # spleen
+    liver = 1.35 - 0.7 * z  # larger towards the head
+    hu[ellipse(-0.02, -0.12, 0.13 * liver, 0.14 * liver, anatomy["liver_angle"])] = anatomy["liver_hu"]
+    for value, cy, cx, ly, lx, z0, half in anatomy["lesions"]:
+        if (f := seen(z0, half)) > 0.2:
+            hu[ellipse(-0.02 + cy * liver, -0.12 + cx * liver, ly * f, lx * f)] = value
+    hu[ellipse(-0.02, 0.17, 0.07 * wave(1, 0.2), 0.05 * wave(1, 0.2), 0.4)] = 48.0  # spleen
+    kidney = wave(2, 0.25)
     for side in (-1, 1):  # kidneys: contrast-enhanced cortex around the medulla
-        hu[ellipse(0.08, side * 0.1, 0.05, 0.035)] = 160.0
-        hu[ellipse(0.08, side * 0.1, 0.03, 0.018)] = 35.0
+        hu[ellipse(0.08, side * 0.1, 0.05 * kidney, 0.035 * kidney)] = 160.0
+        hu[ellipse(0.08, side * 0.1, 0.03 * kidney, 0.018 * kidney)] = 35.0
     hu[ellipse(0.06, 0.02, 0.018, 0.018)] = 200.0  # aorta
-    hu[ellipse(0.15, 0.0, 0.045, 0.045)] = 750.0  # vertebral body: cortical shell
-    hu[ellipse(0.15, 0.0, 0.035, 0.035)] = 250.0
-    for _ in range(rng.integers(1, 4)):  # bowel gas
-        hu[ellipse(rng.uniform(-0.15, -0.05), rng.uniform(0.0, 0.12), *rng.uniform(0.01, 0.03, 2))] = -900.0
+    spine = wave(3, 0.08)
+    hu[ellipse(0.15, 0.0, 0.045 * spine, 0.045 * spine)] = 750.0  # vertebral body: cortical shell
+    hu[ellipse(0.15, 0.0, 0.035 * spine, 0.035 * spine)] = 250.0
+    for cy, cx, gy, gx, z0, half in anatomy["gas"]:  # bowel gas
+        if (f := seen(z0, half)) > 0.2:
+            hu[ellipse(-0.1 + cy, cx, gy * f, gx * f)] = -900.0
     body = hu > -500
     texture = gaussian_filter(rng.normal(0, 1, (size, size)), 3) * 25.0
     return np.where(body, hu + texture, hu).astype(np.float32)
 
 
+def phantom_patient(rng: np.random.Generator, slices: int, size: int = 512, spacing: float = 0.06
+                    ) -> list[np.ndarray]:
+    """``slices`` neighbouring slices (``spacing`` apart in ``z``) of one phantom patient: one anatomy, each
+    slice its own position and texture. Patients are independent; a patient's slices are not."""
+    anatomy = phantom_anatomy(rng)
+    return [render_phantom(anatomy, 0.5 + spacing * (k - (slices - 1) / 2), rng, size) for k in range(slices)]
+
+
+def body_phantom(rng: np.random.Generator, size: int = 512) -> np.ndarray:
+    """One slice of a new phantom patient (:func:`phantom_patient`)."""
+    return phantom_patient(rng, 1, size)[0]
+
+
 def _simulate_ct_job(job: tuple[np.ndarray, float, float, np.random.SeedSequence]) -> tuple[np.ndarray, np.ndarray]:
     hu, pixel_mm, photons, seed = job
     full_rng, quarter_rng = (np.random.default_rng(s) for s in seed.spawn(2))
-    return simulate_ct_scan(hu, pixel_mm, photons / 4, quarter_rng), simulate_ct_scan(hu, pixel_mm, photons, full_rng)
+    # One object, two exposures: the noise-free line integrals are computed once (the projection is most of the
+    # cost), each dose draws its own counts.
+    geometry = ct_line_integrals(hu, pixel_mm)
+    return simulate_ct_scan(hu, pixel_mm, photons / 4, quarter_rng, geometry=geometry), simulate_ct_scan(
+        hu, pixel_mm, photons, full_rng, geometry=geometry)
 
 
 def simulate_ct_doses(

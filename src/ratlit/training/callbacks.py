@@ -26,7 +26,7 @@ from ratlit.utils.files import write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-PER_IMAGE_COLUMNS = ("name", "psnr", "ssim", "input_psnr", "input_ssim", "psnr_gain", "ssim_gain")
+PER_IMAGE_COLUMNS = ("name", "group", "psnr", "ssim", "input_psnr", "input_ssim", "psnr_gain", "ssim_gain")
 
 
 class RegionPanels(Callback):
@@ -89,12 +89,14 @@ class RegionPanels(Callback):
 
 
 def per_image_csv(rows: list[dict[str, Any]]) -> str:
-    """One line per image: name, the restored image's and the input's PSNR / SSIM, and the gains."""
+    """One line per image: name, its group (patient, slide: what paired statistics resample), the restored
+    image's and the input's PSNR / SSIM, and the gains, each at full float precision (shortest round trip)."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(PER_IMAGE_COLUMNS)
     for row in rows:
-        writer.writerow([row["name"], *(f"{row[k]:.6f}" for k in PER_IMAGE_COLUMNS[1:])])
+        writer.writerow([row["name"], row.get("group") or row["name"], *(repr(float(row[k]))
+                                                                         for k in PER_IMAGE_COLUMNS[2:])])
     return text.getvalue()
 
 
@@ -115,9 +117,11 @@ class PerImageScores(Callback):
         if not isinstance(outputs, dict):
             return
         names = outputs.get("name") or [f"{batch_idx}_{i}" for i in range(len(outputs["psnr"]))]
+        groups = outputs.get("group") or names
         index = outputs.get("index")
         for i, name in enumerate(names):
-            row = {"name": str(name), **{k: float(outputs[k][i]) for k in ("psnr", "ssim", "input_psnr", "input_ssim")}}
+            row = {"name": str(name), "group": str(groups[i]),
+                   **{k: float(outputs[k][i]) for k in ("psnr", "ssim", "input_psnr", "input_ssim")}}
             row["index"] = int(index[i]) if index is not None else len(self.rows)
             row["psnr_gain"] = row["psnr"] - row["input_psnr"]
             row["ssim_gain"] = row["ssim"] - row["input_ssim"]

@@ -17,15 +17,20 @@ from urllib.parse import urlparse
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ratlit.training.results import loss_name
 from ratlit.training.run_folder import original_overrides
 from ratlit.utils.config import instantiate, overrides
 from ratlit.utils.files import write_text_atomic
+from ratlit.utils.sweeps import parse_overrides, planned_jobs, varying_keys
+from ratlit.utils.sweeps import run_name as sweep_run_name
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +95,28 @@ def build_loggers(cfg: DictConfig, tags: list[str], config: dict[str, Any]) -> l
     return loggers
 
 
+def sweep_varying_keys() -> list[str]:
+    """In a multirun job: the override keys whose values differ between the sweep's jobs (from the sweep's own
+    record, ``multirun.yaml``); empty elsewhere."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return []
+    jobs = planned_jobs(Path(HydraConfig.get().sweep.dir))
+    return varying_keys(jobs) if jobs else []
+
+
+def swept_values(cfg: DictConfig) -> dict[str, str]:
+    """This sweep job's values of the keys its sweep varies (W&B config columns to compare the jobs by)."""
+    keys = sweep_varying_keys()
+    return {k: v for k, v in parse_overrides(overrides()).items() if k in keys} if keys else {}
+
+
 def run_name(cfg: DictConfig) -> str:
-    """A readable name: the run's own overrides (paths left out; on resume the original run's), else its folder
-    name."""
+    """A readable name from the run's own overrides (on resume the original run's): the keys its sweep varies
+    first, then the rest, places left out; a long name ends in a hash of the whole (``ratlit.utils.sweeps``), so
+    two jobs never share one. Its folder's name when there are no overrides."""
     folder = Path(str(cfg.get("run_dir") or "run"))
     given = original_overrides(folder) if cfg.get("resume") else overrides()
-    parts = [o for o in given if not any(k in o for k in ("root=", "dir=", "checkpoint=", "sweep_name="))]
-    return (",".join(parts) or folder.name)[:128]
+    return sweep_run_name(given, sweep_varying_keys()) or folder.name
 
 
 def run_tags(cfg: DictConfig, partition: dict[str, Any]) -> list[str]:
@@ -123,10 +143,12 @@ class WandbSummaries(Callback):
 
 
 def comparison_columns(task: str, model: str, attention: str | None, loss: str, partition: str,
-                       seed: int | None = None) -> dict[str, Any]:
-    """The top-level W&B config columns that runs are grouped and compared by (``seed``: None when unseeded)."""
-    return {"task": task, "model": model, "attention": attention or "none", "loss": loss, "partition": partition,
-            "seed": None if seed is None else int(seed)}
+                       seed: int | None = None, swept: dict[str, str] | None = None) -> dict[str, Any]:
+    """The top-level W&B config columns that runs are grouped and compared by (``seed``: None when unseeded), and
+    ``swept``: the values of the keys the run's sweep varies (e.g. ``model.optimizer.lr``), each a column."""
+    columns = {"task": task, "model": model, "attention": attention or "none", "loss": loss, "partition": partition,
+               "seed": None if seed is None else int(seed)}
+    return {**{k: v for k, v in (swept or {}).items() if k not in columns}, **columns}
 
 
 def finish_wandb(loggers: list[Logger], saved_mode: str | None) -> None:
@@ -189,7 +211,9 @@ def _logged_before(row: dict[str, str], step: int) -> bool:
         return False
     if at != step:
         return at < step
-    return all(not value or key in ("step", "epoch") or key.startswith("val/best_") for key, value in row.items())
+    # At the step resumed from: that step's validation (its scores and best values, logged at the step, see
+    # MetricsFromRestoredStep) stays; a training row there belongs to the next step, which runs again.
+    return all(not value or key in ("step", "epoch") or key.startswith("val/") for key, value in row.items())
 
 
 class AppendingCSVLogger(CSVLogger):
@@ -205,11 +229,31 @@ class AppendingCSVLogger(CSVLogger):
 
 
 class MetricsFromRestoredStep(Callback):
-    """At the start of training (after a checkpoint is restored), drop the CSV rows the run will log again, so
-    ``metrics.csv`` never holds a step twice (a run killed after its last checkpoint had logged past it)."""
+    """One step convention in the logs: a value is logged at the number of optimiser steps done when it was
+    measured (a training loss before step N+1's update at N; a validation after N steps, its scores and best
+    values, at N, the step its checkpoint is named after). At the start of training (after a checkpoint is
+    restored), drops the CSV rows the run will log again, so ``metrics.csv`` never holds a step twice (a run
+    killed after its last checkpoint had logged past it)."""
 
     def __init__(self) -> None:
         self._aligned = False
+        self._logging_step: int | None = None
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning logs a validation inside step N's end at its logging step, still N - 1 then (it moves on after
+        # the validation); the best-value rows and the checkpoint say N. Log the validation at N, then restore.
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        loop = trainer.fit_loop.epoch_loop
+        self._logging_step, loop._batches_that_stepped = loop._batches_that_stepped, trainer.global_step
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._logging_step is not None:
+            trainer.fit_loop.epoch_loop._batches_that_stepped = self._logging_step
+            self._logging_step = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.on_validation_end(trainer, pl_module)  # stopped inside a validation: the checkpoint keeps Lightning's
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:

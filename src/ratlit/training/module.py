@@ -24,6 +24,7 @@ from ratlit.training.compiling import compile_choice, compile_repeated_blocks, c
 from ratlit.training.cuda_graph import GraphedBackward
 from ratlit.utils.checks import DeferredFiniteCheck, finite_checks
 from ratlit.utils.config import CONF_DIR, instantiate
+from ratlit.utils.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ class RestorationModule(L.LightningModule):
             loss = self._graphed(**{"lq": lq, "hq": hq, **({"regions": regions} if regions is not None else {})})
         else:
             loss = self.step_loss(lq, hq, regions)
-        self._finite.update(self.global_step, lq=lq, hq=hq, loss=loss)
+        self._finite.update(self.global_step + 1, lq=lq, hq=hq, loss=loss)  # the N-th step, as checkpoints count
         self.log("train/loss", loss, prog_bar=True, batch_size=lq.shape[0])
         return loss
 
@@ -210,12 +211,22 @@ class RestorationModule(L.LightningModule):
     def on_train_end(self) -> None:
         self._finite.flush()
 
+    def on_validation_start(self) -> None:
+        self._finite.flush()  # a training step's NaN is named as such, not as the validation's that follows it
+
     def _evaluate(self, batch: dict[str, Any], stage: str) -> dict[str, Any]:
         with eager():  # whole images of any size: never compiled (no recompiles)
             if stage == "test" and self.tiling is not None:  # evaluate's max_tile: whole-image regions, cut
                 pred = tiled_forward(self, batch["lq"], batch["regions"], self.tiling, tile_multiple(self.net))
             else:
                 pred = self(batch["lq"], batch["regions"])
+        if not torch.isfinite(pred).all():  # a diverged model: say where, before a loss or metric trips on it
+            where = f"validation at step {self.global_step}" if stage == "val" else stage
+            error = InputError(f"{where}: the restored image (pred) contains NaN or infinite values: the model "
+                               "diverged (a lower model.optimizer.lr, or trainer.gradient_clip_val, may help)")
+            error.phase = "validation" if stage == "val" else stage  # type: ignore[attr-defined]  # a sweep's record
+            error.step = self.global_step  # type: ignore[attr-defined]
+            raise error
         hq = batch["hq"].float()
         psnr, ssim = image_metrics(pred.float(), hq, self.data_range)
         input_psnr, input_ssim = image_metrics(batch["lq"].float(), hq, self.data_range)
@@ -227,7 +238,8 @@ class RestorationModule(L.LightningModule):
             self.metrics[f"{stage}_index"].update(index.float())
         self.log(f"{stage}/loss", self.loss(pred, batch["hq"], batch["regions"]), batch_size=pred.shape[0],
                  sync_dist=True)
-        return {"pred": pred, "name": list(batch.get("name", [])), "index": index, **scores}
+        return {"pred": pred, "name": list(batch.get("name", [])), "group": list(batch.get("group", [])),
+                "index": index, **scores}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         return self._evaluate(batch, "val")

@@ -44,6 +44,7 @@ def fit_results(cfg: DictConfig, trainer: L.Trainer, partition: dict[str, Any], 
     speed = find_callback(trainer, TrainingSpeed)
     history = find_callback(trainer, RunHistory)
     return {
+        "status": "finished",  # a sweep's failed job writes status "failed" (ratlit.training.sweep_jobs)
         "task": cfg.task_name,
         "attention": cfg.model.net.get("attention"),
         "loss": loss_class(cfg),

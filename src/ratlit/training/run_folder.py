@@ -12,8 +12,11 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ratlit.data.splits import write_splits
 from ratlit.training.run_loading import load_checkpoint, upgrade_run_config
 from ratlit.utils.config import overrides, user_path
+from ratlit.utils.errors import InputError
+from ratlit.utils.files import write_text_atomic
 from ratlit.utils.trusted_targets import CONFIG_KEY, check_targets, listed, trusted_entries
 
 DATA_PATH_KEYS = ("root", "splits", "cache_dir")
@@ -42,12 +45,36 @@ def absolute_data_paths(data: DictConfig, base: Path | None = None) -> None:
 
 def refuse_used_run_dir(run_dir: Path) -> None:
     """A new run never starts in another run's folder: its last.ckpt, metrics and results would mix with this
-    one's (and a later resume would continue the wrong weights)."""
+    one's (and a later resume would continue the wrong weights). A folder is used once a run's first optimiser
+    step wrote its config.yaml (:class:`RunConfigFiles`) or a checkpoint is there."""
     checkpoints = run_dir / "checkpoints"
     used = (run_dir / "config.yaml").exists() or (checkpoints.is_dir() and any(checkpoints.iterdir()))
     if used:
-        raise ValueError(f"run folder {run_dir} already holds a run: resume={run_dir} continues it; for a new run "
+        raise InputError(f"run folder {run_dir} already holds a run: resume={run_dir} continues it; for a new run "
                          "give another folder (hydra.run.dir=...) or remove that one")
+
+
+class RunConfigFiles(Callback):
+    """``config.yaml`` and ``splits.json`` of a run, written by rank 0 when its first optimiser step is done (or at
+    once with :meth:`write`, for a continued run): a run that fails before training (a bad data folder, a
+    diverging first step) leaves a folder that the same command may start again."""
+
+    def __init__(self, run_dir: Path, config_yaml: str, splits: dict[str, list[str]]) -> None:
+        self.run_dir, self.config_yaml, self.splits = Path(run_dir), config_yaml, splits
+        self.written = False
+
+    def write(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.run_dir / "config.yaml", self.config_yaml)
+        write_splits(self.run_dir, self.splits)
+        self.written = True
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if not self.written and trainer.is_global_zero:
+            self.write()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.on_train_batch_end(trainer)
 
 
 def resumed_config(cfg: DictConfig) -> tuple[DictConfig, str, str]:
@@ -59,7 +86,10 @@ def resumed_config(cfg: DictConfig) -> tuple[DictConfig, str, str]:
     run_dir = user_path(str(cfg.resume))
     saved, last = run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
     if not saved.is_file():
-        raise ValueError(f"resume={run_dir}: no config.yaml there; give the folder of a ratlit run")
+        if (run_dir / ".hydra" / "overrides.yaml").is_file():  # a run started there (Hydra's record of it)
+            raise InputError(f"resume={run_dir}: the run there stopped before its first training step, so there is "
+                             f"nothing to continue; start it again in that folder (hydra.run.dir={run_dir})")
+        raise InputError(f"resume={run_dir}: no config.yaml there; give the folder of a ratlit run")
     if not last.is_file():
         raise ValueError(f"resume={run_dir}: no checkpoints/last.ckpt to resume from")
     own = listed(cfg.get(CONFIG_KEY))

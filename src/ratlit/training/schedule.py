@@ -4,11 +4,14 @@ old length from the checkpoint and is recursive, so it rises again past it)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+
+log = logging.getLogger(__name__)
 
 
 class CosineToEnd(LRScheduler):
@@ -65,6 +68,12 @@ class CosineToEnd(LRScheduler):
         if not _same(configured, saved_lrs):  # model.optimizer.lr=... on resume: from that rate, now
             self.segments.append((step, configured, end))
         elif end != self.segments[-1][2]:  # trainer.max_steps=... on resume: from the current rate to the new end
+            if step >= self.segments[-1][2] and end > step:  # a finished schedule: the rate stays at its end value
+                rates = ", ".join(f"{lr:.3g}" for lr in self.lr_at(step))
+                log.warning("resuming at step %d, where the learning-rate schedule had ended: the %d added steps run "
+                            "at its end rate %s. To warm up again, give the rate to anneal from, e.g. "
+                            "model.optimizer.lr=%.3g (the run's first rate)", step, end - step, rates,
+                            max(saved_lrs or configured))
             self.segments.append((step, self.lr_at(step), end))
         self.base_lrs = configured
         self._last_lr = self.lr_at(step)

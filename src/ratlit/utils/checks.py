@@ -62,7 +62,9 @@ class DeferredFiniteCheck:
             done.synchronize()  # waits for that copy only, queued a whole step ago: normally already done
         bad = [name for name, ok in zip(names, host.tolist()) if not ok]
         if bad:
-            raise ValueError(f"training step {step}: {', '.join(bad)} contains NaN or infinite values")
+            error = ValueError(f"training step {step}: {', '.join(bad)} contains NaN or infinite values")
+            error.phase, error.step = "training", step  # type: ignore[attr-defined]  # read by a sweep's record
+            raise error
 
 
 def check_image(name: str, x: object, channels: int | None = None) -> Tensor:

@@ -24,6 +24,8 @@ CONF_DIR = Path(str(resources.files("ratlit.conf")))
 # under resume-<date>/) lives in the folder given to resume=, not in a new dated folder.
 if not OmegaConf.has_resolver("ratlit.if"):
     OmegaConf.register_new_resolver("ratlit.if", lambda condition, then, otherwise: then if condition else otherwise)
+if not OmegaConf.has_resolver("ratlit.stamp"):  # conf/train.yaml: default run and sweep folder names
+    OmegaConf.register_new_resolver("ratlit.stamp", lambda: start_stamp(), use_cache=True)
 if not OmegaConf.has_resolver("ratlit.cache_dir"):  # conf/paths/default.yaml: one default cache folder
     OmegaConf.register_new_resolver("ratlit.cache_dir", lambda: str(default_cache_dir()))
 # Errors that mean bad input: the commands print them as one line and exit 2.
@@ -106,3 +108,17 @@ def default_cache_dir() -> Path:
     """Where embedded data sets and partition label maps go: ``$RATLIT_CACHE``, else ``~/.cache/ratlit`` (the one
     statement of it: conf/paths/default.yaml reads it through the ``ratlit.cache_dir`` resolver)."""
     return Path(os.environ.get("RATLIT_CACHE") or "~/.cache/ratlit").expanduser()
+
+
+def start_stamp() -> str:
+    """A default run or sweep folder name, unique for runs started at the same moment: the start time to the
+    millisecond and the SLURM job (and array task) id where SLURM started the process, else 4 random hex digits
+    (``2026-12-07_10-11-12.345_a3f9``, ``2026-12-07_10-11-12.345_job81_3``)."""
+    import secrets
+    from datetime import datetime
+
+    now = datetime.now()
+    job, task = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"), os.environ.get(
+        "SLURM_ARRAY_TASK_ID")
+    suffix = f"job{job}" + (f"_{task}" if task else "") if job else secrets.token_hex(2)
+    return f"{now:%Y-%m-%d_%H-%M-%S}.{now.microsecond // 1000:03d}_{suffix}"
