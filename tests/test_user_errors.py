@@ -2,6 +2,8 @@
 small filesystem; a bug in our own code keeps its traceback."""
 
 import subprocess
+import sys
+import textwrap
 
 import nibabel as nib
 import numpy as np
@@ -110,3 +112,18 @@ def test_training_data_whose_series_mixes_slice_sizes_is_refused(tmp_path):
                     "1.2.3.4")
     with pytest.raises(ValueError, match=r"mixes slice shapes \[\(32, 32\), \(40, 40\)\]"):
         CTDataModule(root=str(root), cache_dir=str(tmp_path / "cache")).samples()
+@pytest.mark.slow
+def test_a_bug_in_our_code_keeps_its_traceback(tmp_path):
+    # A TypeError inside a command's own code is not a user's mistake: no one-line exit 2.
+    script = textwrap.dedent("""
+        from ratlit.cli.command import exit_on_user_error, hydra_command
+
+        @exit_on_user_error
+        def summary(cfg):
+            return len(cfg.model) + None   # a bug
+
+        hydra_command("summary", summary)()
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" in result.stderr
+    assert "TypeError: unsupported operand type(s) for +" in result.stderr

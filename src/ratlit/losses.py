@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ratlit.models.region_attention import build_region_layout
 from ratlit.utils.checks import check_image, check_labels, check_same_batch
+from ratlit.utils.errors import InputError
 
 
 def _check_pair(pred: Tensor, target: Tensor) -> None:
@@ -53,13 +54,13 @@ class CompoundLoss(nn.Module):
                  perceptual_checkpoint: str | None = None) -> None:
         super().__init__()
         if mse_weight < 0 or perceptual_weight < 0:
-            raise ValueError(f"weights must be >= 0, got mse_weight={mse_weight}, "
+            raise InputError(f"weights must be >= 0, got mse_weight={mse_weight}, "
                              f"perceptual_weight={perceptual_weight}")
         self.mse_weight, self.perceptual_weight = mse_weight, perceptual_weight
         self.features = None
         if perceptual_weight > 0:
             if not perceptual_checkpoint:
-                raise ValueError(
+                raise InputError(
                     "EDCNN's compound loss needs ImageNet ResNet-50 weights: set loss.perceptual_checkpoint="
                     "/path/to/resnet50-0676ba61.pth (or $RATLIT_RESNET50_CHECKPOINT), or loss.perceptual_weight=0"
                 )
@@ -90,7 +91,7 @@ class CharbonnierLoss(nn.Module):
     def __init__(self, eps: float = 1e-3) -> None:
         super().__init__()
         if eps <= 0:
-            raise ValueError(f"eps must be positive, got {eps}")
+            raise InputError(f"eps must be positive, got {eps}")
         self.eps = eps
 
     def forward(self, pred: Tensor, target: Tensor, regions: Tensor | None = None) -> Tensor:
@@ -108,7 +109,7 @@ class FocalRegionLoss(nn.Module):
     def __init__(self, gamma: float = 1e-3, delta: float = 1.0) -> None:
         super().__init__()
         if gamma < 0 or delta <= 0:
-            raise ValueError(f"need gamma >= 0 and delta > 0, got gamma={gamma}, delta={delta}")
+            raise InputError(f"need gamma >= 0 and delta > 0, got gamma={gamma}, delta={delta}")
         self.gamma, self.delta = gamma, delta
 
     def forward(self, pred: Tensor, target: Tensor, regions: Tensor | None = None) -> Tensor:

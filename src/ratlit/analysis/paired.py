@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import wilcoxon
 
+from ratlit.utils.errors import InputError
+
 METRICS = ("psnr", "ssim")
 SCORE_COLUMNS = ("psnr", "ssim", "input_psnr", "input_ssim")
 # The smallest difference worth a verdict, per metric: the smallest improvement the paper's ablation (Table 4)
@@ -40,18 +42,18 @@ def read_per_image(path: Path) -> dict[str, dict[str, Any]]:
         reader = csv.DictReader(f)
         missing = [c for c in ("name", *SCORE_COLUMNS) if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+            raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
         table: dict[str, dict[str, float]] = {}
         for row in reader:
             if row["name"] in table:
-                raise ValueError(f"{path}: image {row['name']!r} appears twice; images are matched by name")
+                raise InputError(f"{path}: image {row['name']!r} appears twice; images are matched by name")
             try:
                 table[row["name"]] = {**{c: float(row[c]) for c in SCORE_COLUMNS},
                                       "group": row.get("group") or row["name"]}
             except ValueError as err:
-                raise ValueError(f"{path}: image {row['name']!r}: {err}") from err
+                raise InputError(f"{path}: image {row['name']!r}: {err}") from err
     if not table:
-        raise ValueError(f"{path}: no images")
+        raise InputError(f"{path}: no images")
     return table
 
 
@@ -122,13 +124,13 @@ def bootstrap_differences(variant: np.ndarray, reference: np.ndarray, paired_see
     within each drawn group, jointly for both sides (the comparison is paired by image); seeds are resampled
     within each side, jointly (same draw for both) when ``paired_seeds`` (the same seeds ran both variants)."""
     if variant.shape[1] != reference.shape[1]:
-        raise ValueError(f"variant and reference have {variant.shape[1]} and {reference.shape[1]} images")
+        raise InputError(f"variant and reference have {variant.shape[1]} and {reference.shape[1]} images")
     if paired_seeds and variant.shape[0] != reference.shape[0]:
-        raise ValueError("paired seeds need as many seeds in the variant as in the reference")
+        raise InputError("paired seeds need as many seeds in the variant as in the reference")
     images = variant.shape[1]
     labels = list(range(images)) if groups is None else list(groups)
     if len(labels) != images:
-        raise ValueError(f"{len(labels)} group labels for {images} images")
+        raise InputError(f"{len(labels)} group labels for {images} images")
     index = np.unique(np.array([str(g) for g in labels]), return_inverse=True)[1].reshape(-1)
     rng = np.random.default_rng(seed)
     out = []

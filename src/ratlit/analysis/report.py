@@ -27,6 +27,7 @@ from ratlit.analysis.report_tables import (
     table_rows,
 )
 from ratlit.analysis.runs import account_jobs, load_runs
+from ratlit.utils.errors import InputError
 from ratlit.utils.files import write_text_atomic
 from ratlit.utils.tables import csv_text, markdown_table
 
@@ -56,7 +57,7 @@ def report(folder: Path, out: Path | None = None, reference: str | None = None, 
 def _read_table(path: Path) -> tuple[list[str], list[list[Any]]]:
     """A report CSV back, a column whose cells are all numbers (or empty) as numbers (W&B sorts and plots them)."""
     if not path.is_file():
-        raise ValueError(f"{path} does not exist: write the report first")
+        raise InputError(f"{path} does not exist: write the report first")
     with open(path, newline="") as f:
         header, *rows = list(csv.reader(f))
 
@@ -85,7 +86,7 @@ def log_to_wandb(folder: Path, out: Path, group: str | None = None, project: str
     names = {r.get("sweep_name") for r in runs if r.get("sweep_name")}
     group = group or (names.pop() if len(names) == 1 else None)
     if not group:
-        raise ValueError(f"the runs under {folder} name {len(names)} sweeps; give the W&B group with --wandb-group")
+        raise InputError(f"the runs under {folder} name {len(names)} sweeps; give the W&B group with --wandb-group")
     tables = {key: _read_table(out / name) for key, name in (("table", "report.csv"), ("paired", "paired.csv"))}
     mode = "online" if wandb_online() else "offline"
     run = wandb.init(project=project, group=group, job_type="report", name=f"report {group}", dir=str(out),

@@ -17,6 +17,7 @@ from ratlit.analysis.paired import (
     image_set_note,
 )
 from ratlit.analysis.runs import planned_runs, run_overrides, summarise, variant_scores
+from ratlit.utils.errors import InputError
 from ratlit.utils.sweeps import parse_overrides
 from ratlit.utils.tables import markdown_cell
 
@@ -93,12 +94,12 @@ def choose_references(entries: list[dict[str, Any]], reference: str | None) -> d
         else:
             match = [e for e in rows if reference.rstrip("/") in (e["label"], *(r["run"] for r in e["runs"]))]
         if len(match) > 1:
-            raise ValueError(f"--reference {reference} matches {len(match)} rows of task {task} "
+            raise InputError(f"--reference {reference} matches {len(match)} rows of task {task} "
                              f"({', '.join(e['label'] for e in match)}); name more overrides (key=value,key=value)")
         if match:
             chosen[task] = match[0]
     if not chosen:
-        raise ValueError(f"--reference {reference} matches no run: give key=value as in the runs' overrides "
+        raise InputError(f"--reference {reference} matches no run: give key=value as in the runs' overrides "
                          "(e.g. attention=msa), a run folder, or input")
     return chosen
 

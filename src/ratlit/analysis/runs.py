@@ -9,6 +9,7 @@ from typing import Any
 
 from ratlit.analysis.paired import Scores, read_per_image
 from ratlit.training.sweep_jobs import job_status, sweep_accounting
+from ratlit.utils.errors import InputError
 from ratlit.utils.sweeps import SWEEP_RECORD, parse_overrides
 
 
@@ -20,13 +21,13 @@ def load_runs(folder: Path, jobs: list[dict[str, Any]] | None = None) -> list[di
     """The finished runs below ``folder`` (every ``results.json`` but a failed job's). ``jobs``: the accounting
     (:func:`account_jobs`), to say what else there is when no run finished."""
     if not folder.exists():
-        raise ValueError(f"{folder} does not exist")
+        raise InputError(f"{folder} does not exist")
     runs = []
     for path in sorted(folder.rglob("results.json")):
         try:
             result = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"cannot read {path}: {err}") from err
+            raise InputError(f"cannot read {path}: {err}") from err
         if result.get("status") == "failed":
             continue
         result["run"] = _relative(path.parent, folder)
@@ -34,7 +35,7 @@ def load_runs(folder: Path, jobs: list[dict[str, Any]] | None = None) -> list[di
         runs.append(result)
     if not runs:
         others = "; ".join(f"{j['run']}: {j['status']} ({j['reason']})" for j in jobs or [])
-        raise ValueError(f"no finished runs (results.json) under {folder}" + (f"; {others}" if others else ""))
+        raise InputError(f"no finished runs (results.json) under {folder}" + (f"; {others}" if others else ""))
     return runs
 
 

@@ -13,6 +13,7 @@ from ratlit.cli.command import exit_on_user_error, hydra_command
 from ratlit.inference.restore import restore_paths
 from ratlit.models.tiling import Tiling
 from ratlit.utils.config import user_path
+from ratlit.utils.errors import InputError
 from ratlit.utils.trusted_targets import CONFIG_KEY, trusted_entries
 
 USAGE = "python -m ratlit.predict ckpt=<checkpoint .ckpt> input=<file or folder> output=<folder>"
@@ -22,7 +23,7 @@ USAGE = "python -m ratlit.predict ckpt=<checkpoint .ckpt> input=<file or folder>
 def predict(cfg: DictConfig) -> list[Path]:
     missing = [key for key in ("ckpt", "input", "output") if OmegaConf.is_missing(cfg, key)]
     if missing:
-        raise ValueError(f"predict needs {', '.join(f'{k}=' for k in missing)}: {USAGE}")
+        raise InputError(f"predict needs {', '.join(f'{k}=' for k in missing)}: {USAGE}")
     tiling = Tiling.from_config(cfg.max_tile, cfg.tile_overlap)
     out = user_path(cfg.output)
     written = restore_paths(

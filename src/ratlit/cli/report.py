@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or args.folder
     try:
         if args.resamples < 100:
-            raise ValueError(f"--resamples {args.resamples}: give at least 100 for a 95% interval")
+            raise InputError(f"--resamples {args.resamples}: give at least 100 for a 95% interval")
         effects = min_effects(args.min_effect)
         print(report(args.folder, args.out, args.reference, args.resamples, args.bootstrap_seed, effects), end="")
         print("\n" + (out / "paired.md").read_text(), end="")

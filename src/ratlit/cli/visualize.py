@@ -18,6 +18,7 @@ from ratlit.partition import Partitioner
 from ratlit.partition.base import as_channels_last, to_unit_range
 from ratlit.utils.config import instantiate, user_path
 from ratlit.utils.display import render_regions
+from ratlit.utils.errors import InputError
 
 
 def collect(cfg: DictConfig, datamodule: Any, partitioner: Partitioner) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -29,7 +30,7 @@ def collect(cfg: DictConfig, datamodule: Any, partitioner: Partitioner) -> list[
         return [(path.name, shown, partitioner(image))]
     chosen = datamodule.split_samples(cfg.split)[: int(cfg.count)]
     if not chosen:
-        raise ValueError(f"the {cfg.split} split of {cfg.task_name} is empty")
+        raise InputError(f"the {cfg.split} split of {cfg.task_name} is empty")
     cache = datamodule.partition_cache
     return [(s.name, lq, cache.labels(lq)) for s in chosen for lq in [s.load()[0]]]
 

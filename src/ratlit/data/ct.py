@@ -33,6 +33,7 @@ from ratlit.data.io import (
 from ratlit.data.sample import Sample
 from ratlit.data.splits import write_splits
 from ratlit.data.unit_map import UnitMap
+from ratlit.utils.errors import InputError
 
 # "*full dose*": TCIA LDCT-and-Projection-data names its series "1.000000-Full Dose Images-96514"
 FULL_DOSE_PATTERNS = ("full*", "*full dose*", "*full-dose*", "*full_dose*", "*fd*", "*ndct*", "*normal*")
@@ -42,7 +43,7 @@ QUARTER_DOSE_PATTERNS = ("quarter*", "*qd*", "*ldct*", "*low*")
 def _load_ct_pair(lq_path: Path, hq_path: Path, window: UnitMap) -> tuple[np.ndarray, np.ndarray]:
     lq, hq = read_dicom(lq_path).pixels, read_dicom(hq_path).pixels
     if lq.shape != hq.shape:
-        raise ValueError(f"quarter-dose {lq_path} is {lq.shape} but full-dose {hq_path} is {hq.shape}")
+        raise InputError(f"quarter-dose {lq_path} is {lq.shape} but full-dose {hq_path} is {hq.shape}")
     return window.to_unit(lq)[None], window.to_unit(hq)[None]
 
 
@@ -77,7 +78,7 @@ def pair_ct_series(quarter: Path, full: Path, tolerance_mm: float = 0.5,
     for dicom in q_slices + f_slices:
         check_ct_rescale(dicom.header, dicom.path, assume_hu)
     if len(q_slices) != len(f_slices):
-        raise ValueError(
+        raise InputError(
             f"{quarter} has {len(q_slices)} slices but {full} has {len(f_slices)}: the series do not pair"
         )
     f_positions = np.array([s.position for s in f_slices])
@@ -85,14 +86,14 @@ def pair_ct_series(quarter: Path, full: Path, tolerance_mm: float = 0.5,
     for q in q_slices:
         nearest = int(np.argmin(np.abs(f_positions - q.position)))
         if abs(f_positions[nearest] - q.position) > tolerance_mm:
-            raise ValueError(f"{q.path} (position {q.position:.2f} mm) has no full-dose slice within {tolerance_mm} mm "
+            raise InputError(f"{q.path} (position {q.position:.2f} mm) has no full-dose slice within {tolerance_mm} mm "
                              f"in {full}")
         partner = f_slices[nearest]
         check_same_geometry(q.path, dicom_slice_corners(q.header), partner.path, dicom_slice_corners(partner.header),
                             tolerance_mm)  # in-plane too: origin, orientation, pixel spacing
         pairs.append((q.path, partner.path, q.position))
     if len({p[1] for p in pairs}) != len(pairs):
-        raise ValueError(f"slices of {quarter} and {full} do not pair one to one (duplicate positions?)")
+        raise InputError(f"slices of {quarter} and {full} do not pair one to one (duplicate positions?)")
     return pairs
 
 
@@ -114,7 +115,7 @@ class CTDataModule(RestorationDataModule):
     ) -> None:
         super().__init__(root=root, **kwargs)
         if not hu_max > hu_min:
-            raise ValueError(f"need hu_max > hu_min, got {hu_min} and {hu_max}")
+            raise InputError(f"need hu_max > hu_min, got {hu_min} and {hu_max}")
         self.hu_min, self.hu_max = float(hu_min), float(hu_max)
         self.position_tolerance_mm = position_tolerance_mm
         self.photons = photons
@@ -123,13 +124,13 @@ class CTDataModule(RestorationDataModule):
     def list_samples(self, root: Path) -> list[Sample]:
         patients = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not patients:
-            raise ValueError(f"no patient folders in CT root {root}")
+            raise InputError(f"no patient folders in CT root {root}")
         samples = []
         for patient in patients:
             full = _find_series(patient, FULL_DOSE_PATTERNS)
             quarter = _find_series(patient, QUARTER_DOSE_PATTERNS)
             if len(full) != 1 or len(quarter) != 1:
-                raise ValueError(
+                raise InputError(
                     f"patient folder {patient} needs exactly one full-dose and one quarter-dose series folder "
                     f"(names like full_1mm / quarter_1mm); found full={[str(f) for f in full]}, "
                     f"quarter={[str(q) for q in quarter]}"
@@ -219,7 +220,7 @@ def _real_slice_path(package: str, name: str) -> Path:
 
         found = get_testdata_file(name)
         if found is None:
-            raise ValueError(f"pydicom does not ship {name} in this version")
+            raise InputError(f"pydicom does not ship {name} in this version")
         return Path(found)
     import data_store  # the pydicom-data package
 

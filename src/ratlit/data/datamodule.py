@@ -39,6 +39,7 @@ from ratlit.data.unit_map import UnitMap
 from ratlit.partition import CacheStats, PartitionCache, Partitioner, SlicPartitioner
 from ratlit.partition.density import median_shape
 from ratlit.utils.config import default_cache_dir
+from ratlit.utils.errors import InputError
 from ratlit.utils.files import check_writable, make_temp_dir
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,10 @@ class RestorationDataModule(L.LightningDataModule, ABC):
     ) -> None:
         super().__init__()
         if patch_size < 1 or batch_size < 1:
-            raise ValueError(f"patch_size and batch_size must be positive, got {patch_size} and {batch_size}")
+            raise InputError(f"patch_size and batch_size must be positive, got {patch_size} and {batch_size}")
         self.root = None if root in (None, "") else Path(root).expanduser()
         if self.root is not None and not self.root.exists():
-            raise ValueError(f"data root {self.root} does not exist")
+            raise InputError(f"data root {self.root} does not exist")
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir not in (None, "") else default_cache_dir()
         self.partitioner = partitioner if partitioner is not None else SlicPartitioner()
         self.patch_size, self.batch_size, self.num_workers = patch_size, batch_size, num_workers
@@ -159,7 +160,7 @@ class RestorationDataModule(L.LightningDataModule, ABC):
         if self._samples is None:
             samples = self.list_samples(self.ensure_embedded())
             if not samples:
-                raise ValueError(f"no {self.task} image pairs found under {self.data_root}")
+                raise InputError(f"no {self.task} image pairs found under {self.data_root}")
             if self.group_by:
                 group_of = group_names(sorted({s.group for s in samples}), self.group_by)
                 samples = [replace(s, group=group_of[s.group]) for s in samples]
@@ -230,7 +231,7 @@ class RestorationDataModule(L.LightningDataModule, ABC):
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)
         if len(dataset) == 0:
-            raise ValueError(f"the {split} split of {self.task} is empty (groups: {self.split_groups.get(split)})")
+            raise InputError(f"the {split} split of {self.task} is empty (groups: {self.split_groups.get(split)})")
         sampler = self._train_sampler(dataset, batch_size) if shuffle else None
         return DataLoader(
             dataset,

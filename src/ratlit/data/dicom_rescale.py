@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ratlit.utils.errors import InputError
 from ratlit.utils.messages import say_once
 
 log = logging.getLogger("ratlit.data")
@@ -46,7 +47,7 @@ def check_ct_rescale(header: Any, path: Path, assume_hu: bool, key: str = "data.
     if not missing:
         return
     if not assume_hu:
-        raise ValueError(f"CT DICOM file {path} has no {' / '.join(missing)}: its stored values need not be HU "
+        raise InputError(f"CT DICOM file {path} has no {' / '.join(missing)}: its stored values need not be HU "
                          f"(often HU + 1024); if they are HU, pass {key}=true")
     say_once("ct-assume-hu", f"CT DICOM files without RescaleSlope / RescaleIntercept (e.g. {path}): stored values "
              f"taken as HU ({key}=true)", logging.WARNING, log=log)

@@ -13,6 +13,7 @@ import numpy as np
 from ratlit.data.datamodule import RestorationDataModule
 from ratlit.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, check_one_slice_shape, is_nifti, read_dicom, read_image
 from ratlit.data.value_assumptions import note_values
+from ratlit.utils.errors import InputError
 
 log = logging.getLogger("ratlit.predict")
 KIND_NAMES = {"dicom": "a DICOM file", "nifti": "a NIfTI volume", "image": "an image file"}
@@ -38,7 +39,7 @@ def input_files(path: Path) -> list[Path]:
     """The file itself, or the folder's image, NIfTI and DICOM files (``*.dcm``, ``*.IMA``, or no extension and a
     DICOM marker); other files (a README, notes, ``.json`` sidecars) are skipped with a note naming them."""
     if not path.exists():
-        raise ValueError(f"input {path} does not exist")
+        raise InputError(f"input {path} does not exist")
     if not path.is_dir():
         return [path]
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -49,7 +50,7 @@ def input_files(path: Path) -> list[Path]:
                     ", ".join(p.name for p in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     files = [p for p in files if p not in skipped]
     if not files:
-        raise ValueError(
+        raise InputError(
             f"input folder {path} holds no DICOM (*.dcm, *.IMA), NIfTI (.nii, .nii.gz) or image "
             f"({', '.join(IMAGE_SUFFIXES)}) files (sub-folders are not searched: give a series folder)"
         )
@@ -73,13 +74,13 @@ def check_inputs(files: Sequence[Path], datamodule: RestorationDataModule, task:
     def refuse_unless_forced(source: object, kind: str, modality: str | None = None) -> bool:
         problem = format_problem(datamodule, task, kind, modality)
         if problem is not None and not force:
-            raise ValueError(f"{source} {problem} (checkpoint {ckpt}); use a {task} input or pass force=true")
+            raise InputError(f"{source} {problem} (checkpoint {ckpt}); use a {task} input or pass force=true")
         return kind in type(datamodule).input_formats
 
     series: dict[str, list] = {}
     for path in files:
         if path.stat().st_size == 0:
-            raise ValueError(f"input {path} is empty (0 bytes)")
+            raise InputError(f"input {path} is empty (0 bytes)")
         kind = kind_of(path)
         if kind == "image":
             matches = refuse_unless_forced(path, kind)
@@ -101,7 +102,7 @@ def check_inputs(files: Sequence[Path], datamodule: RestorationDataModule, task:
         matches = refuse_unless_forced(source, "dicom", str(first.header.get("Modality", "")))
         samples = int(first.header.get("SamplesPerPixel", 1) or 1)
         if samples != 1 or channels != 1:
-            raise ValueError(f"{source} has {samples} channel(s) per pixel; the checkpoint {ckpt} takes {channels}")
+            raise InputError(f"{source} has {samples} channel(s) per pixel; the checkpoint {ckpt} takes {channels}")
         if matches:
             for dicom in slices:
                 note_values(task, "dicom", dicom.path, dicom.header, assume_hu, "assume_hu")
@@ -111,10 +112,10 @@ def check_image_file(path: Path, channels: int, ckpt: Path) -> None:
     """Readable, finite, and of the checkpoint's channels (a grey image goes through an RGB network)."""
     image = read_image(path)
     if image.shape[0] != channels and not (image.shape[0] == 1 and channels == 3):
-        raise ValueError(f"{path} has {image.shape[0]} channel(s); the checkpoint {ckpt} takes {channels}")
+        raise InputError(f"{path} has {image.shape[0]} channel(s); the checkpoint {ckpt} takes {channels}")
     bad = int(image.size - np.count_nonzero(np.isfinite(image)))
     if bad:
-        raise ValueError(f"{path} holds {bad} NaN or infinite value(s); predict needs finite pixel values")
+        raise InputError(f"{path} holds {bad} NaN or infinite value(s); predict needs finite pixel values")
 
 
 def check_nifti_file(path: Path, channels: int, ckpt: Path) -> None:
@@ -124,8 +125,8 @@ def check_nifti_file(path: Path, channels: int, ckpt: Path) -> None:
     try:
         shape = nib.load(str(path)).shape
     except Exception as err:
-        raise ValueError(f"cannot read NIfTI file {path}: {err}") from err
+        raise InputError(f"cannot read NIfTI file {path}: {err}") from err
     if not (len(shape) == 3 or (len(shape) == 4 and shape[-1] == 1)):
-        raise ValueError(f"NIfTI file {path} has shape {shape}; a 3D volume is expected")
+        raise InputError(f"NIfTI file {path} has shape {shape}; a 3D volume is expected")
     if channels != 1:
-        raise ValueError(f"{path} is a one-channel volume; the checkpoint {ckpt} takes {channels} channels")
+        raise InputError(f"{path} is a one-channel volume; the checkpoint {ckpt} takes {channels} channels")

@@ -49,16 +49,16 @@ def read_dicom(path: str | os.PathLike, pixels: bool = True) -> DicomSlice:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
     except Exception as err:
-        raise ValueError(f"cannot read DICOM file {path}: {err}") from err
+        raise InputError(f"cannot read DICOM file {path}: {err}") from err
     position = _slice_position(ds, path)
     array = np.empty((0, 0), np.float32)
     if pixels:
         try:
             raw = ds.pixel_array
         except Exception as err:
-            raise ValueError(f"cannot decode the pixels of DICOM file {path}: {err}") from err
+            raise InputError(f"cannot decode the pixels of DICOM file {path}: {err}") from err
         if raw.ndim != 2:
-            raise ValueError(f"DICOM file {path} holds {raw.shape} pixels; one 2D frame per file is expected")
+            raise InputError(f"DICOM file {path} holds {raw.shape} pixels; one 2D frame per file is expected")
         try:
             array = modality_values(raw, ds)
         except (ValueError, TypeError, AttributeError, IndexError) as err:  # a malformed Modality LUT
@@ -75,7 +75,7 @@ def _slice_position(ds: Any, path: Path) -> float:
         return float(ds.SliceLocation)
     if "InstanceNumber" in ds:
         return float(ds.InstanceNumber)
-    raise ValueError(f"DICOM file {path} has no ImagePositionPatient, SliceLocation or InstanceNumber to order it by")
+    raise InputError(f"DICOM file {path} has no ImagePositionPatient, SliceLocation or InstanceNumber to order it by")
 
 
 def dicom_files(folder: Path) -> list[Path]:
@@ -83,7 +83,7 @@ def dicom_files(folder: Path) -> list[Path]:
     files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
     files = [p for p in files if p.suffix.lower() in DICOM_SUFFIXES]
     if not files:
-        raise ValueError(f"no DICOM files (*.dcm, *.IMA) in {folder}")
+        raise InputError(f"no DICOM files (*.dcm, *.IMA) in {folder}")
     return files
 
 
@@ -227,7 +227,7 @@ def volume_geometry(path: str | os.PathLike) -> list[tuple[Path, np.ndarray]] | 
     try:
         image = nib.load(str(path))
     except Exception as err:
-        raise ValueError(f"cannot read NIfTI file {path}: {err}") from err
+        raise InputError(f"cannot read NIfTI file {path}: {err}") from err
     shape = image.shape[:3]
     ornt = io_orientation(image.affine)  # as read_volume's as_closest_canonical does, without the voxels
     canonical = image.affine @ inv_ornt_aff(ornt, shape)
@@ -262,10 +262,10 @@ def check_same_geometry(a: Path, a_corners: np.ndarray | None, b: Path, b_corner
     if a_corners is None or b_corners is None:
         return
     if a_corners.shape != b_corners.shape:
-        raise ValueError(f"{a} and {b} do not pair: their grids differ ({len(a_corners)} vs {len(b_corners)} corners)")
+        raise InputError(f"{a} and {b} do not pair: their grids differ ({len(a_corners)} vs {len(b_corners)} corners)")
     distance = float(np.linalg.norm(a_corners - b_corners, axis=-1).max())
     if distance > tolerance_mm:
-        raise ValueError(
+        raise InputError(
             f"{a} and {b} do not pair: the same voxel lies up to {distance:.2f} mm apart (affine / "
             f"ImagePositionPatient / ImageOrientationPatient / PixelSpacing differ; tolerance {tolerance_mm} mm, "
             f"data.geometry_tolerance_mm for PET, data.position_tolerance_mm for CT)"
@@ -276,14 +276,14 @@ def check_one_slice_shape(slices: list[DicomSlice], source: object) -> None:
     """Refuse a DICOM series whose slices differ in size (Rows x Columns, read from the headers)."""
     shapes = sorted({(int(s.header.get("Rows", 0)), int(s.header.get("Columns", 0))) for s in slices})
     if len(shapes) > 1:
-        raise ValueError(f"DICOM series {source} mixes slice shapes {shapes}: a series' slices share one size")
+        raise InputError(f"DICOM series {source} mixes slice shapes {shapes}: a series' slices share one size")
 
 
 def stack_series(slices: list[DicomSlice], source: object) -> np.ndarray:
     """The slices of one series (sorted along the normal) as a volume ``[rows, cols, slices]``."""
     shapes = {s.pixels.shape for s in slices}
     if len(shapes) != 1:
-        raise ValueError(f"DICOM series {source} mixes slice shapes {sorted(shapes)}")
+        raise InputError(f"DICOM series {source} mixes slice shapes {sorted(shapes)}")
     return np.stack([s.pixels for s in slices], axis=-1)
 
 
@@ -294,18 +294,18 @@ def read_volume(path: str | os.PathLike) -> np.ndarray:
     if path.is_dir():
         return stack_series(read_dicom_series(path), path)
     if not is_nifti(path):
-        raise ValueError(f"{path} is neither a NIfTI file (.nii, .nii.gz) nor a DICOM series folder")
+        raise InputError(f"{path} is neither a NIfTI file (.nii, .nii.gz) nor a DICOM series folder")
     import nibabel as nib
 
     try:
         image = nib.as_closest_canonical(nib.load(str(path)))
         volume = np.asarray(image.get_fdata(dtype=np.float32))
     except Exception as err:
-        raise ValueError(f"cannot read NIfTI file {path}: {err}") from err
+        raise InputError(f"cannot read NIfTI file {path}: {err}") from err
     if volume.ndim == 4 and volume.shape[-1] == 1:
         volume = volume[..., 0]
     if volume.ndim != 3:
-        raise ValueError(f"NIfTI file {path} has shape {volume.shape}; a 3D volume is expected")
+        raise InputError(f"NIfTI file {path} has shape {volume.shape}; a 3D volume is expected")
     return volume
 
 
@@ -328,13 +328,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[-1] not in (1, 2, 3, 4):
-        raise ValueError(f"image file {path} has shape {image.shape}; expected a grey or RGB(A) image")
+        raise InputError(f"image file {path} has shape {image.shape}; expected a grey or RGB(A) image")
     if image.shape[-1] in (2, 4):  # grey + alpha, RGB + alpha
         image = image[..., :-1]
     if np.issubdtype(image.dtype, np.integer):
         if image.dtype not in (np.uint8, np.uint16):
             # e.g. int32 holding 16-bit values: over int32's range the image would read (and train) as black
-            raise ValueError(f"image file {path} holds {image.dtype} pixels; save it as 8- or 16-bit unsigned "
+            raise InputError(f"image file {path} holds {image.dtype} pixels; save it as 8- or 16-bit unsigned "
                              "integers (or floats in [0, 1])")
         scale = float(np.iinfo(image.dtype).max)
     elif image.dtype == bool:
@@ -350,7 +350,7 @@ def _read_pixels(path: Path) -> np.ndarray:
     try:
         return np.asarray(skio.imread(path))
     except Exception as err:
-        raise ValueError(f"cannot read image file {path}: {err}") from err
+        raise InputError(f"cannot read image file {path}: {err}") from err
 
 
 def image_bits(path: str | os.PathLike) -> int:
@@ -381,14 +381,14 @@ def write_image(path: Path, image: np.ndarray, bits: int | None = None) -> None:
 def read_any_image(path: Path, slice_axis: int = 2, slice_index: int | None = None) -> np.ndarray:
     """A 2D image ``[C, H, W]`` from a PNG/TIFF/JPEG, a DICOM file or a NIfTI volume (one slice of it)."""
     if not path.exists():
-        raise ValueError(f"image {path} does not exist")
+        raise InputError(f"image {path} does not exist")
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return read_image(path)
     if is_nifti(path):
         volume = read_volume(path)
         index = volume.shape[slice_axis] // 2 if slice_index is None else int(slice_index)
         if not 0 <= index < volume.shape[slice_axis]:
-            raise ValueError(f"slice_index {index} is outside {path} "
+            raise InputError(f"slice_index {index} is outside {path} "
                              f"({volume.shape[slice_axis]} slices on axis {slice_axis})")
         return np.take(volume, index, axis=slice_axis)[None]
     return read_dicom(path).pixels[None]
@@ -397,8 +397,8 @@ def read_any_image(path: Path, slice_axis: int = 2, slice_index: int | None = No
 def find_images(folder: Path) -> list[Path]:
     """Image files (PNG, TIFF, JPEG) directly in ``folder``, sorted."""
     if not folder.is_dir():
-        raise ValueError(f"image folder {folder} does not exist")
+        raise InputError(f"image folder {folder} does not exist")
     files = [p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+        raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return files

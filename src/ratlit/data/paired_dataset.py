@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from ratlit.data.paired_crop import random_paired_crop
 from ratlit.data.sample import Sample
 from ratlit.partition import PartitionCache
+from ratlit.utils.errors import InputError
 
 
 class PairedDataset(Dataset):
@@ -34,9 +35,9 @@ class PairedDataset(Dataset):
     def _load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         lq, hq = sample.load()
         if lq.shape != hq.shape:
-            raise ValueError(f"{sample.name}: LQ shape {lq.shape} and HQ shape {hq.shape} do not pair")
+            raise InputError(f"{sample.name}: LQ shape {lq.shape} and HQ shape {hq.shape} do not pair")
         if self.patch_size and min(lq.shape[-2:]) < self.patch_size:
-            raise ValueError(
+            raise InputError(
                 f"{sample.name} is {lq.shape[-2]}x{lq.shape[-1]}, smaller than patch_size {self.patch_size}; "
                 f"lower data.patch_size"
             )

@@ -23,6 +23,7 @@ from ratlit.data.io import find_images, read_image, write_image
 from ratlit.data.sample import Sample
 from ratlit.data.splits import write_splits
 from ratlit.data.unit_map import UnitMap
+from ratlit.utils.errors import InputError
 
 
 def bicubic_degrade(hq: np.ndarray, scale: int = 4) -> np.ndarray:
@@ -39,7 +40,7 @@ def _load_pathology_pair(path: Path, scale: int) -> tuple[np.ndarray, np.ndarray
         hq = np.repeat(hq, 3, axis=0)
     h, w = (hq.shape[1] // scale) * scale, (hq.shape[2] // scale) * scale
     if h == 0 or w == 0:
-        raise ValueError(f"image {path} ({hq.shape[1]}x{hq.shape[2]}) is smaller than the scale factor {scale}")
+        raise InputError(f"image {path} ({hq.shape[1]}x{hq.shape[2]}) is smaller than the scale factor {scale}")
     hq = np.ascontiguousarray(hq[:, :h, :w])
     return bicubic_degrade(hq, scale), hq
 
@@ -52,7 +53,7 @@ class PathologyDataModule(RestorationDataModule):
     def __init__(self, root: str | None = None, scale: int = 4, **kwargs) -> None:
         super().__init__(root=root, **kwargs)
         if scale < 2:
-            raise ValueError(f"scale must be >= 2, got {scale}")
+            raise InputError(f"scale must be >= 2, got {scale}")
         self.scale = scale
 
     def list_samples(self, root: Path) -> list[Sample]:

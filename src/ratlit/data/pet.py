@@ -28,6 +28,7 @@ from ratlit.data.sample import Sample
 from ratlit.data.splits import write_splits
 from ratlit.data.unit_map import UnitMap
 from ratlit.data.value_assumptions import note_values
+from ratlit.utils.errors import InputError
 
 PERCENTILE = 99.9
 
@@ -64,23 +65,23 @@ def find_pet_pairs(root: Path) -> list[tuple[str, Path, Path]]:
     for side in ("lq", "hq"):
         folder = root / side
         if not folder.is_dir():
-            raise ValueError(f"PET root {root} needs an '{side}' folder of volumes "
+            raise InputError(f"PET root {root} needs an '{side}' folder of volumes "
                              "(NIfTI files or DICOM series folders)")
         entries = [p for p in sorted(folder.iterdir()) if not p.name.startswith(".") and (p.is_dir() or is_nifti(p))]
         if not entries:
-            raise ValueError(f"no NIfTI volumes or DICOM series folders in {folder}")
+            raise InputError(f"no NIfTI volumes or DICOM series folders in {folder}")
         volumes: dict[str, Path] = {}
         for path in entries:
             key = _volume_key(path)
             if key in volumes:  # e.g. P001.nii beside P001.nii.gz, or P001/ beside P001.nii.gz: which is meant?
-                raise ValueError(f"two PET volumes named {key!r} in {folder}: {volumes[key].name} and {path.name}")
+                raise InputError(f"two PET volumes named {key!r} in {folder}: {volumes[key].name} and {path.name}")
             volumes[key] = path
         folders[side] = volumes
     lq, hq = folders["lq"], folders["hq"]
     unpaired = sorted(set(lq) ^ set(hq))
     if unpaired:
         where = [str((lq.get(k) or hq.get(k))) for k in unpaired[:5]]
-        raise ValueError(f"PET volumes without a partner of the same name in lq/ and hq/: {where}")
+        raise InputError(f"PET volumes without a partner of the same name in lq/ and hq/: {where}")
     return [(key, lq[key], hq[key]) for key in sorted(lq)]
 
 
@@ -103,7 +104,7 @@ class PETDataModule(RestorationDataModule):
         kwargs.setdefault("patch_size", 192)
         super().__init__(root=root, **kwargs)
         if slice_axis not in (0, 1, 2):
-            raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
+            raise InputError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
         self.slice_axis, self.air_threshold = slice_axis, air_threshold
         self.min_foreground_fraction, self.dose_reduction = min_foreground_fraction, dose_reduction
         self.geometry_tolerance_mm = geometry_tolerance_mm
@@ -113,11 +114,11 @@ class PETDataModule(RestorationDataModule):
         for patient, lq_path, hq_path in find_pet_pairs(root):
             lq, hq = _cached_volume(lq_path), _cached_volume(hq_path)
             if lq.shape != hq.shape:
-                raise ValueError(f"PET volumes do not pair: {lq_path} is {lq.shape}, {hq_path} is {hq.shape}")
+                raise InputError(f"PET volumes do not pair: {lq_path} is {lq.shape}, {hq_path} is {hq.shape}")
             check_volume_pair(lq_path, hq_path, self.geometry_tolerance_mm)
             note_pet_values(lq_path)
             if not np.isfinite(lq).all() or not np.isfinite(hq).all():
-                raise ValueError(f"PET volume {lq_path} or {hq_path} holds NaN/inf values")
+                raise InputError(f"PET volume {lq_path} or {hq_path} holds NaN/inf values")
             units = self.unit_map(lq, str(lq_path))  # the map predict uses too; refuses a volume without activity
             hq_level = float(np.percentile(hq, PERCENTILE))
             moved = np.moveaxis(hq, self.slice_axis, 0).reshape(hq.shape[self.slice_axis], -1)
@@ -138,7 +139,7 @@ class PETDataModule(RestorationDataModule):
         """The whole LQ volume divided by its 99.9th percentile (``list_samples`` maps training pairs with it)."""
         scale = float(np.percentile(volume, PERCENTILE))
         if not np.isfinite(scale) or scale <= 0:
-            raise ValueError(f"PET volume {source} has no positive activity (99.9th percentile {scale})")
+            raise InputError(f"PET volume {source} has no positive activity (99.9th percentile {scale})")
         return UnitMap(scale=scale)
 
 

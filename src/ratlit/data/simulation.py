@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 from skimage.transform import iradon, radon
 
+from ratlit.utils.errors import InputError
+
 MU_WATER_PER_MM = 0.0192  # linear attenuation of water at about 70 keV
 
 
@@ -34,7 +36,7 @@ def ct_line_integrals(hu: np.ndarray, pixel_mm: float, n_views: int = 720) -> tu
     """The noise-free Beer-Lambert line integrals of a HU image (``radon`` of its attenuation, in mm units) and the
     view angles: what every simulated exposure of the image shares."""
     if hu.ndim != 2 or hu.shape[0] != hu.shape[1]:
-        raise ValueError(f"CT simulation needs a square 2D image, got {hu.shape}")
+        raise InputError(f"CT simulation needs a square 2D image, got {hu.shape}")
     inside = inscribed_circle(hu.shape)
     mu = np.where(inside, MU_WATER_PER_MM * (1.0 + np.clip(hu, -1000.0, None) / 1000.0), 0.0)
     theta = np.linspace(0.0, 180.0, n_views, endpoint=False)
@@ -92,7 +94,7 @@ def simulate_pet_pair(
     """
     size = activity.shape[0]
     if activity.shape != (size, size) or mu_per_mm.shape != activity.shape:
-        raise ValueError(f"PET simulation needs square, matching activity and mu maps, "
+        raise InputError(f"PET simulation needs square, matching activity and mu maps, "
                          f"got {activity.shape}, {mu_per_mm.shape}")
     inside = inscribed_circle(activity.shape)
     theta = np.linspace(0.0, 180.0, n_views, endpoint=False)

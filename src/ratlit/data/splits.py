@@ -25,6 +25,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ratlit.utils.errors import InputError
 from ratlit.utils.files import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -44,21 +45,21 @@ def read_splits(source: str | os.PathLike | Mapping | None) -> dict[str, list[st
         try:
             text = path.read_text()
         except OSError as err:
-            raise ValueError(f"cannot read split file {path}: {err}") from err
+            raise InputError(f"cannot read split file {path}: {err}") from err
         try:
             import yaml
 
             source = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
         except Exception as err:
-            raise ValueError(f"split file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {err}") from err
+            raise InputError(f"split file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {err}") from err
         if not isinstance(source, Mapping):
-            raise ValueError(f"split file {path} must map split names to lists of groups")
+            raise InputError(f"split file {path} must map split names to lists of groups")
     unknown = set(source) - set(SPLITS)
     if unknown:
-        raise ValueError(f"splits has unknown names {sorted(unknown)}; use {list(SPLITS)}")
+        raise InputError(f"splits has unknown names {sorted(unknown)}; use {list(SPLITS)}")
     for name in SPLITS:
         if isinstance(source.get(name), (str, bytes)) or not isinstance(source.get(name) or [], Sequence):
-            raise ValueError(f"splits: {name!r} must be a list of group names, got {source.get(name)!r}")
+            raise InputError(f"splits: {name!r} must be a list of group names, got {source.get(name)!r}")
     return {name: [str(g) for g in source.get(name) or []] for name in SPLITS}
 
 
@@ -79,7 +80,7 @@ def group_pattern(group_by: str | None) -> re.Pattern | None:
     try:
         return re.compile(group_by)
     except re.error as err:
-        raise ValueError(f"data.group_by={group_by!r} is not a valid regular expression: {err}") from err
+        raise InputError(f"data.group_by={group_by!r} is not a valid regular expression: {err}") from err
 
 
 def group_names(names: Sequence[str], group_by: str | None) -> dict[str, str]:
@@ -121,11 +122,11 @@ def _given_split(groups: list[str], splits: Mapping[str, Sequence[str]]) -> dict
     for name in SPLITS:
         for g in splits.get(name, []):
             if g in seen:
-                raise ValueError(f"group {g!r} is in both the {seen[g]} and the {name} split")
+                raise InputError(f"group {g!r} is in both the {seen[g]} and the {name} split")
             seen[g] = name
     missing = sorted(set(seen) - set(groups))
     if missing:
-        raise ValueError(
+        raise InputError(
             f"splits name {len(missing)} group(s) that are not in the data: {missing[:10]}; "
             f"the data's groups are: {_listing(groups)}"
         )
@@ -155,7 +156,7 @@ def split_groups(
     if splits is not None:
         return _given_split(groups, splits)
     if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
-        raise ValueError(f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be >= 0 "
+        raise InputError(f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be >= 0 "
                          f"and leave a train fraction > 0")
     bands = {"test": (0.0, test_fraction), "val": (test_fraction, test_fraction + val_fraction),
              "train": (test_fraction + val_fraction, 1.0)}
@@ -228,7 +229,7 @@ def check_not_seen(saved: Mapping[str, Sequence[str]], split: str, groups: Seque
     leaks = {name: found for name, found in seen_in_training(saved, split, groups).items() if found}
     if leaks:
         named = "; ".join(f"{len(found)} in its {name} split: {found}" for name, found in leaks.items())
-        raise ValueError(
+        raise InputError(
             f"the {split} split of this data holds groups that the run of {run} used for training ({named}). "
             f"Use the run's own split (data.splits=<run>/{SPLITS_FILE}), give a split without them, or pass "
             f"allow_train_overlap=true to score them anyway"

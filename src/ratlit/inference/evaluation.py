@@ -21,6 +21,7 @@ from ratlit.training.run_folder import absolute_data_paths
 from ratlit.training.run_loading import build_module, checkpoint_file, load_checkpoint
 from ratlit.utils.allocator import keep_freed_memory
 from ratlit.utils.config import instantiate, user_path
+from ratlit.utils.errors import InputError
 from ratlit.utils.files import check_writable, write_text_atomic
 from ratlit.utils.tables import markdown_table
 from ratlit.utils.trusted_targets import CONFIG_KEY, trusted_entries
@@ -32,7 +33,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict, str, Path]:
     """Test ``cfg.ckpt`` (a checkpoint or a run folder) on ``cfg.split`` and write ``eval_<split>.{md,csv,json}``
     into ``cfg.out`` (default: the run's ``eval/``). Returns the scores, the markdown table and that folder."""
     if cfg.split not in ("test", "val"):
-        raise ValueError(f"split must be test or val, got {cfg.split!r}")
+        raise InputError(f"split must be test or val, got {cfg.split!r}")
     tiling = Tiling.from_config(cfg.max_tile, cfg.tile_overlap)
     ckpt = checkpoint_file(user_path(cfg.ckpt))  # a run folder: its best checkpoint
     run_cfg, state = load_checkpoint(ckpt, trusted_entries(cfg.get(CONFIG_KEY)))

@@ -30,6 +30,7 @@ from ratlit.data.io import (
 from ratlit.data.unit_map import UnitMap
 from ratlit.inference.regions import RegionMaps
 from ratlit.inference.restorer import Restorer
+from ratlit.utils.errors import InputError
 from ratlit.utils.files import atomic_output
 
 log = logging.getLogger("ratlit.predict")
@@ -64,7 +65,7 @@ def log_regions(job: Job, source: object) -> None:
 def check_finite(values: np.ndarray, source: object) -> None:
     bad = int(values.size - np.count_nonzero(np.isfinite(values)))
     if bad:
-        raise ValueError(f"{source} holds {bad} NaN or infinite value(s); predict needs finite pixel values")
+        raise InputError(f"{source} holds {bad} NaN or infinite value(s); predict needs finite pixel values")
 
 
 def check_format(job: Job, kind: str, source: object, modality: str | None = None) -> bool:
@@ -74,7 +75,7 @@ def check_format(job: Job, kind: str, source: object, modality: str | None = Non
     problem = format_problem(job.datamodule, job.task, kind, modality)
     if problem is not None:
         if not job.force:
-            raise ValueError(f"{source} {problem} (checkpoint {job.ckpt}); use a {job.task} input or pass force=true")
+            raise InputError(f"{source} {problem} (checkpoint {job.ckpt}); use a {job.task} input or pass force=true")
         log.warning("%s %s; restoring it anyway (force=true)", source, problem)
     return kind in dm.input_formats
 
@@ -104,7 +105,7 @@ def restore_volume(volume: np.ndarray, mapping: UnitMap, job: Job, labels: np.nd
 def volume_map(job: Job, volume: np.ndarray, source: object, matches: bool) -> UnitMap:
     check_finite(volume, source)
     if job.channels != 1:
-        raise ValueError(f"{source} is a one-channel volume; the checkpoint {job.ckpt} takes {job.channels} channels")
+        raise InputError(f"{source} is a one-channel volume; the checkpoint {job.ckpt} takes {job.channels} channels")
     return job.datamodule.unit_map(volume, str(source)) if matches else UnitMap()
 
 
@@ -152,7 +153,7 @@ def restore_nifti(path: Path, out: Path, job: Job) -> Path:
     try:
         image = nib.load(str(path))
     except Exception as err:
-        raise ValueError(f"cannot read NIfTI file {path}: {err}") from err
+        raise InputError(f"cannot read NIfTI file {path}: {err}") from err
     volume = read_volume(path)
     # Send every voxel index through the same reorientation, to know where each canonical voxel came from.
     index = np.arange(int(np.prod(image.shape))).reshape(image.shape)
@@ -184,7 +185,7 @@ def restore_image(path: Path, out: Path, job: Job) -> Path:
         if grey_through_rgb:
             image = np.repeat(image, 3, axis=0)
         else:
-            raise ValueError(f"{path} has {image.shape[0]} channel(s); the checkpoint {job.ckpt} takes {job.channels}")
+            raise InputError(f"{path} has {image.shape[0]} channel(s); the checkpoint {job.ckpt} takes {job.channels}")
     if job.upscale:
         x = torch.from_numpy(image)[None]
         image = torch.nn.functional.interpolate(x, scale_factor=job.upscale, mode="bicubic").clamp(0, 1)[0].numpy()

@@ -80,23 +80,23 @@ def restore_paths(
     ``region_reference``: the image size whose regions per pixel every image keeps (``"train"``: the run's
     ``train_image_shape``; None: the run's partitioner unchanged on every image), see ratlit.partition.density."""
     if accelerator not in ACCELERATORS:
-        raise ValueError(f"accelerator must be one of {list(ACCELERATORS)}, got {accelerator!r}")
+        raise InputError(f"accelerator must be one of {list(ACCELERATORS)}, got {accelerator!r}")
     if nonnegative not in (None, True, False) or force not in (True, False):
-        raise ValueError("nonnegative must be null, true or false and force true or false, "
+        raise InputError("nonnegative must be null, true or false and force true or false, "
                          f"got {nonnegative!r}, {force!r}")
     reference_shape(region_reference, None)  # a bad value fails before the checkpoint is read
     ckpt = checkpoint_file(ckpt)
     run_cfg, state = load_checkpoint(ckpt, trusted)  # its config says what the inputs must be; nothing is built yet
     files = input_files(source)
     if any((out / p.name).resolve() == p.resolve() for p in files):
-        raise ValueError(f"output {out} would overwrite the inputs; choose another folder")
+        raise InputError(f"output {out} would overwrite the inputs; choose another folder")
     if out.exists() and not out.is_dir():
-        raise ValueError(f"output {out} is a file; give a folder")
+        raise InputError(f"output {out} is a file; give a folder")
     check_writable(out, "output folder")
     datamodule = task_datamodule(run_cfg)
     axis = int(slice_axis if slice_axis is not None else run_cfg.data.get("slice_axis", 2))
     if axis not in (0, 1, 2):
-        raise ValueError(f"slice_axis must be 0, 1 or 2, got {axis}")
+        raise InputError(f"slice_axis must be 0, 1 or 2, got {axis}")
     task, channels = str(run_cfg.task_name), int(run_cfg.model.net.in_channels)
     scale = int(run_cfg.data.get("scale", 4)) if upscale else None
     hu = bool(run_cfg.data.get("assume_hu", False)) if assume_hu is None else bool(assume_hu)

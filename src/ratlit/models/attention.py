@@ -19,6 +19,7 @@ from ratlit.models.region_attention import (
     region_impl_choice,
     region_layout,
 )
+from ratlit.utils.errors import InputError
 
 __all__ = [
     "ATTENTION_CHOICES",
@@ -40,7 +41,7 @@ def attention_scale(dim: int, num_heads: int, scale_by: str) -> float:
         return 1.0 / math.sqrt(num_heads)
     if scale_by == "head_dim":
         return 1.0 / math.sqrt(dim // num_heads)
-    raise ValueError(f"scale_by must be one of {SCALE_CHOICES}, got {scale_by!r}")
+    raise InputError(f"scale_by must be one of {SCALE_CHOICES}, got {scale_by!r}")
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -63,9 +64,9 @@ class MultiHeadSelfAttention(nn.Module):
     ) -> None:
         super().__init__()
         if attention not in ATTENTION_CHOICES:
-            raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
+            raise InputError(f"attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
         if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+            raise InputError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
         self.num_heads, self.attention, self.window_size = num_heads, attention, window_size
         self.region_impl, self.mask_value = region_impl_choice(region_impl), mask_value
         self.scale = attention_scale(dim, num_heads, scale_by)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ratlit.utils.errors import InputError
+
 
 def scaled_output(layer: nn.Linear | nn.Conv2d, x: Tensor, scale: Tensor) -> Tensor:
     """``layer(x) * scale`` (one factor per output channel) as ``layer`` with its weight and bias scaled.
@@ -117,12 +119,12 @@ class Downsample(nn.Sequential):
     def __init__(self, channels: int, mode: str = "pixel_unshuffle") -> None:
         if mode == "pixel_unshuffle":
             if channels % 2:
-                raise ValueError(f"pixel_unshuffle down-sampling needs an even channel count, got {channels}")
+                raise InputError(f"pixel_unshuffle down-sampling needs an even channel count, got {channels}")
             layers = [nn.Conv2d(channels, channels // 2, 3, padding=1, bias=False), nn.PixelUnshuffle(2)]
         elif mode == "conv":
             layers = [nn.Conv2d(channels, 2 * channels, 2, stride=2)]
         else:
-            raise ValueError(f"downsample must be one of {DOWNSAMPLE_MODES}, got {mode!r}")
+            raise InputError(f"downsample must be one of {DOWNSAMPLE_MODES}, got {mode!r}")
         super().__init__(*layers)
 
 

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from ratlit.models.blocks import zero_init_
 from ratlit.utils.checks import check_image
+from ratlit.utils.errors import InputError
 
 
 class ResidualDCNN(nn.Module):
@@ -16,7 +17,7 @@ class ResidualDCNN(nn.Module):
     def __init__(self, in_channels: int = 1, features: int = 64, depth: int = 12, zero_init_last: bool = True) -> None:
         super().__init__()
         if depth < 2:
-            raise ValueError(f"depth must be >= 2, got {depth}")
+            raise InputError(f"depth must be >= 2, got {depth}")
         self.in_channels = in_channels
         layers: list[nn.Module] = [nn.Conv2d(in_channels, features, 3, padding=1), nn.ReLU(inplace=True)]
         for _ in range(depth - 2):

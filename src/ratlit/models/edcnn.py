@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ratlit.models.blocks import zero_init_
 from ratlit.utils.checks import check_image
+from ratlit.utils.errors import InputError
 
 _SOBEL = torch.tensor(
     [
@@ -29,7 +30,7 @@ class SobelConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int = 32) -> None:
         super().__init__()
         if out_channels % 4:
-            raise ValueError(f"out_channels must be a multiple of 4 (four Sobel directions), got {out_channels}")
+            raise InputError(f"out_channels must be a multiple of 4 (four Sobel directions), got {out_channels}")
         kernels = _SOBEL.repeat(out_channels // 4, 1, 1)[:, None].repeat(1, in_channels, 1, 1)
         self.register_buffer("kernels", kernels)
         self.gain = nn.Parameter(torch.ones(out_channels, 1, 1, 1))

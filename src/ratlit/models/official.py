@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ratlit.models.rat import RAT
+from ratlit.utils.errors import InputError
 
 # RAT options under which ratlit computes the public code's function; the rest is read off the weights.
 OFFICIAL_OPTIONS = {
@@ -93,7 +94,7 @@ def official_options(state_dict: Mapping[str, Tensor], num_heads: int = OFFICIAL
     num_groups = len({int(re.match(r"middle_blks\.(\d+)\.", k).group(1)) for k in keys if k.startswith("middle_blks.")})
     layers = sorted(set(groups.values())) or [1]
     if len(layers) > 1:
-        raise ValueError(f"the groups of RAT layers hold different numbers of layers: {groups}")
+        raise InputError(f"the groups of RAT layers hold different numbers of layers: {groups}")
     options = {
         "in_channels": int(intro.shape[1]),
         "width": int(intro.shape[0]),
@@ -149,13 +150,13 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], target: Mapping[str, Te
             mismatched.append(f"{key} {tuple(value.shape)} (expected {tuple(want)} for {ours})")
         converted[ours] = value
     if unmapped:
-        raise ValueError(f"{source} is not the authors' RAT state dict (Model_RAT.py): keys with no place in the "
+        raise InputError(f"{source} is not the authors' RAT state dict (Model_RAT.py): keys with no place in the "
                          f"network: {_listed(unmapped)}")
     missing = [k for k in target if k not in converted]
     if missing:
-        raise ValueError(f"{source} lacks parameters of the authors' RAT: {_listed(missing)}")
+        raise InputError(f"{source} lacks parameters of the authors' RAT: {_listed(missing)}")
     if mismatched:
-        raise ValueError(f"{source}: shapes differ from the authors' RAT: {_listed(mismatched)}")
+        raise InputError(f"{source}: shapes differ from the authors' RAT: {_listed(mismatched)}")
     return converted
 
 
@@ -166,10 +167,10 @@ def load_official(path: str | Path) -> dict[str, Tensor]:
 
     loaded = load_weights(Path(path), "weights file")
     if "ratlit_config" in loaded:
-        raise ValueError(f"{path} is a ratlit checkpoint already, not the authors' state dict")
+        raise InputError(f"{path} is a ratlit checkpoint already, not the authors' state dict")
     if not all(isinstance(v, Tensor) for v in loaded.values()):
         kinds = sorted({k for k, v in loaded.items() if not isinstance(v, Tensor)})
-        raise ValueError(f"{path} is not a plain state dict (entries that are not tensors: {_listed(kinds)})")
+        raise InputError(f"{path} is not a plain state dict (entries that are not tensors: {_listed(kinds)})")
     return strip_wrapper(loaded)
 
 
@@ -193,7 +194,7 @@ def official_rat(state_dict: Mapping[str, Tensor], source: str, num_heads: int =
     intro = state_dict.get("intro.weight")
     if intro is None or intro.ndim != 4:
         unmapped = [k for k in state_dict if official_name(k) is None] or list(state_dict)
-        raise ValueError(f"{source} is not the authors' RAT state dict (Model_RAT.py): no 4-d intro.weight; "
+        raise InputError(f"{source} is not the authors' RAT state dict (Model_RAT.py): no 4-d intro.weight; "
                          f"first keys with no place in the network: {_listed(unmapped)}")
     options = official_options(state_dict, num_heads, window_size)
     model = RAT(**options, region_impl=region_impl)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from ratlit.utils.errors import InputError
 from ratlit.utils.files import load_weights
 
 
@@ -61,7 +62,7 @@ class ResNet50Features(nn.Module):
         try:
             self.load_state_dict(state)
         except RuntimeError as err:
-            raise ValueError(f"{path} is not a ResNet-50 state dict: {str(err).splitlines()[0]}") from err
+            raise InputError(f"{path} is not a ResNet-50 state dict: {str(err).splitlines()[0]}") from err
 
     def train(self, mode: bool = True) -> "ResNet50Features":
         return super().train(False)  # batch-norm statistics stay ImageNet's

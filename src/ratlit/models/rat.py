@@ -20,6 +20,7 @@ from ratlit.models.region_attention import (
     region_layout,
 )
 from ratlit.utils.checks import check_image, check_labels
+from ratlit.utils.errors import InputError
 
 LABEL_DOWNSAMPLING = ("nearest", "majority")
 
@@ -159,14 +160,14 @@ class RAT(nn.Module):
     ) -> None:
         super().__init__()
         if attention not in ATTENTION_CHOICES:
-            raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
+            raise InputError(f"attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
         region_impl = region_impl_choice(region_impl)
         if label_downsampling not in LABEL_DOWNSAMPLING:
-            raise ValueError(f"label_downsampling must be one of {LABEL_DOWNSAMPLING}, got {label_downsampling!r}")
+            raise InputError(f"label_downsampling must be one of {LABEL_DOWNSAMPLING}, got {label_downsampling!r}")
         if len(enc_blocks) != len(dec_blocks):
-            raise ValueError(f"enc_blocks and dec_blocks need one entry per level, got {enc_blocks} and {dec_blocks}")
+            raise InputError(f"enc_blocks and dec_blocks need one entry per level, got {enc_blocks} and {dec_blocks}")
         if in_channels < 1 or width < 1:
-            raise ValueError(f"in_channels and width must be positive, got {in_channels} and {width}")
+            raise InputError(f"in_channels and width must be positive, got {in_channels} and {width}")
         self.in_channels = in_channels
         self.attention = attention
         self.label_downsampling = label_downsampling

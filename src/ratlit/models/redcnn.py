@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ratlit.models.blocks import zero_init_
 from ratlit.utils.checks import check_image
+from ratlit.utils.errors import InputError
 
 
 class REDCNN(nn.Module):
@@ -30,7 +31,7 @@ class REDCNN(nn.Module):
     def forward(self, lq: Tensor, regions: Tensor | None = None) -> Tensor:
         check_image("lq", lq, self.in_channels)
         if min(lq.shape[-2:]) < self.min_size:
-            raise ValueError(f"RED-CNN needs images of at least {self.min_size}x{self.min_size}, "
+            raise InputError(f"RED-CNN needs images of at least {self.min_size}x{self.min_size}, "
                              f"got {tuple(lq.shape[-2:])}")
         c1 = F.relu(self.convs[0](lq))
         c2 = F.relu(self.convs[1](c1))

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from ratlit.models.attention import window_partition, window_reverse
 from ratlit.models.blocks import zero_init_
 from ratlit.utils.checks import check_image
+from ratlit.utils.errors import InputError
 
 
 class WindowAttention(nn.Module):
@@ -22,7 +23,7 @@ class WindowAttention(nn.Module):
     def __init__(self, dim: int, window_size: int, num_heads: int) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+            raise InputError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
         self.num_heads, self.scale = num_heads, (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -108,9 +109,9 @@ class SwinIR(nn.Module):
                  zero_init_last: bool = True) -> None:
         super().__init__()
         if len(depths) != len(num_heads):
-            raise ValueError(f"depths and num_heads need one entry per RSTB, got {depths} and {num_heads}")
+            raise InputError(f"depths and num_heads need one entry per RSTB, got {depths} and {num_heads}")
         if window_size < 2:
-            raise ValueError(f"window_size must be >= 2, got {window_size}")
+            raise InputError(f"window_size must be >= 2, got {window_size}")
         self.in_channels, self.window_size = in_channels, window_size
         self.conv_first = nn.Conv2d(in_channels, embed_dim, 3, padding=1)
         self.blocks = nn.ModuleList(RSTB(embed_dim, d, h, window_size, mlp_ratio) for d, h in zip(depths, num_heads))

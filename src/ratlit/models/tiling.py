@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ratlit.utils.errors import InputError
+
 
 @dataclass(frozen=True)
 class Tiling:
@@ -42,11 +44,11 @@ class Tiling:
     def from_config(cls, max_tile: object, overlap: object) -> "Tiling":
         """Checked config values; a bad one raises one ValueError naming the key."""
         if max_tile is not None and (isinstance(max_tile, bool) or not isinstance(max_tile, int) or max_tile < 32):
-            raise ValueError(f"max_tile must be null (whole images) or an integer >= 32 pixels, got {max_tile!r}")
+            raise InputError(f"max_tile must be null (whole images) or an integer >= 32 pixels, got {max_tile!r}")
         if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
-            raise ValueError(f"tile_overlap must be an integer >= 0 pixels, got {overlap!r}")
+            raise InputError(f"tile_overlap must be an integer >= 0 pixels, got {overlap!r}")
         if max_tile is not None and 2 * overlap >= max_tile:
-            raise ValueError(f"tile_overlap must be less than half of max_tile ({max_tile}), got {overlap}")
+            raise InputError(f"tile_overlap must be less than half of max_tile ({max_tile}), got {overlap}")
         return cls(max_tile, overlap)
 
 
@@ -73,7 +75,7 @@ def tile_starts(size: int, tile: int, overlap: int, multiple: int = 1) -> list[i
     tile = tile // multiple * multiple
     stride = (tile - overlap) // multiple * multiple
     if stride < multiple:
-        raise ValueError(f"max_tile {tile} less tile_overlap {overlap} leaves no stride on the network's grid "
+        raise InputError(f"max_tile {tile} less tile_overlap {overlap} leaves no stride on the network's grid "
                          f"of {multiple} pixels: raise max_tile or lower tile_overlap")
     if size <= tile:
         return [0]

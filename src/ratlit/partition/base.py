@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ratlit.partition.postprocess import compact_labels
+from ratlit.utils.errors import InputError
 
 
 def as_channels_last(image: Any, name: str = "image") -> np.ndarray:
@@ -26,12 +27,12 @@ def as_channels_last(image: Any, name: str = "image") -> np.ndarray:
     if image.ndim != 3 or image.shape[0] not in (1, 3):
         raise ValueError(f"{name} must be [H, W] or channel-first [C, H, W] with C in (1, 3), got shape {image.shape}")
     if min(image.shape[1:]) < 1:
-        raise ValueError(f"{name} is empty: shape {image.shape}")
+        raise InputError(f"{name} is empty: shape {image.shape}")
     if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
-        raise ValueError(f"{name} must be numeric, got dtype {image.dtype}")
+        raise InputError(f"{name} must be numeric, got dtype {image.dtype}")
     image = image.astype(np.float64)
     if not np.isfinite(image).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise InputError(f"{name} contains NaN or infinite values")
     return np.moveaxis(image, 0, -1)
 
 
@@ -46,7 +47,7 @@ def to_unit_range(image: np.ndarray, window: tuple[float, float] | None = None) 
     else:
         low, high = (float(w) for w in window)
         if not high > low:
-            raise ValueError(f"window must be (low, high) with high > low, got {window}")
+            raise InputError(f"window must be (low, high) with high > low, got {window}")
     if high <= low:  # a constant image
         return np.zeros_like(image)
     return np.clip((image - low) / (high - low), 0.0, 1.0)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ratlit.partition.base import Partitioner
+from ratlit.utils.errors import InputError
 from ratlit.utils.files import atomic_write, check_writable, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class PartitionCache:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise ValueError(f"partition cache folder {self.folder} cannot be created: {err}") from err
+            raise InputError(f"partition cache folder {self.folder} cannot be created: {err}") from err
         self._writable = False
         spec_file = self.folder / "partitioner.json"
         if not spec_file.exists():

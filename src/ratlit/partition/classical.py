@@ -12,6 +12,7 @@ import numpy as np
 from skimage import segmentation
 
 from ratlit.partition.base import Partitioner, as_window, to_unit_range
+from ratlit.utils.errors import InputError
 
 
 class SlicPartitioner(Partitioner):
@@ -27,7 +28,7 @@ class SlicPartitioner(Partitioner):
         self, n_segments: int = 100, compactness: float | None = None, sigma: float = 1.0, window=None
     ) -> None:
         if n_segments < 1 or (compactness is not None and compactness <= 0):
-            raise ValueError(f"need n_segments >= 1 and compactness > 0, got {n_segments}, {compactness}")
+            raise InputError(f"need n_segments >= 1 and compactness > 0, got {n_segments}, {compactness}")
         self.n_segments, self.sigma = int(n_segments), float(sigma)
         self.compactness = None if compactness is None else float(compactness)
         self.window = as_window(window)
@@ -58,7 +59,7 @@ class FelzenszwalbPartitioner(Partitioner):
 
     def __init__(self, scale: float = 100.0, sigma: float = 0.8, min_size: int = 50, window=None) -> None:
         if scale <= 0 or min_size < 1:
-            raise ValueError(f"need scale > 0 and min_size >= 1, got {scale}, {min_size}")
+            raise InputError(f"need scale > 0 and min_size >= 1, got {scale}, {min_size}")
         self.scale, self.sigma, self.min_size = float(scale), float(sigma), int(min_size)
         self.window = as_window(window)
 
@@ -84,7 +85,7 @@ class GridPartitioner(Partitioner):
 
     def __init__(self, cell_size: int = 16) -> None:
         if cell_size < 1:
-            raise ValueError(f"cell_size must be >= 1, got {cell_size}")
+            raise InputError(f"cell_size must be >= 1, got {cell_size}")
         self.cell_size = int(cell_size)
 
     def _partition(self, image: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ from ratlit.partition.base import Partitioner
 from ratlit.partition.classical import FelzenszwalbPartitioner, GridPartitioner, SinglePartitioner, SlicPartitioner
 from ratlit.partition.litemedsam import LiteMedSamPartitioner
 from ratlit.partition.sam import SamPartitioner
+from ratlit.utils.errors import InputError
 
 
 def partitioner_from_spec(spec: dict) -> Partitioner:
@@ -20,7 +21,7 @@ def partitioner_from_spec(spec: dict) -> Partitioner:
         digest = spec.pop("checkpoint_sha256", None)
         partitioner = SamPartitioner(**spec)
         if digest and partitioner.checkpoint_digest != digest:
-            raise ValueError(
+            raise InputError(
                 f"SAM checkpoint {partitioner.checkpoint} is not the one the run used (sha256 {digest}...)"
             )
         return partitioner
@@ -30,11 +31,11 @@ def partitioner_from_spec(spec: dict) -> Partitioner:
             spec["weights"] = None  # another machine: its installed package's file, checked by digest below
         partitioner = LiteMedSamPartitioner(**spec)
         if digest and partitioner.weights_digest != digest:
-            raise ValueError(
+            raise InputError(
                 f"LiteMedSAM weights {partitioner.weights} are not the ones the run used (sha256 {digest}...)"
             )
         return partitioner
     if name not in classes:
-        raise ValueError(f"unknown partitioner {name!r} in spec {spec}")
+        raise InputError(f"unknown partitioner {name!r} in spec {spec}")
     return classes[name](**spec)
 

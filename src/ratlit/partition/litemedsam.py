@@ -35,6 +35,7 @@ from ratlit.partition._torchvision_compat import batched_nms, import_segment_any
 from ratlit.partition.base import Partitioner, as_window, file_digest, resolve_device, stand_in, to_unit_rgb
 from ratlit.partition.postprocess import labels_from_masks
 from ratlit.partition.tinyvit import TinyViT
+from ratlit.utils.errors import InputError
 from ratlit.utils.files import load_weights
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def load_litemedsam(weights: str | os.PathLike | None = None, device: str | torc
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         first_line = str(err).strip().splitlines()[0]
-        raise ValueError(f"{path} is not a LiteMedSAM state dict ({first_line})") from err
+        raise InputError(f"{path} is not a LiteMedSAM state dict ({first_line})") from err
     return model.to(device).eval()
 
 
@@ -161,15 +162,15 @@ class LiteMedSamPartitioner(Partitioner):
         device: str = "auto",
     ) -> None:
         if prompts not in PROMPT_KINDS:
-            raise ValueError(f"prompts must be one of {PROMPT_KINDS}, got {prompts!r}")
+            raise InputError(f"prompts must be one of {PROMPT_KINDS}, got {prompts!r}")
         sizes = tuple(int(s) for s in box_sizes)
         if not sizes or min(sizes) < 4 or max(sizes) > INPUT_SIZE:
-            raise ValueError(f"box_sizes must be sizes in pixels of the {INPUT_SIZE}x{INPUT_SIZE} input "
+            raise InputError(f"box_sizes must be sizes in pixels of the {INPUT_SIZE}x{INPUT_SIZE} input "
                              f"(4..{INPUT_SIZE}), got {box_sizes}")
         if not 0.0 <= float(box_overlap) < 1.0:
-            raise ValueError(f"box_overlap must be in [0, 1), got {box_overlap}")
+            raise InputError(f"box_overlap must be in [0, 1), got {box_overlap}")
         if int(points_per_side) < 1 or int(batch_size) < 1:
-            raise ValueError(f"points_per_side and batch_size must be >= 1, got {points_per_side}, {batch_size}")
+            raise InputError(f"points_per_side and batch_size must be >= 1, got {points_per_side}, {batch_size}")
         device = resolve_device(device)
         self.weights = resolve_weights(weights)
         self.weights_digest = file_digest(self.weights)
@@ -238,7 +239,7 @@ class LiteMedSamPartitioner(Partitioner):
         ``candidates``. ``resized``: the image's size inside the 256x256 input (``embed``'s second output)."""
         (rh, rw), (height, width) = resized, shape
         if prompts.ndim != 2 or prompts.shape[1] not in (2, 4):
-            raise ValueError(f"prompts must be boxes [N, 4] or points [N, 2], got shape {prompts.shape}")
+            raise InputError(f"prompts must be boxes [N, 4] or points [N, 2], got shape {prompts.shape}")
         boxes = prompts.shape[1] == 4
         dense_pe = self.model.prompt_encoder.get_dense_pe()
         helpers = amg()

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ratlit.utils.errors import InputError
+
 
 def _mask_array(mask: Mapping, index: int, shape: tuple[int, int]) -> np.ndarray:
     if not isinstance(mask, Mapping) or "segmentation" not in mask:
@@ -14,7 +16,7 @@ def _mask_array(mask: Mapping, index: int, shape: tuple[int, int]) -> np.ndarray
     seg = mask["segmentation"]
     if isinstance(seg, Mapping):  # SAM's 'uncompressed_rle' output mode: column-major run lengths
         if "counts" not in seg or "size" not in seg or not isinstance(seg["counts"], (list, tuple)):
-            raise ValueError(f"masks[{index}]['segmentation'] is an RLE this reader does not know "
+            raise InputError(f"masks[{index}]['segmentation'] is an RLE this reader does not know "
                              "(need size + list counts)")
         h, w = seg["size"]
         flat = np.zeros(h * w, dtype=bool)
@@ -25,7 +27,7 @@ def _mask_array(mask: Mapping, index: int, shape: tuple[int, int]) -> np.ndarray
         seg = flat.reshape(w, h).T
     seg = np.asarray(seg)
     if seg.shape != shape:
-        raise ValueError(f"masks[{index}]['segmentation'] has shape {seg.shape}, expected {shape}")
+        raise InputError(f"masks[{index}]['segmentation'] has shape {seg.shape}, expected {shape}")
     return seg.astype(bool, copy=False)
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from ratlit.partition._torchvision_compat import import_segment_anything
 from ratlit.partition.base import Partitioner, as_window, file_digest, resolve_device, stand_in, to_uint8_rgb
 from ratlit.partition.postprocess import labels_from_masks
+from ratlit.utils.errors import InputError
 from ratlit.utils.files import load_weights
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> Path:
 def load_sam(model_type: str, checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Build SAM ``model_type`` and load ``checkpoint`` safely (``weights_only=True``)."""
     if model_type not in SAM_BUILDERS:
-        raise ValueError(f"unknown SAM model_type {model_type!r}; choose one of {sorted(SAM_BUILDERS)}")
+        raise InputError(f"unknown SAM model_type {model_type!r}; choose one of {sorted(SAM_BUILDERS)}")
     path = resolve_checkpoint(checkpoint)
     state = load_weights(path, "SAM checkpoint")
     for wrapper in ("model", "state_dict"):  # training checkpoints (e.g. MedSAM's) wrap the weights
@@ -75,7 +76,7 @@ def load_sam(model_type: str, checkpoint: str | os.PathLike, device: str | torch
         model.load_state_dict(state)
     except RuntimeError as err:
         first_line = str(err).strip().splitlines()[0]
-        raise ValueError(
+        raise InputError(
             f"SAM checkpoint {path} does not fit model_type {model_type!r} ({first_line}); "
             f"is it a {sorted(SAM_BUILDERS)} checkpoint of another size?"
         ) from err

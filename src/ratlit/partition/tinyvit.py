@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ratlit.partition._torchvision_compat import import_segment_anything
+from ratlit.utils.errors import InputError
 
 
 class ConvBN(nn.Sequential):
@@ -178,7 +179,7 @@ class TinyViT(nn.Module):
         if len({len(embed_dims), len(depths), len(num_heads), len(window_sizes)}) != 1 or len(depths) != 4:
             raise ValueError("embed_dims, depths, num_heads and window_sizes need 4 entries each (one per stage)")
         if img_size % 4:
-            raise ValueError(f"img_size must be a multiple of 4, got {img_size}")
+            raise InputError(f"img_size must be a multiple of 4, got {img_size}")
         self.img_size = img_size
         self.patch_embed = PatchEmbed(in_chans, embed_dims[0])
         resolutions = [img_size, img_size // 2, img_size // 4, img_size // 4]

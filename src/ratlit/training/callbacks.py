@@ -22,6 +22,7 @@ from torch import Tensor
 from torchmetrics import MaxMetric
 
 from ratlit.utils.display import colourise, render_panels, to_display_scale
+from ratlit.utils.errors import InputError
 from ratlit.utils.files import write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class RegionPanels(Callback):
     def __init__(self, count: int = 2, dirpath: str | None = None, value_range: Sequence[float] | None = None,
                  window: Sequence[float] | None = None, cmap: str = "gray", error_gain: float = 4.0) -> None:
         if count < 0:
-            raise ValueError(f"panels count must be >= 0, got {count}")
+            raise InputError(f"panels count must be >= 0, got {count}")
         to_display_scale(Tensor([0.0]), value_range, window)  # check the window now, not at the first validation
         colourise(np.zeros((1, 1)), cmap)
         self.count, self.dirpath, self.cmap, self.error_gain = count, dirpath, cmap, float(error_gain)
@@ -202,7 +203,7 @@ class TrainingSpeed(Callback):
 
     def __init__(self, skip: int = 10) -> None:
         if skip < 1:
-            raise ValueError(f"skip must be >= 1, got {skip}")
+            raise InputError(f"skip must be >= 1, got {skip}")
         self.skip = skip
         self.speed: dict[str, float | int | None] = {"steps_per_sec": None, "timed_steps": None, "warmup_s": None}
         self._start = self._t0 = None

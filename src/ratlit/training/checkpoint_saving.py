@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from ratlit.utils.errors import InputError
 from ratlit.utils.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def is_whole_checkpoint(path: Path) -> bool:
 def check_whole_checkpoint(path: Path) -> None:
     """One-line ValueError naming ``path`` when it is not a whole checkpoint file (a save cut short)."""
     if path.is_file() and not is_whole_checkpoint(path):
-        raise ValueError(f"checkpoint {path} is truncated or damaged ({path.stat().st_size} bytes; "
+        raise InputError(f"checkpoint {path} is truncated or damaged ({path.stat().st_size} bytes; "
                          "a save cut short?): give another checkpoint of the run")
 
 
@@ -94,7 +95,7 @@ def resume_checkpoint(last: Path) -> Path:
     whole = sorted((p for p in folder.glob("*.ckpt") if p != last and is_whole_checkpoint(p)),
                    key=lambda p: p.stat().st_mtime)
     if not whole:
-        raise ValueError(f"{last} is truncated or missing and {folder} holds no other whole checkpoint: "
+        raise InputError(f"{last} is truncated or missing and {folder} holds no other whole checkpoint: "
                          "the run cannot be resumed")
     log.warning("%s is truncated or missing: resuming from %s, the newest whole checkpoint", last, whole[-1])
     return whole[-1]
@@ -109,7 +110,7 @@ class RunCheckpoint(ModelCheckpoint):
     def __init__(self, *args: Any, checkpoint_every_n_steps: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if checkpoint_every_n_steps is not None and int(checkpoint_every_n_steps) < 1:
-            raise ValueError(f"checkpoint_every_n_steps must be >= 1 or null, got {checkpoint_every_n_steps}")
+            raise InputError(f"checkpoint_every_n_steps must be >= 1 or null, got {checkpoint_every_n_steps}")
         self.every = None if checkpoint_every_n_steps is None else int(checkpoint_every_n_steps)
         self.last_step: int | None = None  # the global step last.ckpt holds
         self.interrupted: str | None = None

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from ratlit.utils.errors import InputError
+
 # model.compile: true, false, or auto: compiled on CUDA (with cuda_graph=auto the step is also replayed: the fastest
 # measured step), eager on the CPU, where a long first step buys little; the figures are in docs/performance.md.
 COMPILE_CHOICES = (True, False, "auto")
@@ -29,7 +31,7 @@ def compile_choice(value: bool | str) -> bool | str:
         return value
     if value in (True, False) and not isinstance(value, str):
         return bool(value)
-    raise ValueError(f"model.compile must be true, false or auto, got {value!r}")
+    raise InputError(f"model.compile must be true, false or auto, got {value!r}")
 
 
 def compiles_on(choice: bool | str, device: torch.device) -> bool:

@@ -11,6 +11,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from ratlit.training.preflight import planned_time_problem
+from ratlit.utils.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ class CpuTimeEstimate(Callback):
 
     def __init__(self, after: int = 5, limit_h: float = 1.0, task: str | None = None) -> None:
         if after < 1 or limit_h <= 0:
-            raise ValueError(f"cpu_estimate needs after >= 1 and limit_h > 0, got {after} and {limit_h}")
+            raise InputError(f"cpu_estimate needs after >= 1 and limit_h > 0, got {after} and {limit_h}")
         self.after, self.limit_h, self.task = after, float(limit_h), task
         self.estimate_s: float | None = None
         self._t0: float | None = None

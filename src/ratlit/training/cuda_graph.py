@@ -23,6 +23,8 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
+from ratlit.utils.errors import InputError
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -87,7 +89,7 @@ class GraphedBackward:
         if warmup < 2:
             # The first step initialises and compiles; the last warm-up step (not the first: compilation may
             # synchronise) checks that the step never waits for the GPU.
-            raise ValueError(f"warmup must be >= 2, got {warmup}")
+            raise InputError(f"warmup must be >= 2, got {warmup}")
         self.loss_fn, self.params, self.warmup = loss_fn, [p for p in params if p.requires_grad], warmup
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None

@@ -23,6 +23,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from ratlit.utils.errors import InputError
+
 log = logging.getLogger(__name__)
 _PIN: dict[str, object] = {}  # this process's claim: slot, gpu, cpus, and the open lock file
 
@@ -58,7 +60,7 @@ def claim_gpu(slot_dir: Path, slots: int) -> dict[str, object]:
     inherited = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     gpus = inherited or [str(i) for i in range(slots)]
     if slots > len(gpus):
-        raise ValueError(f"hydra.launcher.n_jobs={slots} but only {len(gpus)} GPU(s) are visible "
+        raise InputError(f"hydra.launcher.n_jobs={slots} but only {len(gpus)} GPU(s) are visible "
                          f"(CUDA_VISIBLE_DEVICES={','.join(gpus)}); use at most one job per GPU")
     slot_dir.mkdir(parents=True, exist_ok=True)
     for slot in range(slots):
@@ -76,7 +78,7 @@ def claim_gpu(slot_dir: Path, slots: int) -> dict[str, object]:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot]
         _PIN.update(slot=slot, gpu=gpus[slot], cpus=mine, lock=handle)
         return _PIN
-    raise ValueError(f"all {slots} GPU slots in {slot_dir} are taken: more parallel jobs than hydra.launcher.n_jobs")
+    raise InputError(f"all {slots} GPU slots in {slot_dir} are taken: more parallel jobs than hydra.launcher.n_jobs")
 
 
 def pin_parallel_job(cfg: DictConfig) -> None:
@@ -91,7 +93,7 @@ def pin_parallel_job(cfg: DictConfig) -> None:
         return
     slots = int(hydra_cfg.launcher.n_jobs)
     if slots < 1:
-        raise ValueError(f"hydra.launcher.n_jobs must be the number of GPUs (>= 1), got {slots}")
+        raise InputError(f"hydra.launcher.n_jobs must be the number of GPUs (>= 1), got {slots}")
     pin = claim_gpu(Path(hydra_cfg.sweep.dir) / ".gpu_slots", slots)
     workers = cfg.get("data", {}).get("num_workers") if "data" in cfg else None
     if workers is not None and int(workers) > len(pin["cpus"]):
@@ -119,7 +121,7 @@ def check_launch(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     launcher = str(hydra_cfg.launcher.get("_target_", ""))
     if hydra_cfg.mode == RunMode.MULTIRUN and is_multi_process(cfg.trainer) and "submitit" not in launcher:
-        raise ValueError(
+        raise InputError(
             "a multirun (-m) cannot use a multi-process trainer (several devices or nodes): Lightning's DDP "
             "launcher would re-start the sweep in every child. Run the sweep one job per GPU "
             "(trainer.devices=1, jobs one after another), or as a SLURM array with hydra/launcher=slurm, "
@@ -134,5 +136,5 @@ def set_matmul_precision(cfg: DictConfig) -> None:
     """``float32_matmul_precision`` (TF32 on Ampere+ GPUs at ``high``), set before the trainer exists."""
     precision = str(cfg.get("float32_matmul_precision", "high"))
     if precision not in MATMUL_PRECISIONS:
-        raise ValueError(f"float32_matmul_precision must be one of {MATMUL_PRECISIONS}, got {precision!r}")
+        raise InputError(f"float32_matmul_precision must be one of {MATMUL_PRECISIONS}, got {precision!r}")
     torch.set_float32_matmul_precision(precision)

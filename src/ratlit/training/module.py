@@ -91,17 +91,17 @@ class RestorationModule(L.LightningModule):
         # training").
         self.compile_net = compile_choice(compile)  # not `self.compile`: that is nn.Module.compile
         if not 0 < compile_memory_budget <= 1:
-            raise ValueError(f"compile_memory_budget must be in (0, 1], got {compile_memory_budget}")
+            raise InputError(f"compile_memory_budget must be in (0, 1], got {compile_memory_budget}")
         self.compile_memory_budget = compile_memory_budget
         self.compiled_blocks: list[str] = []
         self._first_step_start: float | None = None  # set while the first compiled training step runs
         self._first_step_logged = False
         self._finite = DeferredFiniteCheck()
         if cuda_graph not in CUDA_GRAPH_CHOICES:
-            raise ValueError(f"cuda_graph must be one of {CUDA_GRAPH_CHOICES}, got {cuda_graph!r}")
+            raise InputError(f"cuda_graph must be one of {CUDA_GRAPH_CHOICES}, got {cuda_graph!r}")
         cuda_graph = cuda_graph if cuda_graph == "auto" else bool(cuda_graph)
         if cuda_graph_warmup < 2:
-            raise ValueError("cuda_graph_warmup must be >= 2 (compilation, then a check for host syncs), "
+            raise InputError("cuda_graph_warmup must be >= 2 (compilation, then a check for host syncs), "
                              f"got {cuda_graph_warmup}")
         self.cuda_graph, self.cuda_graph_warmup = cuda_graph, cuda_graph_warmup
         self._configured_lrs: list[float] = []  # set by configure_optimizers
@@ -145,7 +145,7 @@ class RestorationModule(L.LightningModule):
         on_cuda = self.device.type == "cuda"
         if self.cuda_graph is True:
             if blockers:
-                raise ValueError(f"model.cuda_graph=true cannot be used here: {'; '.join(blockers)}. "
+                raise InputError(f"model.cuda_graph=true cannot be used here: {'; '.join(blockers)}. "
                                  "Set model.cuda_graph=false (or auto)")
             if not on_cuda:  # same step, same results, eagerly
                 warnings.warn(f"model.cuda_graph=true: this run trains on {self.device.type}, not CUDA, so the "

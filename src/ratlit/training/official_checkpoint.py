@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ratlit.models.official import load_official, official_rat
 from ratlit.training.run_folder import absolute_data_paths
 from ratlit.utils.config import CONF_DIR, instantiate
+from ratlit.utils.errors import InputError
 from ratlit.utils.files import atomic_write
 from ratlit.utils.trusted_targets import CONFIG_KEY, check_targets, trusted_entries
 
@@ -55,7 +56,7 @@ def convert(official: str | Path, out: str | Path, task: str, overrides: list[st
     options = {k: v for k, v in options.items() if k != "in_channels"}  # the task's, checked below
     cfg = compose_run_config(task, list(overrides), out.parent)
     if net.in_channels != cfg.in_channels:
-        raise ValueError(f"{official}: the weights take {net.in_channels} channel(s); task {task} has "
+        raise InputError(f"{official}: the weights take {net.in_channels} channel(s); task {task} has "
                          f"{cfg.in_channels}")
     options["region_impl"] = region_impl
     check_targets(cfg, "the run config", trusted_entries(cfg.get(CONFIG_KEY)))  # what evaluate will check
@@ -68,7 +69,7 @@ def convert(official: str | Path, out: str | Path, task: str, overrides: list[st
     try:  # strict: the config's network is the converted one
         module.net.load_state_dict(net.state_dict())
     except RuntimeError as err:
-        raise ValueError(f"the overrides {list(overrides)} change the authors' network: {err}") from None
+        raise InputError(f"the overrides {list(overrides)} change the authors' network: {err}") from None
     resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
     checkpoint = {"state_dict": module.state_dict(), "ratlit_config": OmegaConf.to_yaml(resolved)}
     atomic_write(out, lambda f: torch.save(checkpoint, f))

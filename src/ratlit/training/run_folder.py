@@ -91,7 +91,7 @@ def resumed_config(cfg: DictConfig) -> tuple[DictConfig, str, str]:
                              f"nothing to continue; start it again in that folder (hydra.run.dir={run_dir})")
         raise InputError(f"resume={run_dir}: no config.yaml there; give the folder of a ratlit run")
     if not last.is_file():
-        raise ValueError(f"resume={run_dir}: no checkpoints/last.ckpt to resume from")
+        raise InputError(f"resume={run_dir}: no checkpoints/last.ckpt to resume from")
     own = listed(cfg.get(CONFIG_KEY))
     trusted = trusted_entries(own)
     # A foreign, unsafe or truncated file: one line here, not a traceback from Lightning.
@@ -125,11 +125,11 @@ def apply_resume_overrides(cfg: DictConfig, items: list[str]) -> None:
         if override.is_sweep_override() or override.is_delete() or not allowed:
             exists = OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT
             why = "names no value of the saved run config" if not exists else "cannot change on resume"
-            raise ValueError(f"resume: {item!r} {why}; a resumed run can change only {', '.join(RESUMABLE)} "
+            raise InputError(f"resume: {item!r} {why}; a resumed run can change only {', '.join(RESUMABLE)} "
                              "(one value each; the network, loss and data are the run's)")
         adds = override.is_add() or override.is_force_add()
         if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT and not adds:
-            raise ValueError(f"resume: {item!r} names no value of the saved run config; only existing values "
+            raise InputError(f"resume: {item!r} names no value of the saved run config; only existing values "
                              f"(e.g. trainer.max_steps=...) can change on resume (+{item} adds one)")
         OmegaConf.update(cfg, key, override.value(), merge=False, force_add=True)
     scheduler = OmegaConf.select(cfg, "model.scheduler._target_", default=None)

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ratlit.training.checkpoint_saving import check_whole_checkpoint
 from ratlit.utils.config import instantiate
+from ratlit.utils.errors import InputError
 from ratlit.utils.files import load_weights
 from ratlit.utils.trusted_targets import check_targets, trusted_entries
 
@@ -64,7 +65,7 @@ def checkpoint_file(path: str | Path) -> Path:
         log.warning("ckpt=%s: no best-*.ckpt in %s; using last.ckpt (the latest weights, not the best validated)",
                     path, folder)
         return folder / "last.ckpt"
-    raise ValueError(f"ckpt={path} is a folder without checkpoints (checkpoints/best-*.ckpt or last.ckpt); "
+    raise InputError(f"ckpt={path} is a folder without checkpoints (checkpoints/best-*.ckpt or last.ckpt); "
                      "give a run folder or a .ckpt file")
 
 
@@ -77,14 +78,14 @@ def load_checkpoint(path: str | Path, trusted: Iterable[str] | None = None) -> t
     check_whole_checkpoint(path)  # a save cut short: one line naming the file, not torch's zip error
     checkpoint = load_weights(path, "checkpoint")
     if "state_dict" not in checkpoint or "ratlit_config" not in checkpoint:
-        raise ValueError(f"{path} is not a ratlit checkpoint (no state_dict / ratlit_config)")
+        raise InputError(f"{path} is not a ratlit checkpoint (no state_dict / ratlit_config)")
     try:
         cfg = OmegaConf.create(checkpoint["ratlit_config"])
     except Exception as err:
-        raise ValueError(f"{path} is not a ratlit checkpoint: its ratlit_config is not a config ({err})") from err
+        raise InputError(f"{path} is not a ratlit checkpoint: its ratlit_config is not a config ({err})") from err
     missing = [key for key in RUN_CONFIG_KEYS if not _has(cfg, key)]
     if missing:
-        raise ValueError(f"{path} is not a ratlit checkpoint: its ratlit_config is not a run config "
+        raise InputError(f"{path} is not a ratlit checkpoint: its ratlit_config is not a run config "
                          f"(no {', '.join(missing)})")
     cfg = upgrade_run_config(cfg)  # first: a moved ratlit class is named where it is now
     check_targets(cfg, str(path), trusted_entries() if trusted is None else trusted)
@@ -98,7 +99,7 @@ def build_module(cfg: DictConfig, state_dict: dict[str, Any]) -> Any:
         module.load_state_dict(state_dict)
     except RuntimeError as err:  # weights of another network than the one its config describes
         first = str(err).splitlines()[0]
-        raise ValueError(f"the checkpoint's weights do not fit the network its config describes: {first}") from err
+        raise InputError(f"the checkpoint's weights do not fit the network its config describes: {first}") from err
     return module.eval()
 
 

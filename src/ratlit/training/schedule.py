@@ -11,6 +11,8 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from ratlit.utils.errors import InputError
+
 log = logging.getLogger(__name__)
 
 
@@ -28,7 +30,7 @@ class CosineToEnd(LRScheduler):
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:
         if T_max < 1:
-            raise ValueError(f"T_max must be >= 1, got {T_max}")
+            raise InputError(f"T_max must be >= 1, got {T_max}")
         self.T_max, self.eta_min = int(T_max), float(eta_min)
         lrs = [float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
         self.segments: list[tuple[int, list[float], int]] = [(0, lrs, self.T_max)]

@@ -17,6 +17,8 @@ import logging
 import os
 import sys
 
+from ratlit.utils.errors import InputError
+
 log = logging.getLogger(__name__)
 
 # glibc <malloc.h>
@@ -35,7 +37,7 @@ def keep_freed_memory() -> bool:
     """
     choice = os.environ.get(OPT_OUT, "keep").strip().lower() or "keep"
     if choice not in ("keep", "system"):
-        raise ValueError(f"{OPT_OUT} must be keep or system, got {os.environ[OPT_OUT]!r}")
+        raise InputError(f"{OPT_OUT} must be keep or system, got {os.environ[OPT_OUT]!r}")
     if choice == "system":
         return False
     if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "") or any(

@@ -14,7 +14,6 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ratlit.utils.errors import InputError
-from ratlit.utils.files import DiskFullError
 
 # The configs (conf/ at the repository's top) travel as the package ratlit.conf: an editable install maps it onto
 # conf/, a plain install carries it, so every command runs from any folder. Users add their own config folders with
@@ -28,8 +27,9 @@ if not OmegaConf.has_resolver("ratlit.stamp"):  # conf/train.yaml: default run a
     OmegaConf.register_new_resolver("ratlit.stamp", lambda: start_stamp(), use_cache=True)
 if not OmegaConf.has_resolver("ratlit.cache_dir"):  # conf/paths/default.yaml: one default cache folder
     OmegaConf.register_new_resolver("ratlit.cache_dir", lambda: str(default_cache_dir()))
-# Errors that mean bad input: the commands print them as one line and exit 2.
-USER_ERRORS = (InputError, ValueError, FileNotFoundError, KeyError, TypeError, DiskFullError)
+# Errors that mean bad input: the commands print them as one line and exit 2. Only the project's own class (and its
+# subclasses, DiskFullError among them): any other error is a bug and keeps its traceback.
+USER_ERRORS = (InputError,)
 
 
 def instantiate(cfg: DictConfig | dict, **kwargs: Any) -> Any:

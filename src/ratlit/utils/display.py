@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from ratlit.utils.errors import InputError
 from ratlit.utils.files import atomic_output
 
 
@@ -31,11 +32,11 @@ def to_display_scale(x: Tensor, value_range: Sequence[float] | None, window: Seq
     """Normalised values to [0, 1] of the display window (no window: clamped to [0, 1])."""
     if window is not None:
         if value_range is None:
-            raise ValueError("a display window needs value_range, the physical values of 0 and 1")
+            raise InputError("a display window needs value_range, the physical values of 0 and 1")
         lo, hi = float(value_range[0]), float(value_range[1])
         level, width = float(window[0]), float(window[1])
         if width <= 0:
-            raise ValueError(f"display window width must be positive, got {width}")
+            raise InputError(f"display window width must be positive, got {width}")
         x = (lo + x * (hi - lo) - (level - width / 2)) / width
     return x.clamp(0, 1)
 
@@ -45,7 +46,7 @@ def colourise(gray: np.ndarray, cmap: str = "gray") -> np.ndarray:
     import matplotlib
 
     if cmap not in matplotlib.colormaps:
-        raise ValueError(f"unknown colour map {cmap!r}; e.g. gray, hot, inferno, magma, viridis")
+        raise InputError(f"unknown colour map {cmap!r}; e.g. gray, hot, inferno, magma, viridis")
     return matplotlib.colormaps[cmap](gray)[..., :3]
 
 

@@ -141,13 +141,13 @@ def load_weights(path: Path, what: str) -> dict:
     import torch
 
     if not path.is_file():
-        raise ValueError(f"{what} not found: {path}")
+        raise InputError(f"{what} not found: {path}")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"cannot read {what} {path}: {type(err).__name__}: {err}") from err
+        raise InputError(f"cannot read {what} {path}: {type(err).__name__}: {err}") from err
     if not isinstance(loaded, dict):
-        raise ValueError(f"{what} {path} holds a {type(loaded).__name__}, not a state dict")
+        raise InputError(f"{what} {path} holds a {type(loaded).__name__}, not a state dict")
     return loaded
 
 

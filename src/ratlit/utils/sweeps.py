@@ -12,6 +12,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from ratlit.utils.errors import InputError
+
 SWEEP_RECORD = "multirun.yaml"
 NAME_LIMIT = 128  # W&B shows names of this length whole
 # Overrides that say where things are, not what the run is: left out of names.
@@ -56,7 +58,7 @@ def planned_jobs(sweep_dir: Path) -> list[PlannedJob] | None:
     try:
         saved = OmegaConf.load(record)
     except Exception as err:  # a hand-edited or cut file: the report says so and goes on with what it finds
-        raise ValueError(f"cannot read {record}: {err}") from err
+        raise InputError(f"cannot read {record}: {err}") from err
     sweeper = OmegaConf.select(saved, "hydra.sweeper", default=None)
     if sweeper is None or not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return None

@@ -14,6 +14,7 @@ from ratlit.models.region_attention.layout import RegionLayout, build_region_lay
 from ratlit.models.region_attention.packed import packed_tokens
 from ratlit.models.region_attention.reference import check_qkv, dense_region_attention
 from ratlit.models.region_attention.varlen import varlen_available, varlen_tokens, varlen_unsupported
+from ratlit.utils.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def region_impl_choice(impl: str, name: str = "region_impl") -> str:
     """``impl`` checked against :data:`REGION_IMPLS`, aliases (``sparse``) replaced by their name (``packed``)."""
     impl = REGION_IMPL_ALIASES.get(impl, impl)
     if impl not in REGION_IMPLS:
-        raise ValueError(f"{name} must be one of {REGION_IMPLS}, got {impl!r}")
+        raise InputError(f"{name} must be one of {REGION_IMPLS}, got {impl!r}")
     return impl
 
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ratlit.utils.errors import InputError
+
 if TYPE_CHECKING:
     from ratlit.models.region_attention.layout import RegionLayout
 
@@ -69,7 +71,7 @@ def varlen_tokens(q: Tensor, k: Tensor, v: Tensor, layout: RegionLayout, scale: 
     """Varlen R-MSA on tokens in layout order: ``q, k [B*N, heads, d], v [B*N, heads, d] -> [B*N, heads, d]``."""
     why = varlen_unsupported(q, v)
     if why is not None:
-        raise ValueError(f"region_impl='varlen' needs CUDA, float16 / bfloat16 and a head dim that is a multiple "
+        raise InputError(f"region_impl='varlen' needs CUDA, float16 / bfloat16 and a head dim that is a multiple "
                          f"of 8 up to {MAX_HEAD_DIM}, but {why}; use region_impl=auto (flex or packed)")
     if q.shape[0] == 0:  # no tokens: nothing to attend (the kernel wants at least one sequence)
         return v.clone()
