@@ -199,8 +199,9 @@ def test_a_dead_ddp_rank_stops_the_run_naming_it_and_resume_works(ct_odd_root, t
 
     env = {**os.environ, "RATLIT_CACHE": str(tmp_path / "cache"), "RATLIT_OUTPUTS": str(tmp_path / "outputs"),
            "HOME": str(tmp_path), "WANDB_SILENT": "true"}
-    proc = subprocess.Popen([sys.executable, "-m", "ratlit.train", *SMOKE, "trainer.max_steps=100000", "preflight=false",
-                             f"data.root={ct_odd_root}", _odd_split(tmp_path), *DDP], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "ratlit.train", *SMOKE, "trainer.max_steps=100000",
+                             "preflight=false", f"data.root={ct_odd_root}", _odd_split(tmp_path), *DDP],
+                            cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300

@@ -128,15 +128,18 @@ def test_a_sigterm_during_validation_saves_the_step_and_the_resume_repeats_none(
     (tmp_path / "signal_in_validation.py").write_text(SIGNAL_IN_VALIDATION)
     run_dir = tmp_path / "run"
     process = start(tmp_path, run_dir, f"data.root={ct_root}", "+callbacks.term._target_=signal_in_validation."
-                    "TermInValidation", "data.val_fraction=0.5", "data.batch_size=1",
+                    "TermInValidation", "trusted_targets=[signal_in_validation]", "data.val_fraction=0.5",
+                    "data.batch_size=1",
                     env_extra={"TERM_IN_VALIDATION": "1",
                                "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])})
     out, err = output(process)
     assert process.returncode == 143, err[-3000:]
     step = stopped_line(out, run_dir, "SIGTERM")
     assert step == 10 and "Traceback" not in err
-    # The saved config names the callback; the resume imports it from its working folder, unarmed.
-    resumed = run("ratlit.train", f"resume={run_dir}", "trainer.max_steps=13", cwd=tmp_path)
+    # The saved config names the callback; the resume imports it from its working folder, unarmed, once trusted
+    # again (a run folder cannot vouch for its own targets).
+    resumed = run("ratlit.train", f"resume={run_dir}", "trainer.max_steps=13", "trusted_targets=[signal_in_validation]",
+                  cwd=tmp_path)
     assert "best val PSNR" in resumed.stdout
     assert_no_step_twice(run_dir, 13)
 
