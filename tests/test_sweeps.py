@@ -80,7 +80,14 @@ def test_two_runs_started_in_the_same_second_get_their_own_folders(ct_root, tmp_
 
 
 def test_a_run_that_failed_before_training_is_started_again_in_its_folder(ct_root, tmp_path):
+    # A folder the failed run made itself is gone afterwards: a failed start leaves nothing behind.
+    made = tmp_path / "made"
+    bad = run("ratlit.train", *SMOKE, f"data.root={tmp_path / 'no_such_data'}", f"hydra.run.dir={made}",
+              cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and not made.exists()
+    # A folder the user made is kept, and neither blocks a new start nor passes for a run.
     folder = tmp_path / "again"
+    folder.mkdir()
     bad = run("ratlit.train", *SMOKE, f"data.root={tmp_path / 'no_such_data'}", f"hydra.run.dir={folder}",
               cwd=tmp_path, check=False)
     assert bad.returncode == 2 and not (folder / "config.yaml").exists()

@@ -5,8 +5,10 @@ anything of this run lands in it, and a sweep ends with one line per job that di
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,17 @@ def requeued_start() -> bool:
     return os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
 
 
+def remove_if_never_trained(run_dir: Path) -> None:
+    """At exit: a folder this run made and that holds no run (no config.yaml, no checkpoint: it stopped before its
+    first optimiser step, e.g. a missing data folder or a refused preflight) is removed, so a failed start leaves
+    nothing behind; the error was printed when it happened."""
+    checkpoints = run_dir / "checkpoints"
+    if (run_dir / "config.yaml").exists() or (checkpoints.is_dir() and any(checkpoints.iterdir())):
+        return
+    logging.shutdown()  # train.log is closed before its folder goes
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
 class RunFolderHooks(Callback):
     """Claims ``hydra.run.dir`` (a single run, rank 0 only) or ``hydra.sweep.dir`` (a multirun's launching
     process) before Hydra writes there, and holds it until the run or sweep ends."""
@@ -49,6 +62,7 @@ class RunFolderHooks(Callback):
         run_dir = Path(os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir"))))
         if config.get("resume") and not run_dir.is_dir():  # before anything makes the folder
             _refuse(InputError(f"resume={run_dir}: no such folder; give the folder of a ratlit run"))
+        made_here = not run_dir.exists()
         try:
             self.claim = claim_folder(run_dir)
             if not config.get("resume") and not requeued_start():
@@ -56,6 +70,8 @@ class RunFolderHooks(Callback):
         except USER_ERRORS as err:
             self.release()
             _refuse(err)
+        if made_here:
+            atexit.register(remove_if_never_trained, run_dir)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.release()
