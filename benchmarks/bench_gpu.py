@@ -180,7 +180,9 @@ def attention_table(cfg: dict, device: torch.device, record, budget: TimeBudget,
                 qkv = torch.randn(batch * n, 3, heads, dim, device=device, dtype=dtype, requires_grad=True)
                 dense_qkv = torch.randn(3, batch, heads, n, dim, device=device, dtype=dtype, requires_grad=True)
 
-                def run(method: str):
+                # This iteration's tensors bound now: the closure never sees a later iteration's.
+                def run(method: str, *, qkv=qkv, dense_qkv=dense_qkv, labels=labels, layouts=layouts,
+                        scale=scale):
                     def step() -> None:
                         if method == "dense":
                             q, k, v = dense_qkv.unbind(0)
@@ -465,7 +467,7 @@ def print_tables(attn_rows: list[dict], net_rows: list[dict], device_name: str) 
                       if (r["tokens"], r["batch"], r["partition"]) == key[:3] and r["method"] in layouts})
         any_row = next(iter(cells.values()))
 
-        def cell(method: str) -> str:
+        def cell(method: str, cells: dict = cells) -> str:  # this row's cells, bound now
             r = cells.get(method)
             if r is None:
                 return "-"

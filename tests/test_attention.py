@@ -44,7 +44,7 @@ def test_packed_matches_dense_forward_and_backward(case, block_size):
     grad_out = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
     grads_ref = torch.autograd.grad(ref, (q, k, v), grad_out)
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, atol=1e-4, rtol=0)
 
 
@@ -252,7 +252,7 @@ def test_module_token_path_matches_dense_forward_and_backward(case, block_size):
     grad = torch.randn_like(out)
     got = torch.autograd.grad(out, [x, *sparse.parameters()], grad)
     want = torch.autograd.grad(ref, [x, *dense.parameters()], grad)
-    for g, g_ref in zip(got, want):
+    for g, g_ref in zip(got, want, strict=True):
         torch.testing.assert_close(g, g_ref, atol=1e-12, rtol=1e-12)
 
 
@@ -274,7 +274,7 @@ def test_attention_kernel_choice_is_invisible(tokens, batch, masked):
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.4)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     grad = torch.randn_like(out)
-    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(attention(q, k, v, 0.4, mask), ref, atol=1e-5, rtol=1e-5)
@@ -341,7 +341,8 @@ def test_flex_matches_dense_on_cuda_forward_and_backward(dtype, case, block, mon
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
     torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
     grad_out = torch.randn_like(out)
-    for g, g_ref in zip(torch.autograd.grad(out, (q, k, v), grad_out), torch.autograd.grad(ref, (q, k, v), grad_out)):
+    grads, grads_ref = torch.autograd.grad(out, (q, k, v), grad_out), torch.autograd.grad(ref, (q, k, v), grad_out)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, atol=5 * tol, rtol=5 * tol)
     assert auto_region_impl(q.device) == "flex"
 

@@ -34,9 +34,9 @@ def _loss_fn(net, loss):
     return step_loss
 
 
-def _reference_grads(net, loss, batch, autocast=contextlib.nullcontext()):
+def _reference_grads(net, loss, batch, autocast=None):
     net.zero_grad(set_to_none=True)
-    with autocast:
+    with autocast or contextlib.nullcontext():
         value = _loss_fn(net, loss)(**batch)
     value.backward()
     grads = [p.grad.clone() for p in net.parameters()]
@@ -49,10 +49,10 @@ def test_without_cuda_every_step_is_eager_and_writes_its_gradients():
     batches = [_batch(seed=s) for s in range(3)]
     expected = [_reference_grads(net, loss, b) for b in batches]
     step = GraphedBackward(_loss_fn(net, loss), list(net.parameters()), warmup=2)
-    for batch, (value, grads) in zip(batches, expected):
+    for batch, (value, grads) in zip(batches, expected, strict=True):
         got = step(**batch)
         assert torch.equal(got, value)
-        for p, g in zip(net.parameters(), grads):
+        for p, g in zip(net.parameters(), grads, strict=True):
             torch.testing.assert_close(p.grad, g)  # written, not added to the last step's
     assert not step.captured and step.calls == 3
     with pytest.raises(ValueError, match="warmup must be >= 2"):
@@ -84,7 +84,7 @@ def test_cuda_graph_run_on_the_cpu_trains_as_the_usual_step(clip):
         module, got, lr = _fit(True, gradient_clip_val=clip)
     assert module._graphed is not None and module._graphed.calls == 5
     assert lr == pytest.approx(reference_lr) and lr < 2e-4  # the cosine schedule was stepped
-    for a, b in zip(got, reference):
+    for a, b in zip(got, reference, strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -157,7 +157,7 @@ def test_lightning_fit_on_cuda_replays_the_step_and_trains_as_the_usual_step(pre
     # Adam turns tiny gradient differences (atomic adds in the loss and attention backward) into updates of up to
     # lr per step where a gradient is near zero.
     tol = dict(rtol=2e-2, atol=2e-3) if precision == "bf16-mixed" else dict(rtol=1e-4, atol=1e-4)
-    for a, b in zip(got, reference):
+    for a, b in zip(got, reference, strict=True):
         torch.testing.assert_close(a, b, **tol)
 
 
@@ -175,11 +175,11 @@ def test_captured_step_replays_the_eager_gradients_on_cuda(precision):
         grads = [p.grad.clone() for p in net.parameters()]
         captured_grads = [p.grad for p in net.parameters()]
         value, expected = _reference_grads(net, loss, batch, autocast)
-        for p, g in zip(net.parameters(), captured_grads):
+        for p, g in zip(net.parameters(), captured_grads, strict=True):
             p.grad = g  # the reference step released them; the graph still writes these
         assert step.captured == (i >= 2), step.failed
         torch.testing.assert_close(got, value, **tol)
-        for g, e in zip(grads, expected):
+        for g, e in zip(grads, expected, strict=True):
             torch.testing.assert_close(g, e, **tol)
     # Another batch size runs eagerly into the same gradient tensors; the graph replays after it.
     odd = _batch(batch=1, device="cuda", seed=9)
@@ -188,7 +188,7 @@ def test_captured_step_replays_the_eager_gradients_on_cuda(precision):
     grads = [p.grad.clone() for p in net.parameters()]
     value, expected = _reference_grads(net, loss, odd, autocast)
     torch.testing.assert_close(got, value, **tol)
-    for g, e in zip(grads, expected):
+    for g, e in zip(grads, expected, strict=True):
         torch.testing.assert_close(g, e, **tol)
 
 

@@ -439,7 +439,7 @@ def test_embedded_test_splits_hold_enough_independent_patients():
     import ratlit.data.pet as pet_module
 
     ct_test = ct_module.EMBEDDED_SPLITS["test"]
-    slices = dict(zip((f"phantom-{p:02d}" for p in range(1, 99)), ct_module.EMBEDDED_PHANTOM_SLICES))
+    slices = dict(zip((f"phantom-{p:02d}" for p in range(1, 99)), ct_module.EMBEDDED_PHANTOM_SLICES, strict=False))
     real = {patient for patient, _, _ in ct_module.REAL_CT_SLICES}
     assert len(set(ct_test)) >= 8 and set(ct_test) <= real | set(slices)
     assert sum(slices.get(p, 1) for p in ct_test) >= 24  # a real patient is one slice
@@ -465,6 +465,6 @@ def test_a_phantom_patients_slices_share_one_anatomy_and_patients_differ():
     def body(s):
         return s > -500
 
-    within = np.mean([np.mean(body(a) != body(b)) for a, b in zip(first, first[1:])])
+    within = np.mean([np.mean(body(a) != body(b)) for a, b in zip(first, first[1:], strict=False)])
     between = np.mean(body(first[1]) != body(second[1]))
     assert within < between  # neighbouring slices of one patient are closer than two patients

@@ -73,7 +73,7 @@ def test_a_lut_starting_past_zero_and_a_malformed_one(tmp_path):
 
 def per_slice_rescale(folder: Path, slopes: list[float], intercepts: list[float]) -> None:
     """Store each slice of a series (written with slope 1, intercept -1024) with its own slope and intercept."""
-    for path, slope, intercept in zip(sorted(folder.iterdir()), slopes, intercepts):
+    for path, slope, intercept in zip(sorted(folder.iterdir()), slopes, intercepts, strict=True):
         ds = pydicom.dcmread(path)
         hu = ds.pixel_array.astype(np.float64) - 1024
         ds.PixelData = np.round((hu - intercept) / slope).astype(np.int16).tobytes()
@@ -88,7 +88,7 @@ def test_rescale_tags_that_change_from_slice_to_slice(tmp_path):
     slopes, intercepts = [0.5, 1.0, 2.0], [-1024.0, -2000.0, -3000.0]
     per_slice_rescale(tmp_path / "P0" / "quarter_1mm", slopes, intercepts)
     series = read_dicom_series(tmp_path / "P0" / "quarter_1mm")
-    for read, hu, slope in zip(series, slices, slopes):
+    for read, hu, slope in zip(series, slices, slopes, strict=True):
         np.testing.assert_allclose(read.pixels, hu, atol=slope / 2)
     dm = CTDataModule(root=str(tmp_path))
     for sample in dm.list_samples(tmp_path):

@@ -21,7 +21,7 @@ def _scores(psnr: np.ndarray, seeds: list, names: list[str] | None = None) -> Sc
     psnr = np.atleast_2d(psnr)
     names = names or [f"img{i}" for i in range(psnr.shape[1])]
     tables = [{n: {"psnr": float(p), "ssim": float(p) / 100, "input_psnr": float(p) - 5, "input_ssim": 0.3}
-               for n, p in zip(names, row)} for row in psnr]
+               for n, p in zip(names, row, strict=True)} for row in psnr]
     return Scores(tables, seeds)
 
 
@@ -144,7 +144,7 @@ def test_the_report_does_not_depend_on_the_order_runs_and_images_are_read():
 def _grouped(psnr: np.ndarray, groups: list[str], seeds: list) -> Scores:
     psnr = np.atleast_2d(psnr)
     tables = [{f"img{i}": {"psnr": float(p), "ssim": 0.9, "input_psnr": 30.0, "input_ssim": 0.8, "group": g}
-               for i, (p, g) in enumerate(zip(row, groups))} for row in psnr]
+               for i, (p, g) in enumerate(zip(row, groups, strict=True))} for row in psnr]
     return Scores(tables, seeds)
 
 

@@ -212,7 +212,7 @@ def test_activation_checkpointing_gives_identical_gradients():
     out_a, grads_a = grads(False)
     out_b, grads_b = grads(True)
     assert torch.equal(out_a, out_b)
-    for a, b in zip(grads_a, grads_b):
+    for a, b in zip(grads_a, grads_b, strict=True):
         assert torch.equal(a, b)
 
 
@@ -250,7 +250,7 @@ def test_compiled_blocks_match_eager_and_do_not_recompile_per_partition():
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
         grads = torch.autograd.grad(out.square().mean(), list(model.parameters()))
         expected_grads = torch.autograd.grad(expected.square().mean(), list(reference.parameters()))
-        for g, g_ref in zip(grads, expected_grads):
+        for g, g_ref in zip(grads, expected_grads, strict=True):
             torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-4)
     lq, regions = torch.randn(1, 1, 20, 28), _regions(1, 20, 28, 5)
     with torch._dynamo.config.patch(error_on_recompile=True), eager():  # evaluation: any size, never compiled
@@ -352,5 +352,5 @@ def test_layer_scales_folded_into_weights_match_the_plain_product(attention):
         want = _layer_scaled_reference(module, inputs)
         torch.testing.assert_close(got, want)
         params = [x, *module.parameters()]
-        for a, b in zip(torch.autograd.grad(got, params, grad), torch.autograd.grad(want, params, grad)):
+        for a, b in zip(torch.autograd.grad(got, params, grad), torch.autograd.grad(want, params, grad), strict=True):
             torch.testing.assert_close(a, b)

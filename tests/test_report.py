@@ -206,6 +206,7 @@ def test_report_logged_to_the_sweeps_wandb_group(tmp_path, monkeypatch):
     run_dir = wandb_offline.run_file(tmp_path).parent
     tables = {p.name.split("_")[0]: json.loads(p.read_text()) for p in run_dir.rglob("*.table.json")}
     paired = tables["paired"]
-    row = dict(zip(paired["columns"], paired["data"][0]))
+    row = dict(zip(paired["columns"], paired["data"][0], strict=True))
     assert row["mean"] == pytest.approx(1.0) and row["verdict"] == "higher" and row["images"] == 3
-    assert isinstance(dict(zip(tables["table"]["columns"], tables["table"]["data"][1]))["psnr_mean"], float)
+    second = dict(zip(tables["table"]["columns"], tables["table"]["data"][1], strict=True))
+    assert isinstance(second["psnr_mean"], float)

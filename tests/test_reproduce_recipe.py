@@ -30,7 +30,7 @@ def _run(folder: Path, attention: str, loss: str, partition: str, seed: int, off
     with open(folder / "test_results.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["name", "psnr", "ssim", "input_psnr", "input_ssim"])
-        for name, value in zip(IMAGES, psnr):
+        for name, value in zip(IMAGES, psnr, strict=True):
             writer.writerow([name, value, 0.9 + offset / 100, 38.0, 0.8])
 
 

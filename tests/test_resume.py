@@ -54,7 +54,7 @@ def test_resume_keeps_the_curve_or_reaims_it_at_the_new_end():
 
     longer = _resumed(opt_state, sched_state, 2e-4, 32)
     tail = _lrs(longer, 25)
-    assert tail[0] == pytest.approx(whole[8]) and all(b <= a for a, b in zip(tail, tail[1:]))
+    assert tail[0] == pytest.approx(whole[8]) and all(b <= a for a, b in zip(tail, tail[1:], strict=False))
     assert tail[23] > ETA and tail[24] == pytest.approx(ETA)  # reaches eta_min at the new end, step 32
     mid = (24 - 8) / (32 - 8)
     assert tail[16] == pytest.approx(ETA + (whole[8] - ETA) * (1 + math.cos(math.pi * mid)) / 2)
@@ -73,7 +73,7 @@ def test_a_new_learning_rate_on_resume_starts_there_and_anneals_to_the_end():
     changed = _resumed(first.optimizer.state_dict(), first.state_dict(), 1e-3, 16)
     tail = _lrs(changed, 9)
     assert tail[0] == pytest.approx(1e-3) and tail[-1] == pytest.approx(ETA)
-    assert all(b <= a for a, b in zip(tail, tail[1:]))
+    assert all(b <= a for a, b in zip(tail, tail[1:], strict=False))
     # and the next resume keeps that rate: unchanged configuration, unchanged curve
     again = CosineToEnd(_optimizer(), T_max=16, eta_min=ETA)
     _lrs(again, 8)
@@ -112,7 +112,7 @@ def test_lightning_resume_with_more_steps_never_raises_the_rate(tmp_path):
     resumed = _fit(_Tiny(), 32, tmp_path, ckpt_path=str(tmp_path / "last.ckpt"))
     assert resumed[0][0] == 16 and resumed[0][1] == pytest.approx(ETA) and len(resumed) == 16
     rates = [lr for _, lr in first + resumed]  # torch's CosineAnnealingLR climbs back to 1.98e-4 here
-    assert all(b <= a * (1 + 1e-9) for a, b in zip(rates, rates[1:]))
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(rates, rates[1:], strict=False))
 
 
 # --- what a resume may change, typed as on a fresh run ----------------------------------------------------

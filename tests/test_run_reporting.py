@@ -180,8 +180,8 @@ def test_unactionable_messages_are_hidden_by_their_text(caplog):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         quiet_unactionable_messages()
-        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
-        warnings.warn("something else is deprecated", FutureWarning)
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, stacklevel=2)
+        warnings.warn("something else is deprecated", FutureWarning, stacklevel=2)
     assert [str(w.message) for w in caught] == ["something else is deprecated"]
 
 

@@ -27,7 +27,7 @@ def _together(cwd: Path, *calls: list[str]) -> list[subprocess.CompletedProcess]
     procs = [subprocess.Popen([sys.executable, "-m", "ratlit.train", *args], cwd=cwd, env=_env(cwd),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args in calls]
     done = []
-    for proc, args in zip(procs, calls):
+    for proc, args in zip(procs, calls, strict=True):
         out, err = proc.communicate(timeout=400)
         done.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
     return done

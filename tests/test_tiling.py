@@ -26,7 +26,7 @@ def test_tiles_cover_the_image_on_the_grid_with_the_overlap(size, tile, overlap,
     stops = [min(s + side, size) for s in starts]
     assert starts[0] == 0 and stops[-1] == size
     assert all(s % multiple == 0 for s in starts) and starts == sorted(set(starts))
-    assert all(stop - start <= tile for start, stop in zip(starts, stops))
+    assert all(stop - start <= tile for start, stop in zip(starts, stops, strict=True))
     assert all(stops[k] - starts[k + 1] >= overlap for k in range(len(starts) - 1))
 
 

@@ -44,9 +44,10 @@ def _reference_varlen(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None):
     assert cu_seq_q.dtype == torch.int32 and cu_seq_q.device == q.device and cu_seq_k is cu_seq_q
     assert type(max_q) is int and max_q == max_k
     bounds = cu_seq_q.tolist()
-    assert bounds[0] == 0 and bounds[-1] == q.shape[0] and max_q == max(b - a for a, b in zip(bounds, bounds[1:]))
+    assert bounds[0] == 0 and bounds[-1] == q.shape[0]
+    assert max_q == max(b - a for a, b in zip(bounds, bounds[1:], strict=False))
     outs = []
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in zip(bounds, bounds[1:], strict=False):
         qs, ks, vs = (x[a:b].transpose(0, 1) for x in (q, k, v))  # [heads, n, d]
         outs.append(((qs @ ks.transpose(-1, -2)) * scale).softmax(-1).matmul(vs).transpose(0, 1))
     return torch.cat(outs)
@@ -77,7 +78,7 @@ def test_region_sequences_are_the_layout_runs_and_the_order_is_a_permutation(cas
     assert cu_seq.dtype == torch.int32 and cu_seq.device == labels.device and type(max_len) is int
     assert cu_seq[0] == 0 and cu_seq[-1] == labels.numel() and max_len == int(lengths.max())
     assert sorted(torch.diff(cu_seq).tolist()) == sorted(lengths.tolist())
-    for a, b in zip(cu_seq[:-1].tolist(), cu_seq[1:].tolist()):  # each sequence is one region of one item
+    for a, b in zip(cu_seq[:-1].tolist(), cu_seq[1:].tolist(), strict=True):  # each sequence is one region of one item
         rows = layout.order[a:b]
         assert len(set((rows // labels.shape[1]).tolist())) == 1 and labels.flatten()[rows].unique().numel() == 1
     assert torch.equal(layout.order[layout.inverse], torch.arange(labels.numel()))
@@ -203,7 +204,7 @@ def _check_cuda_against_dense(labels, dtype, heads=2, dim=32):
     grad_out = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
     grads_ref = torch.autograd.grad(ref, (q32, k32, v32), grad_out.float())
-    for name, g, g_ref in zip("qkv", grads, grads_ref):
+    for name, g, g_ref in zip("qkv", grads, grads_ref, strict=True):
         assert g.dtype == dtype
         torch.testing.assert_close(g.float(), g_ref, atol=5 * tol, rtol=5 * tol, msg=lambda m, n=name: f"d{n}: {m}")
 

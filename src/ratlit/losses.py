@@ -81,7 +81,8 @@ class CompoundLoss(nn.Module):
             with torch.no_grad():
                 wanted = self.features(self._imagenet(target))
             got = self.features(self._imagenet(pred))
-            loss = loss + self.perceptual_weight * sum((g - w).pow(2).mean() for g, w in zip(got, wanted)) / len(got)
+            distances = sum((g - w).pow(2).mean() for g, w in zip(got, wanted, strict=True))
+            loss = loss + self.perceptual_weight * distances / len(got)
         return loss
 
 

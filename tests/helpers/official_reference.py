@@ -186,14 +186,14 @@ class OfficialRAT(nn.Module):
         mask = dense_mask(small.to(lq.dtype))
         x = self.intro(lq)
         skips = []
-        for encoder, down in zip(self.encoders, self.downs):
+        for encoder, down in zip(self.encoders, self.downs, strict=True):
             skips.append(encoder(x))
             x = down(skips[-1])
         start = x
         for group in self.middle_blks:
             x = group(x, mask)
         x = x + start
-        for up, decoder, skip in zip(self.ups, self.decoders, skips[::-1]):
+        for up, decoder, skip in zip(self.ups, self.decoders, skips[::-1], strict=True):
             x = decoder(up(x) + skip)
         return lq + self.ending(x)
 

@@ -31,5 +31,6 @@ for label, scale, prescale in (("scale=None", None, 1.0), ("scale=1/sqrt(d)", D 
     g = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), g)
     grads_ref = torch.autograd.grad(ref, (q, k, v), g.float())
-    errors = " ".join(f"d{n} {(a.float() - b).abs().max().item():.4f}" for n, a, b in zip("qkv", grads, grads_ref))
+    errors = " ".join(f"d{n} {(a.float() - b).abs().max().item():.4f}"
+                      for n, a, b in zip("qkv", grads, grads_ref, strict=True))
     print(f"{label:32s} out {(out.float() - ref).abs().max().item():.4f} {errors}")

@@ -27,7 +27,7 @@ def bar_chart(runs: list[dict[str, Any]], path: Path, reference: str | None = No
     references = sorted({str(r["reference"]) for r in rows}) or ["none"]
     count = len(rows) // len(METRICS)
     fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.1 * count + 4), 4.4))
-    for ax, metric, unit, digits in zip(axes, METRICS, (" dB", ""), (4, 5)):
+    for ax, metric, unit, digits in zip(axes, METRICS, (" dB", ""), (4, 5), strict=True):
         mine = [r for r in rows if r["metric"] == metric]
         for i, r in enumerate(mine):
             if not isfinite(r["mean"]):  # a label, not a point at 0 that would read "as good as the reference"

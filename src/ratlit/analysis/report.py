@@ -64,14 +64,15 @@ def _read_table(path: Path) -> tuple[list[str], list[list[Any]]]:
     def number(cell: str) -> float | None:
         return float(cell) if cell else None
 
-    columns = list(zip(*rows)) if rows else [() for _ in header]
+    # A hand-edited, ragged row: the columns cut to the shortest row.
+    columns = list(zip(*rows, strict=False)) if rows else [() for _ in header]
     numeric = []
     for cells in columns:
         try:
             numeric.append([number(c) for c in cells])
         except ValueError:
             numeric.append(list(cells))
-    return header, [list(row) for row in zip(*numeric)]
+    return header, [list(row) for row in zip(*numeric, strict=True)]
 
 
 def log_to_wandb(folder: Path, out: Path, group: str | None = None, project: str = "ratlit") -> str:

@@ -137,7 +137,7 @@ class CTDataModule(RestorationDataModule):
                 )
             pairs = pair_ct_series(quarter[0], full[0], self.position_tolerance_mm, self.assume_hu)
             person = _patient_id(pairs[0][0]) if pairs else ""
-            for lq_path, hq_path, position in pairs:
+            for lq_path, hq_path, _position in pairs:
                 load = partial(_load_ct_pair, lq_path, hq_path, self.window)
                 samples.append(Sample(f"{patient.name}/{lq_path.stem}", patient.name, load, person))
         return samples
@@ -168,7 +168,7 @@ def write_ct_series(folder: Path, slices_hu: list[np.ndarray], patient_id: str, 
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
     series_uid = generate_uid()
-    for index, (hu, position) in enumerate(zip(slices_hu, positions), start=1):
+    for index, (hu, position) in enumerate(zip(slices_hu, positions, strict=True), start=1):
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
         meta.MediaStorageSOPInstanceUID = generate_uid()

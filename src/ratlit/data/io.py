@@ -220,7 +220,7 @@ def volume_geometry(path: str | os.PathLike) -> list[tuple[Path, np.ndarray]] | 
     if path.is_dir():
         slices = read_dicom_series(path, pixels=False)
         corners = [dicom_slice_corners(s.header) for s in slices]
-        return None if any(c is None for c in corners) else [(s.path, c) for s, c in zip(slices, corners)]
+        return None if any(c is None for c in corners) else [(s.path, c) for s, c in zip(slices, corners, strict=True)]
     import nibabel as nib
     from nibabel.orientations import inv_ornt_aff, io_orientation
 
@@ -249,7 +249,7 @@ def check_volume_pair(a: Path, b: Path, tolerance_mm: float) -> None:
     if ga is None or gb is None:
         return
     if len(ga) == len(gb) and len(ga) > 1:  # two series: slice by slice
-        for (fa, ca), (fb, cb) in zip(ga, gb):
+        for (fa, ca), (fb, cb) in zip(ga, gb, strict=True):
             check_same_geometry(fa, ca, fb, cb, tolerance_mm)
     else:
         check_same_geometry(a, _volume_corners(ga), b, _volume_corners(gb), tolerance_mm)

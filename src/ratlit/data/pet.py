@@ -80,7 +80,7 @@ def find_pet_pairs(root: Path) -> list[tuple[str, Path, Path]]:
     lq, hq = folders["lq"], folders["hq"]
     unpaired = sorted(set(lq) ^ set(hq))
     if unpaired:
-        where = [str((lq.get(k) or hq.get(k))) for k in unpaired[:5]]
+        where = [str(lq.get(k) or hq.get(k)) for k in unpaired[:5]]
         raise InputError(f"PET volumes without a partner of the same name in lq/ and hq/: {where}")
     return [(key, lq[key], hq[key]) for key in sorted(lq)]
 

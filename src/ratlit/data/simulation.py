@@ -70,7 +70,7 @@ def osem(
     groups = [np.arange(s, len(theta), subsets) for s in range(subsets)]
     sensitivity = [np.maximum(_backproject(attenuation[:, g], theta[g], size), 1e-12) for g in groups]
     for _ in range(iterations):
-        for g, sens in zip(groups, sensitivity):
+        for g, sens in zip(groups, sensitivity, strict=True):
             expected = attenuation[:, g] * radon(x, theta[g], circle=True)
             ratio = np.where(expected > 1e-12, counts[:, g] / np.maximum(expected, 1e-12), 0.0)
             x = np.where(inside, x * np.maximum(_backproject(attenuation[:, g] * ratio, theta[g], size), 0) / sens, 0.0)
@@ -207,7 +207,7 @@ def simulate_ct_doses(
     from ratlit.utils.stopping import worker_pool
 
     seeds = np.random.SeedSequence(seed).spawn(len(cases))
-    jobs = [(hu, mm, photons, s) for (hu, mm), s in zip(cases, seeds)]
+    jobs = [(hu, mm, photons, s) for (hu, mm), s in zip(cases, seeds, strict=True)]
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     with worker_pool(workers) as pool:  # its workers end with the block, also on an error or a stop
         return list(tqdm(pool.imap(_simulate_ct_job, jobs), total=len(jobs), desc="simulating CT scans", unit="slice"))

@@ -103,7 +103,7 @@ class RegionMaps:
             labels = read_label_map(found)
         elif slices and len(shape) == 3:
             per_slice = [self._file_for([p]) for p in slices]
-            missing = [p.name for p, f in zip(slices, per_slice) if f is None]
+            missing = [p.name for p, f in zip(slices, per_slice, strict=True) if f is None]
             if missing:
                 raise InputError(f"regions folder {self.source} has no label map for {source} (nor for its "
                                  f"slices {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''})")

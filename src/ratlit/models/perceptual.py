@@ -64,7 +64,7 @@ class ResNet50Features(nn.Module):
         except RuntimeError as err:
             raise InputError(f"{path} is not a ResNet-50 state dict: {str(err).splitlines()[0]}") from err
 
-    def train(self, mode: bool = True) -> "ResNet50Features":
+    def train(self, mode: bool = True) -> ResNet50Features:
         return super().train(False)  # batch-norm statistics stay ImageNet's
 
     def forward(self, x: Tensor) -> list[Tensor]:

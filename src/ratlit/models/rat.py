@@ -230,7 +230,7 @@ class RAT(nn.Module):
 
         x = self.intro(x_in.contiguous(memory_format=torch.channels_last))
         skips = []
-        for encoder, down in zip(self.encoders, self.downs):
+        for encoder, down in zip(self.encoders, self.downs, strict=True):
             x = encoder(x)
             skips.append(x)
             x = down(x)
@@ -243,7 +243,7 @@ class RAT(nn.Module):
                 x = group(x, layout)
         if self.middle_residual:
             x = x + middle_in
-        for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
+        for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips), strict=True):
             x = decoder(up(x) + skip)
         return (x_in + self.ending(x))[..., :height, :width]
 

@@ -114,7 +114,8 @@ class SwinIR(nn.Module):
             raise InputError(f"window_size must be >= 2, got {window_size}")
         self.in_channels, self.window_size = in_channels, window_size
         self.conv_first = nn.Conv2d(in_channels, embed_dim, 3, padding=1)
-        self.blocks = nn.ModuleList(RSTB(embed_dim, d, h, window_size, mlp_ratio) for d, h in zip(depths, num_heads))
+        self.blocks = nn.ModuleList(RSTB(embed_dim, d, h, window_size, mlp_ratio)
+                                    for d, h in zip(depths, num_heads, strict=True))
         self.norm = nn.LayerNorm(embed_dim)
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, padding=1)
         self.conv_last = nn.Conv2d(embed_dim, in_channels, 3, padding=1)

@@ -41,7 +41,7 @@ class Tiling:
     overlap: int = 64
 
     @classmethod
-    def from_config(cls, max_tile: object, overlap: object) -> "Tiling":
+    def from_config(cls, max_tile: object, overlap: object) -> Tiling:
         """Checked config values; a bad one raises one ValueError naming the key."""
         if max_tile is not None and (isinstance(max_tile, bool) or not isinstance(max_tile, int) or max_tile < 32):
             raise InputError(f"max_tile must be null (whole images) or an integer >= 32 pixels, got {max_tile!r}")

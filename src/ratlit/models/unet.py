@@ -49,6 +49,6 @@ class UNet(nn.Module):
             x = down(x if i == 0 else F.max_pool2d(x, 2))
             skips.append(x)
         skips.pop()
-        for up, merge in zip(self.ups, self.merges):
+        for up, merge in zip(self.ups, self.merges, strict=True):
             x = merge(torch.cat([up(x), skips.pop()], dim=1))
         return lq + self.out(x)[..., :height, :width]

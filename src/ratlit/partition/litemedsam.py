@@ -274,7 +274,7 @@ class LiteMedSamPartitioner(Partitioner):
         boxes = amg().batched_mask_to_box(masks).float()
         order = batched_nms(boxes, score, torch.zeros_like(score, dtype=torch.long), self.nms_thresh)
         masks, score = masks[order].cpu().numpy(), score[order].cpu().numpy()
-        return [{"segmentation": m, "predicted_iou": float(s)} for m, s in zip(masks, score)]
+        return [{"segmentation": m, "predicted_iou": float(s)} for m, s in zip(masks, score, strict=True)]
 
     def masks(self, image: np.ndarray) -> list[dict[str, Any]]:
         """The kept masks of ``image`` ``[H, W, C]`` (see ``select``)."""

@@ -184,7 +184,7 @@ class TinyViT(nn.Module):
         self.patch_embed = PatchEmbed(in_chans, embed_dims[0])
         resolutions = [img_size, img_size // 2, img_size // 4, img_size // 4]
         self.layers = nn.ModuleList()
-        for i, (dim, depth) in enumerate(zip(embed_dims, depths)):
+        for i, (dim, depth) in enumerate(zip(embed_dims, depths, strict=True)):
             if i == 0:
                 blocks = [MBConv(dim, mbconv_expand_ratio) for _ in range(depth)]
             else:

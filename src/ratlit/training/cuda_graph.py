@@ -132,7 +132,8 @@ class GraphedBackward:
 
     def _give_up(self, why: str) -> None:
         self.failed = why
-        warnings.warn(f"the training step cannot be captured as a CUDA graph ({why}); training continues without it")
+        warnings.warn(f"the training step cannot be captured as a CUDA graph ({why}); training continues without it",
+                      stacklevel=2)
 
     def _eager(self, inputs: dict[str, Tensor], on_side_stream: bool = False) -> Tensor:
         device_type = next(iter(inputs.values())).device.type

@@ -74,7 +74,7 @@ def wandb_id(cfg: DictConfig) -> None:
 
 def build_loggers(cfg: DictConfig, tags: list[str], config: dict[str, Any]) -> list[Logger]:
     loggers: list[Logger] = []
-    for name, node in (cfg.get("logger") or {}).items():
+    for node in (cfg.get("logger") or {}).values():
         if node is None:
             continue
         node = OmegaConf.to_container(node, resolve=True)

@@ -10,7 +10,8 @@ import functools
 import logging
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -149,7 +150,7 @@ class RestorationModule(L.LightningModule):
                                  "Set model.cuda_graph=false (or auto)")
             if not on_cuda:  # same step, same results, eagerly
                 warnings.warn(f"model.cuda_graph=true: this run trains on {self.device.type}, not CUDA, so the "
-                              "training step runs eagerly")
+                              "training step runs eagerly", stacklevel=2)
         elif blockers or not on_cuda:  # auto
             if on_cuda:
                 log.info("training step without a CUDA graph: %s", "; ".join(blockers))
@@ -160,7 +161,7 @@ class RestorationModule(L.LightningModule):
         if self.scheduler_factory is None and self.trainer.optimizers:
             # Constant rate: a resumed run uses the rate configured now (model.optimizer.lr=... on resume), not
             # the one its checkpoint's optimiser state brought back. A scheduler sets its own (CosineToEnd).
-            for group, lr in zip(self.trainer.optimizers[0].param_groups, self._configured_lrs):
+            for group, lr in zip(self.trainer.optimizers[0].param_groups, self._configured_lrs, strict=True):
                 group["lr"] = lr
 
     def step_loss(self, lq: Tensor, hq: Tensor, regions: Tensor | None = None) -> Tensor:

@@ -11,8 +11,8 @@ end removes the file.
 Hydra writes into a run folder (``.hydra/``, the job's log) before the task starts, so the claim is taken in a
 Hydra callback (:class:`ClaimRunFolders`, conf/train.yaml ``hydra.callbacks``) when the run starts, before that:
 a refused process has written nothing in the folder. A multirun claims its sweep folder the same way, and each
-job claims its own folder (``ratlit.cli.train``). DDP processes that Lightning, SLURM or torchrun start beside
-rank 0 run in rank 0's folder and claim nothing.
+job claims its own folder (:func:`ratlit.training.recipe.sweep_job`). DDP processes that Lightning, SLURM or
+torchrun start beside rank 0 run in rank 0's folder and claim nothing.
 """
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ def apply_resume_overrides(cfg: DictConfig, items: list[str]) -> None:
     into the saved run config ``cfg``; one line refuses a key that cannot change on resume or names no value."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    for item, override in zip(items, OverridesParser.create().parse_overrides(items)):
+    for item, override in zip(items, OverridesParser.create().parse_overrides(items), strict=True):
         key = override.key_or_group
         allowed = any(key == k or key.startswith(k + ".") for k in RESUMABLE)
         if override.is_sweep_override() or override.is_delete() or not allowed:

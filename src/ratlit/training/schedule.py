@@ -79,9 +79,9 @@ class CosineToEnd(LRScheduler):
             self.segments.append((step, self.lr_at(step), end))
         self.base_lrs = configured
         self._last_lr = self.lr_at(step)
-        for group, lr, lr0 in zip(self.optimizer.param_groups, self._last_lr, configured):
+        for group, lr, lr0 in zip(self.optimizer.param_groups, self._last_lr, configured, strict=True):
             group["lr"], group["initial_lr"] = lr, lr0
 
 
 def _same(a: list[float], b: list[float]) -> bool:
-    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-9, abs_tol=0.0) for x, y in zip(a, b))
+    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-9, abs_tol=0.0) for x, y in zip(a, b, strict=True))

@@ -49,7 +49,8 @@ def keep_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # glibc only: musl's mallopt does nothing
+        if not hasattr(libc, "gnu_get_libc_version"):  # glibc only: musl's mallopt does nothing
+            return False
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False

@@ -62,7 +62,7 @@ class DeferredFiniteCheck:
         self._pending = None
         if done is not None:
             done.synchronize()  # waits for that copy only, queued a whole step ago: normally already done
-        bad = [name for name, ok in zip(names, host.tolist()) if not ok]
+        bad = [name for name, ok in zip(names, host.tolist(), strict=True) if not ok]
         if bad:
             error = ValueError(f"training step {step}: {', '.join(bad)} contains NaN or infinite values")
             error.phase, error.step = "training", step  # type: ignore[attr-defined]  # read by a sweep's record

@@ -74,7 +74,7 @@ def render_panels(rows: list[dict[str, Any]], value_range: Sequence[float] | Non
     fig, axes = plt.subplots(len(rows), 5, figsize=(5 * size, len(rows) * size * height / width + 0.45 * len(rows)),
                              squeeze=False)
     scale = error_gain * error_scale(value_range, window)
-    for axs, row in zip(axes, rows):
+    for axs, row in zip(axes, rows, strict=True):
         lq = display_image(row["lq"], value_range, window, cmap)
         error = (row["restored"].float() - row["hq"].float()).abs().mean(0).cpu() * scale
         pictures = [
@@ -88,7 +88,7 @@ def render_panels(rows: list[dict[str, Any]], value_range: Sequence[float] | Non
         gain = f" x{error_gain:g}" if error_gain != 1 else ""
         titles = [f"LQ {row['input_psnr']:.2f} dB", f"restored {row['psnr']:.2f} dB", "HQ", f"|error|{gain}",
                   f"regions ({regions})"]
-        for ax, picture, title in zip(axs, pictures, titles):
+        for ax, picture, title in zip(axs, pictures, titles, strict=True):
             ax.imshow(np.clip(picture, 0, 1), interpolation="nearest")
             ax.set_title(title, fontsize=9)
             ax.set_xticks([])
@@ -115,7 +115,7 @@ def render_regions(images: list[tuple[str, np.ndarray, np.ndarray]], out: Path,
     from skimage.segmentation import mark_boundaries
 
     fig, axes = plt.subplots(len(images), 2, figsize=(8, 4 * len(images)), squeeze=False)
-    for row, (name, image, labels) in zip(axes, images):
+    for row, (name, image, labels) in zip(axes, images, strict=True):
         shown = display_image(torch.as_tensor(np.asarray(image, dtype=np.float32)), value_range, window, cmap)
         row[0].imshow(shown)
         row[0].set_title(name)

@@ -102,7 +102,7 @@ def run_name(overrides: list[str] | tuple[str, ...], varying: list[str] | tuple[
     ``~<hash>``, a hash of the whole name: names of runs that differ stay different however long they are."""
     items = [str(o) for o in overrides]
     keys = list(parse_overrides(items)) if items else []
-    kept = [(k, o) for k, o in zip(keys, items)
+    kept = [(k, o) for k, o in zip(keys, items, strict=False)
             if not any(k == p or k.endswith(("." + p, "_" + p)) for p in _PLACE_KEYS)]
     order = list(varying)
     first = [o for k, o in sorted((pair for pair in kept if pair[0] in order), key=lambda pair: order.index(pair[0]))]

@@ -4,7 +4,7 @@ synchronisation, and the compiled kernel."""
 from __future__ import annotations
 
 import warnings
-from functools import lru_cache
+from functools import cache
 from typing import TYPE_CHECKING
 
 import torch
@@ -47,10 +47,11 @@ def flex_usable(device_type: str) -> bool:
 def disable_flex(device_type: str, err: Exception) -> None:
     """Stop using FlexAttention on ``device_type`` after ``err``, with one warning (the packed path takes over)."""
     _FLEX_BROKEN.add(device_type)
-    warnings.warn(f"FlexAttention failed on {device_type} ({err!r}); using the packed SDPA region attention instead.")
+    warnings.warn(f"FlexAttention failed on {device_type} ({err!r}); using the packed SDPA region attention instead.",
+                  stacklevel=2)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiled_flex(device_type: str):
     from torch.nn.attention.flex_attention import flex_attention
 

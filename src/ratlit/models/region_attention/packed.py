@@ -35,7 +35,7 @@ def packed_tokens(
         parts = qkv.split(sizes)
         qkv_parts = [part.unbind(1) for part in parts]
     else:
-        qkv_parts = list(zip(q.split(sizes), k.split(sizes), v.split(sizes)))
+        qkv_parts = list(zip(q.split(sizes), k.split(sizes), v.split(sizes), strict=True))
     outs: list[Tensor] = []
     if layout.block_index is not None:
         t = layout.block_size
@@ -50,7 +50,7 @@ def packed_tokens(
         out = attention(qb, kb, vb, scale, layout.block_mask)
         out = out.transpose(1, 2).reshape(n_blocks * t, heads, value_dim)
         outs.append(gather_rows(out, layout.slot_of_row, layout.row_of_slot, layout.filler_slots))
-    for (qg, kg, vg), (count, length) in zip(qkv_parts[1:], layout.groups):
+    for (qg, kg, vg), (count, length) in zip(qkv_parts[1:], layout.groups, strict=True):
         # A group of equally long regions is a contiguous part: one batched, unmasked attention call, no gather.
         qg, kg, vg = (x.view(count, length, heads, x.shape[-1]).transpose(1, 2) for x in (qg, kg, vg))
         out = attention(qg, kg, vg, scale)
