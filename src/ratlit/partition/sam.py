@@ -42,7 +42,7 @@ SAM_BUILDERS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-class SamCheckpointNotFoundError(FileNotFoundError):
+class SamCheckpointNotFoundError(FileNotFoundError, InputError):
     """No SAM checkpoint was given, or the given path does not exist."""
 
 
