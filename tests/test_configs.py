@@ -8,25 +8,13 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from helpers.configs import GROUPS
 from ratlit.losses import LOSSES
 from ratlit.models import RAT
 from ratlit.partition import Partitioner
 from ratlit.training.module import RestorationModule
 from ratlit.utils.config import CONF_DIR
 
-GROUPS = {
-    "task": ["ct", "pet", "pathology"],
-    "model": ["rat", "nafnet", "cnn", "redcnn", "edcnn", "srcnn", "edsr", "rcan", "swinir", "dcnn", "unet"],
-    "attention": ["rmsa", "wmsa", "msa", "none"],
-    "loss": ["fr", "l1", "mse", "charbonnier", "edcnn"],
-    "partition": ["sam", "sam_or_slic", "sam_or_litemedsam", "litemedsam", "slic", "felzenszwalb", "grid", "single"],
-    "trainer": ["default", "cpu", "gpu", "ddp"],
-    "logger": ["csv", "wandb", "tensorboard", "all"],
-    "experiment": ["smoke", "cpu_ablation", "cpu_ct", "cpu_pet", "cpu_pathology", "paper_ct", "paper_pet",
-                   "paper_pathology"],
-    "optimizer": ["adam"],
-    "size": ["full", "small", "tiny"],
-}
 PRESET_SIZES = {"smoke": "tiny", "cpu_ablation": "small"}
 
 

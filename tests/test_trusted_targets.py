@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from helpers.checkpoints import make_checkpoint
 from helpers.commands import run
+from helpers.configs import GROUPS
 from ratlit.training.run_loading import MOVED_TARGETS, build_module, load_checkpoint
 from ratlit.utils.config import CONF_DIR
 from ratlit.utils.errors import InputError
@@ -211,19 +212,6 @@ def test_the_refusal_says_where_the_name_would_have_come_from(tmp_path):
 
 # --- every shipped config passes (the allowlist is complete and exact) -------------------------------------------
 
-GROUPS = {
-    "task": ["ct", "pet", "pathology"],
-    "model": ["rat", "nafnet", "cnn", "redcnn", "edcnn", "srcnn", "edsr", "rcan", "swinir", "dcnn", "unet"],
-    "attention": ["rmsa", "wmsa", "msa", "none"],
-    "loss": ["fr", "l1", "mse", "charbonnier", "edcnn"],
-    "partition": ["sam", "sam_or_slic", "sam_or_litemedsam", "litemedsam", "slic", "felzenszwalb", "grid", "single"],
-    "trainer": ["default", "cpu", "gpu", "ddp"],
-    "logger": ["csv", "wandb", "tensorboard", "all"],
-    "callbacks": ["default"],
-    "optimizer": ["adam"],
-    "size": ["full", "small", "tiny"],
-    "experiment": ["smoke", "cpu_ablation", "cpu_ct", "paper_ct", "paper_pet", "paper_pathology"],
-}
 
 
 def _targets(node) -> set[str]:

@@ -1,14 +1,6 @@
 """Gather runs into a paper-style table: ``python -m ratlit.report <run or sweep folder> [--reference ...]``.
 
-An "input" row (the LQ images scored against HQ: where every run starts), then one row per run, runs that
-differ only in ``seed`` merged (every ``results.json`` below the folder): the overrides that distinguish the
-runs, test PSNR and SSIM as mean ± std over images (and over seeds) and the gain over the input. Then each
-row against a reference row (``--reference``; by default the first row of each task), image by image
-(``ratlit.analysis.paired``): the mean per-image difference, its 95% bootstrap interval over images and seeds, a
-Wilcoxon p-value and a verdict. Writes ``report.md``, ``report.csv`` (one number per cell), ``paired.md``,
-``paired.csv`` and ``report.png`` (per-image differences against the reference with their intervals) into the
-folder (or ``--out``); ``--wandb`` logs the tables and chart to the sweep's W&B group. The report is built by
-:mod:`ratlit.analysis.report`.
+What the report holds and writes: :mod:`ratlit.analysis.report`, which builds it.
 
 The one command not started by :func:`ratlit.cli.command.hydra_command`: it takes a folder as its positional
 argument and ``--flags`` (``python -m ratlit.report <folder> --reference attention=msa``), which Hydra's
