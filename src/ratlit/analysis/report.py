@@ -4,8 +4,10 @@ An "input" row (the LQ images scored against HQ: where every run starts), then o
 differ only in ``seed`` merged (every ``results.json`` below the folder): the overrides that distinguish the
 runs, test PSNR and SSIM as mean ± std over images (and over seeds) and the gain over the input. Then each
 row against a reference row (``--reference``; by default the first row of each task), image by image
-(``ratlit.analysis.paired``): the mean per-image difference, its 95% bootstrap interval over images and seeds, a
-Wilcoxon p-value and a verdict. Writes ``report.md``, ``report.csv`` (one number per cell), ``paired.md``,
+(``ratlit.analysis.paired``): the mean per-image difference, its 95% bootstrap interval over groups (patients),
+images and seeds, a Wilcoxon p-value and a verdict against the smallest effect of interest. Every job of each
+sweep in the folder is accounted for (finished, failed, incomplete, missing). Writes ``report.md``,
+``report.csv`` (one number per cell), ``paired.md``,
 ``paired.csv`` and ``report.png`` (per-image differences against the reference with their intervals) into the
 folder (or ``--out``); ``--wandb`` logs the tables and chart to the sweep's W&B group.
 """
