@@ -164,7 +164,7 @@ def sweep_job(cfg: DictConfig) -> dict[str, Any] | None:
         return run_training(cfg, progress)
     except Exception as err:
         if isinstance(err, USER_ERRORS):
-            log.error("%s", err.args[0] if isinstance(err, KeyError) and err.args else err)
+            log.error("%s", err)
         else:  # a bug in ratlit: its traceback in the job's log
             log.exception("job %s failed", HydraConfig.get().job.num)
         if lead:
